@@ -1,0 +1,412 @@
+//! One function per subcommand.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use crate::dataset::{MmsegDataset, RegionSettings};
+use crate::encoder::{EncoderOptions, Feature};
+use crate::error::{Error, Result};
+use crate::ingest::{ingest_with_encoder, IngestOptions, IngestReport};
+use crate::query::{QueryEngine, QueryHit, SearchOptions};
+use crate::region::{PixelBox, RegionKind};
+use crate::setup::{self, SetupOptions};
+use crate::store::IndexDir;
+
+/// `partlens setup`.
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// Also install the test suite's Python cross-check tools (Pillow, pyarrow).
+    #[arg(long)]
+    pub test_tools: bool,
+    /// Reinstall everything.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `partlens demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where to write the demo index.
+    #[arg(long, default_value = "indexes/demo")]
+    pub out: PathBuf,
+}
+
+/// `partlens ingest`.
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Dataset root (mmseg layout: img/<split>/, ann/<split>/, optional classes.txt, obj/).
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// ONNX encoder with a partlens spec (default: the MobileNetV2 installed by setup).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Spec JSON overriding the one inside the model.
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    /// Index directory to create (default: indexes/<dataset folder name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Smallest region kept, in pixels.
+    #[arg(long, default_value_t = RegionSettings::default().min_area)]
+    pub min_area: u64,
+    /// Margin around each region before squaring, as a fraction of its longest side.
+    #[arg(long, default_value_t = RegionSettings::default().margin)]
+    pub margin: f32,
+    /// Do not index object regions.
+    #[arg(long)]
+    pub no_objects: bool,
+    /// Regions per inference batch.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Stop at the first unreadable input instead of skipping it.
+    #[arg(long)]
+    pub strict: bool,
+    /// Replace an existing index.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `partlens info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Index directory.
+    pub index: PathBuf,
+    /// Print the manifest as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `partlens query`.
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// Index directory.
+    #[arg(long)]
+    pub index: PathBuf,
+    /// Image to search with.
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Region of the image, x0,y0,x1,y1 in pixels (default: the whole image).
+    #[arg(long = "box", value_name = "X0,Y0,X1,Y1", value_parser = parse_box)]
+    pub bbox: Option<PixelBox>,
+    /// Number of results.
+    #[arg(short, default_value_t = 10)]
+    pub k: usize,
+    /// Feature to compare: mean, cls or projection.
+    #[arg(long, default_value = "mean", value_parser = parse_feature)]
+    pub feature: Feature,
+    /// Only regions with this label (name or id).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Only regions of this object class (name or id).
+    #[arg(long)]
+    pub object: Option<String>,
+    /// Only `part` or `object` regions.
+    #[arg(long, value_parser = parse_kind)]
+    pub kind: Option<RegionKind>,
+    /// Only this split.
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Exact (brute-force) search instead of HNSW.
+    #[arg(long)]
+    pub exact: bool,
+    /// HNSW search width.
+    #[arg(long, default_value_t = 64)]
+    pub ef: usize,
+    /// Use this model file (must be the one the index was built with).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Print hits as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_box(s: &str) -> std::result::Result<PixelBox, String> {
+    PixelBox::parse(s).ok_or_else(|| format!("{s:?} is not x0,y0,x1,y1 with x1 > x0 and y1 > y0"))
+}
+
+fn parse_feature(s: &str) -> std::result::Result<Feature, String> {
+    Feature::parse(s).ok_or_else(|| format!("{s:?}: expected mean, cls or projection"))
+}
+
+fn parse_kind(s: &str) -> std::result::Result<RegionKind, String> {
+    RegionKind::parse(s).ok_or_else(|| format!("{s:?}: expected part or object"))
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    let s = serde_json::to_string_pretty(v).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    println!("{s}");
+    Ok(())
+}
+
+pub(super) fn setup(a: &SetupArgs) -> Result<()> {
+    let lib = setup::ensure(&SetupOptions {
+        test_tools: a.test_tools,
+        force: a.force,
+    })?;
+    println!("data folder:   {}", setup::data_dir().display());
+    println!("onnxruntime:   {}", lib.display());
+    println!("default model: {}", setup::default_model_path().display());
+    println!("tiny ViT:      {}", setup::vit_tiny_path().display());
+    Ok(())
+}
+
+fn default_model(model: &Option<PathBuf>) -> Result<PathBuf> {
+    match model {
+        Some(m) => Ok(m.clone()),
+        None => {
+            let p = setup::default_model_path();
+            if !p.is_file() {
+                return Err(Error::InvalidArgument(format!(
+                    "no --model given and the default model {} is not installed: run `partlens setup`",
+                    p.display()
+                )));
+            }
+            Ok(p)
+        }
+    }
+}
+
+fn run_ingest(
+    dataset: &Path,
+    model: &Path,
+    enc: &EncoderOptions,
+    opts: &IngestOptions,
+) -> Result<IngestReport> {
+    let ds = MmsegDataset::open(dataset)?;
+    let encoder = crate::encoder::Encoder::load(model, enc)?;
+    tracing::info!(
+        "ingesting {} images from {} with {} ({}) on {}",
+        crate::dataset::Dataset::items(&ds).len(),
+        dataset.display(),
+        encoder.spec().name,
+        model.display(),
+        encoder.provider()
+    );
+    ingest_with_encoder(&ds, &encoder, opts)
+}
+
+fn print_report(r: &IngestReport) {
+    let c = &r.manifest.counts;
+    println!(
+        "indexed {} regions ({} parts, {} objects) from {} images in {:.1} s ({:.1} regions/s; encoder {:.1} s, HNSW {:.1} s)",
+        c.regions,
+        c.parts,
+        c.objects,
+        c.images,
+        r.seconds,
+        r.regions_per_second(),
+        r.encode_seconds,
+        r.hnsw_seconds
+    );
+    if !r.manifest.skipped.is_empty() {
+        println!("skipped {} inputs:", r.manifest.skipped.len());
+        for s in &r.manifest.skipped {
+            println!("  {}: {}", s.path, s.reason);
+        }
+    }
+    println!("index: {}", r.path.display());
+}
+
+pub(super) fn ingest(a: &IngestArgs, enc: &EncoderOptions, quiet: bool) -> Result<()> {
+    let model = default_model(&a.model)?;
+    let out = a.out.clone().unwrap_or_else(|| {
+        let name = a
+            .dataset
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "index".into());
+        PathBuf::from("indexes").join(name)
+    });
+    let mut opts = IngestOptions::new(out);
+    opts.settings = RegionSettings {
+        min_area: a.min_area,
+        margin: a.margin,
+        objects: !a.no_objects,
+    };
+    opts.batch_size = a.batch_size;
+    opts.strict = a.strict;
+    opts.overwrite = a.overwrite;
+    opts.progress = !a.json && !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut enc = enc.clone();
+    enc.spec_file = a.spec.clone();
+    let report = run_ingest(&a.dataset, &model, &enc, &opts)?;
+    if a.json {
+        print_json(&serde_json::json!({
+            "index": report.path,
+            "seconds": report.seconds,
+            "regions_per_second": report.regions_per_second(),
+            "manifest": report.manifest,
+        }))
+    } else {
+        print_report(&report);
+        Ok(())
+    }
+}
+
+pub(super) fn info(a: &InfoArgs) -> Result<()> {
+    let idx = IndexDir::open(&a.index)?;
+    let m = idx.manifest();
+    if a.json {
+        return print_json(m);
+    }
+    println!("index        {}", a.index.display());
+    println!(
+        "encoder      {} ({}), sha256 {}…, ran on {}",
+        m.encoder.spec.name,
+        m.encoder.file,
+        &m.encoder.sha256[..12.min(m.encoder.sha256.len())],
+        m.encoder.provider
+    );
+    let dims: Vec<String> = m
+        .encoder
+        .dims
+        .iter()
+        .map(|(k, v)| format!("{k} {v}-d"))
+        .collect();
+    println!("features     {}", dims.join(", "));
+    println!(
+        "dataset      {} ({}; splits {})",
+        m.dataset.path,
+        m.dataset.format,
+        m.dataset.splits.join(", ")
+    );
+    println!(
+        "regions      {} ({} parts, {} objects) from {} images; {} inputs skipped",
+        m.counts.regions, m.counts.parts, m.counts.objects, m.counts.images, m.skipped.len()
+    );
+    println!(
+        "settings     min area {} px, margin {}, objects {}",
+        m.settings.min_area, m.settings.margin, m.settings.objects
+    );
+    let mut per_label: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for r in idx.regions() {
+        *per_label
+            .entry((r.kind.as_str(), r.label_name.as_str()))
+            .or_default() += 1;
+    }
+    let mut top: Vec<_> = per_label.into_iter().collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    println!("labels       {} distinct; most frequent:", top.len());
+    for ((kind, name), n) in top.iter().take(12) {
+        println!("  {n:>6}  {kind:<6} {name}");
+    }
+    for s in m.skipped.iter().take(20) {
+        println!("skipped      {}: {}", s.path, s.reason);
+    }
+    Ok(())
+}
+
+fn print_hits(hits: &[QueryHit]) {
+    println!(
+        "{:>4}  {:>6}  {:<6} {:<24} {:<14} {:<40} box",
+        "rank", "score", "kind", "label", "object", "image"
+    );
+    for (i, h) in hits.iter().enumerate() {
+        println!(
+            "{:>4}  {:>6.3}  {:<6} {:<24} {:<14} {:<40} {:?}",
+            i + 1,
+            h.score,
+            h.kind.as_str(),
+            h.label,
+            h.object.as_deref().unwrap_or("-"),
+            h.image,
+            h.bbox
+        );
+    }
+}
+
+pub(super) fn query(a: &QueryArgs, enc: &EncoderOptions) -> Result<()> {
+    let engine = QueryEngine::open_with_model(&a.index, a.model.as_deref(), enc)?;
+    let opts = SearchOptions {
+        k: a.k,
+        feature: a.feature,
+        exact: a.exact,
+        ef: a.ef,
+        label: a.label.clone(),
+        kind: a.kind,
+        split: a.split.clone(),
+        object: a.object.clone(),
+    };
+    let hits = engine.search_image_file(&a.image, a.bbox, &opts)?;
+    if a.json {
+        print_json(&hits)
+    } else {
+        print_hits(&hits);
+        Ok(())
+    }
+}
+
+/// The bundled sample dataset: `data/samples/pascal_part` under the working directory, else
+/// under the source tree this binary was built from.
+fn sample_dataset() -> Result<PathBuf> {
+    let rel = Path::new("data/samples/pascal_part");
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    [rel.to_path_buf(), built]
+        .into_iter()
+        .find(|p| p.join("img").is_dir())
+        .ok_or_else(|| {
+            Error::InvalidArgument(
+                "bundled sample data/samples/pascal_part not found; run the demo from the \
+                 repository root"
+                    .into(),
+            )
+        })
+}
+
+pub(super) fn demo(a: &DemoArgs, enc: &EncoderOptions) -> Result<()> {
+    setup::ensure(&SetupOptions::default())?;
+    let dataset = sample_dataset()?;
+    let model = setup::default_model_path();
+    let mut opts = IngestOptions::new(&a.out);
+    opts.overwrite = true;
+    opts.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let report = run_ingest(&dataset, &model, enc, &opts)?;
+    print_report(&report);
+
+    // Query with the largest part of the validation split, searching the training split.
+    let engine = QueryEngine::open(&a.out, enc)?;
+    let probe = engine
+        .index()
+        .regions()
+        .iter()
+        .filter(|r| r.split == "val" && r.kind == RegionKind::Part)
+        .max_by_key(|r| (r.area, std::cmp::Reverse(r.id)))
+        .cloned()
+        .ok_or_else(|| Error::InvalidArgument("the sample index has no val parts".into()))?;
+    let image = dataset.join(&probe.image);
+    let b = probe.bbox;
+    println!(
+        "\nquery: the {:?} region of {} (box {},{},{},{}), searching train parts:",
+        probe.label_name,
+        image.display(),
+        b.x0,
+        b.y0,
+        b.x1,
+        b.y1
+    );
+    let opts = SearchOptions {
+        k: 5,
+        split: Some("train".into()),
+        kind: Some(RegionKind::Part),
+        ..SearchOptions::default()
+    };
+    print_hits(&engine.search_image_file(&image, Some(b), &opts)?);
+    println!(
+        "\nindex written to {} — try:\n  partlens info {}\n  partlens query --index {} --image {} --box {},{},{},{} -k 10",
+        a.out.display(),
+        a.out.display(),
+        a.out.display(),
+        image.display(),
+        b.x0,
+        b.y0,
+        b.x1,
+        b.y1
+    );
+    Ok(())
+}

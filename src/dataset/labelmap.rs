@@ -1,0 +1,243 @@
+//! Label maps (8-bit single-channel PNGs) and the regions inside them.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::region::PixelBox;
+
+/// The label value that means "ignore this pixel" (mmseg convention).
+pub const IGNORE: u8 = 255;
+/// The label value that means background; never a region (mmseg's `reduce_zero_label`).
+pub const BACKGROUND: u8 = 0;
+
+/// A per-pixel class map, row-major, `width × height` bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelMap {
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// One class id per pixel.
+    pub data: Vec<u8>,
+}
+
+impl LabelMap {
+    /// Reads an 8-bit greyscale or palette PNG, keeping the raw values (palette indices are the
+    /// class ids, as in mmseg's and LIP's annotations). Other bit depths and colour PNGs are
+    /// refused: reading them as labels would give wrong classes.
+    pub fn read_png(path: &Path) -> Result<LabelMap> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_png_bytes(&bytes, path)
+    }
+
+    /// [`LabelMap::read_png`] on bytes; `path` only names the file in errors.
+    pub fn from_png_bytes(bytes: &[u8], path: &Path) -> Result<LabelMap> {
+        let bad = |m: String| Error::annotation(path, m);
+        let mut dec = png::Decoder::new(std::io::Cursor::new(bytes));
+        dec.set_transformations(png::Transformations::IDENTITY);
+        let mut reader = dec
+            .read_info()
+            .map_err(|e| bad(format!("not a readable PNG label map: {e}")))?;
+        let (ct, depth) = reader.output_color_type();
+        if depth != png::BitDepth::Eight
+            || !matches!(ct, png::ColorType::Grayscale | png::ColorType::Indexed)
+        {
+            return Err(bad(format!(
+                "label maps must be 8-bit greyscale or palette PNGs, this one is {ct:?} {depth:?}"
+            )));
+        }
+        let size = reader
+            .output_buffer_size()
+            .ok_or_else(|| bad("PNG too large".into()))?;
+        let mut buf = vec![0u8; size];
+        let info = reader
+            .next_frame(&mut buf)
+            .map_err(|e| bad(format!("truncated or corrupt PNG: {e}")))?;
+        let (w, h) = (info.width as usize, info.height as usize);
+        if info.line_size != w {
+            return Err(bad(format!("unexpected PNG row size {}", info.line_size)));
+        }
+        buf.truncate(w * h);
+        Ok(LabelMap {
+            width: w,
+            height: h,
+            data: buf,
+        })
+    }
+
+    /// The largest class id present other than [`IGNORE`], if any pixel is labelled.
+    pub fn max_label(&self) -> Option<u8> {
+        self.data
+            .iter()
+            .copied()
+            .filter(|&v| v != IGNORE && v != BACKGROUND)
+            .max()
+    }
+}
+
+/// One connected region of a single class in a label map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Component {
+    /// The class id.
+    pub label: u8,
+    /// Number of this component among those of its class, from 0, in raster order of first pixel.
+    pub instance: u32,
+    /// Tight bounding box.
+    pub bbox: PixelBox,
+    /// Pixel count.
+    pub area: u64,
+    /// Mask inside `bbox`, run-length encoded row-major, starting with an outside run.
+    pub mask_rle: Vec<u32>,
+}
+
+/// Finds the 4-connected components of every class except background and ignore, keeping those
+/// of at least `min_area` pixels. Components come in raster order of their first pixel.
+pub fn components(map: &LabelMap, min_area: u64) -> Vec<Component> {
+    let (w, h) = (map.width, map.height);
+    let mut comp = vec![u32::MAX; w * h];
+    let mut out = Vec::new();
+    let mut next_instance = [0u32; 256];
+    let mut stack = Vec::new();
+    let mut pixels = Vec::new();
+    for start in 0..w * h {
+        let label = map.data[start];
+        if label == BACKGROUND || label == IGNORE || comp[start] != u32::MAX {
+            continue;
+        }
+        let id = out.len() as u32;
+        comp[start] = id;
+        stack.push(start);
+        pixels.clear();
+        let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
+        while let Some(p) = stack.pop() {
+            pixels.push(p);
+            let (x, y) = (p % w, p / w);
+            x0 = x0.min(x);
+            x1 = x1.max(x);
+            y0 = y0.min(y);
+            y1 = y1.max(y);
+            let mut visit = |q: usize| {
+                if map.data[q] == label && comp[q] == u32::MAX {
+                    comp[q] = id;
+                    stack.push(q);
+                }
+            };
+            if x > 0 {
+                visit(p - 1);
+            }
+            if x + 1 < w {
+                visit(p + 1);
+            }
+            if y > 0 {
+                visit(p - w);
+            }
+            if y + 1 < h {
+                visit(p + w);
+            }
+        }
+        let area = pixels.len() as u64;
+        // Keep component ids dense even for dropped components, so `comp` stays meaningful.
+        let bbox = PixelBox {
+            x0: x0 as i64,
+            y0: y0 as i64,
+            x1: x1 as i64 + 1,
+            y1: y1 as i64 + 1,
+        };
+        let mask_rle = rle(&comp, w, bbox, id);
+        out.push((
+            area >= min_area,
+            Component {
+                label,
+                instance: 0,
+                bbox,
+                area,
+                mask_rle,
+            },
+        ));
+    }
+    out.into_iter()
+        .filter(|(keep, _)| *keep)
+        .map(|(_, mut c)| {
+            c.instance = next_instance[c.label as usize];
+            next_instance[c.label as usize] += 1;
+            c
+        })
+        .collect()
+}
+
+fn rle(comp: &[u32], w: usize, b: PixelBox, id: u32) -> Vec<u32> {
+    let mut runs = Vec::new();
+    let mut inside = false;
+    let mut run = 0u32;
+    for y in b.y0 as usize..b.y1 as usize {
+        for x in b.x0 as usize..b.x1 as usize {
+            let v = comp[y * w + x] == id;
+            if v != inside {
+                runs.push(run);
+                run = 0;
+                inside = v;
+            }
+            run += 1;
+        }
+    }
+    runs.push(run);
+    runs
+}
+
+/// Expands a mask from [`Component::mask_rle`] into `width × height` booleans.
+pub fn decode_rle(rle: &[u32], width: usize, height: usize) -> Vec<bool> {
+    let mut out = Vec::with_capacity(width * height);
+    for (i, &n) in rle.iter().enumerate() {
+        out.extend(std::iter::repeat_n(i % 2 == 1, n as usize));
+    }
+    out.resize(width * height, false);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(rows: &[&[u8]]) -> LabelMap {
+        LabelMap {
+            width: rows[0].len(),
+            height: rows.len(),
+            data: rows.concat(),
+        }
+    }
+
+    #[test]
+    fn four_connected_components_per_class() {
+        let m = map(&[
+            &[1, 1, 0, 2],
+            &[0, 1, 0, 2],
+            &[1, 0, 255, 0],
+            &[1, 0, 0, 2],
+        ]);
+        let c = components(&m, 1);
+        let summary: Vec<_> = c.iter().map(|c| (c.label, c.instance, c.area)).collect();
+        // The diagonal 1 at (0,2) is not 4-connected to the top-left blob.
+        assert_eq!(summary, vec![(1, 0, 3), (2, 0, 2), (1, 1, 2), (2, 1, 1)]);
+        assert_eq!(c[0].bbox, PixelBox::new(0, 0, 2, 2).unwrap());
+        assert_eq!(c[0].mask_rle, vec![0, 3, 1]);
+        assert_eq!(decode_rle(&c[0].mask_rle, 2, 2), vec![true, true, false, true]);
+    }
+
+    #[test]
+    fn min_area_drops_small_components_and_renumbers() {
+        let m = map(&[&[1, 0, 1, 1]]);
+        let c = components(&m, 2);
+        assert_eq!(c.len(), 1);
+        assert_eq!((c[0].instance, c[0].area), (0, 2));
+    }
+
+    #[test]
+    fn refuses_colour_png() {
+        let mut buf = Vec::new();
+        image::RgbImage::new(2, 2)
+            .write_to(&mut std::io::Cursor::new(&mut buf), image::ImageFormat::Png)
+            .unwrap();
+        let err = LabelMap::from_png_bytes(&buf, Path::new("x.png")).unwrap_err();
+        assert!(err.to_string().contains("8-bit greyscale or palette"), "{err}");
+    }
+}

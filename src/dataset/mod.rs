@@ -1,0 +1,79 @@
+//! Dataset readers. Each on-disk format lists its images ([`ImageItem`]) and turns one image into
+//! its regions ([`ImageRegions`]); everything downstream is format-agnostic.
+
+pub mod labelmap;
+pub mod mmseg;
+
+use std::path::PathBuf;
+
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::region::Region;
+
+pub use labelmap::{components, Component, LabelMap};
+pub use mmseg::MmsegDataset;
+
+/// How regions are cut from label maps.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RegionSettings {
+    /// Smallest region kept, in pixels of the original image. The default, 256 (a 16×16
+    /// patch), drops slivers too small to carry a part's appearance once resized to 224 px.
+    pub min_area: u64,
+    /// Margin added on each side of the tight box before squaring, as a fraction of its longest
+    /// side (0.1 = 10 %).
+    pub margin: f32,
+    /// Whether to emit object regions where the dataset has object labels.
+    pub objects: bool,
+}
+
+impl Default for RegionSettings {
+    fn default() -> Self {
+        RegionSettings {
+            min_area: 256,
+            margin: 0.1,
+            objects: true,
+        }
+    }
+}
+
+/// One image of a dataset and where its annotations are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageItem {
+    /// Image path relative to the dataset root, `/`-separated (what the index stores).
+    pub image: String,
+    /// Split name.
+    pub split: String,
+    /// Absolute or root-joined image path.
+    pub image_path: PathBuf,
+    /// Part label map, if the dataset has one for this image.
+    pub part_ann: Option<PathBuf>,
+    /// Object label map, if the dataset has one.
+    pub object_ann: Option<PathBuf>,
+}
+
+/// An image decoded once, with all the regions to embed from it (ids not yet assigned).
+#[derive(Debug)]
+pub struct ImageRegions {
+    /// The decoded image.
+    pub image: RgbImage,
+    /// Its regions, in a stable order (parts then objects, each in raster order).
+    pub regions: Vec<Region>,
+}
+
+/// What a dataset reader offers the ingest pipeline.
+pub trait Dataset: Sync {
+    /// Short format name stored in the manifest, e.g. `mmseg`.
+    fn format(&self) -> &'static str;
+    /// The dataset root.
+    fn root(&self) -> &std::path::Path;
+    /// Split names present.
+    fn splits(&self) -> Vec<String>;
+    /// The images to ingest, in a deterministic order.
+    fn items(&self) -> &[ImageItem];
+    /// Problems found while listing (e.g. an annotation without its image), as `(path, reason)`.
+    fn listing_problems(&self) -> &[(String, String)];
+    /// Decodes one image and cuts its regions. Errors name the offending file.
+    fn load(&self, item: &ImageItem, settings: &RegionSettings) -> Result<ImageRegions>;
+}

@@ -1,0 +1,495 @@
+//! Running an ONNX encoder over batches of region tensors and reading the paper's features
+//! (`mean`, `cls`, `projection`) out of it.
+
+pub mod runtime;
+pub mod spec;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ort::session::Session;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, IoContext, Result};
+use crate::preprocess::Preprocessor;
+pub use spec::{ModelSpec, SpecOutputs};
+
+/// Where inference runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// The CPU execution provider.
+    Cpu,
+    /// CUDA; fails with [`Error::Device`] when CUDA cannot be used (never a silent CPU fallback).
+    Cuda,
+    /// CUDA when it works, otherwise CPU; logs which one runs.
+    #[default]
+    Auto,
+}
+
+/// One of the paper's per-region features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Feature {
+    /// Mean of the patch tokens after the final norm (CNNs: global average of the feature map).
+    Mean,
+    /// The class token after the final norm.
+    Cls,
+    /// The output of the pretraining projection head.
+    Projection,
+}
+
+impl Feature {
+    /// All features, in storage order.
+    pub const ALL: [Feature; 3] = [Feature::Mean, Feature::Cls, Feature::Projection];
+
+    /// `mean`, `cls` or `projection` (file and column names).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Feature::Mean => "mean",
+            Feature::Cls => "cls",
+            Feature::Projection => "projection",
+        }
+    }
+
+    /// Parses a feature name.
+    pub fn parse(s: &str) -> Option<Feature> {
+        Feature::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+}
+
+impl fmt::Display for Feature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How to load an encoder.
+#[derive(Debug, Clone, Default)]
+pub struct EncoderOptions {
+    /// ONNX Runtime library to load (see [`runtime::resolve_library`] for the search order).
+    pub ort_lib: Option<PathBuf>,
+    /// Execution provider.
+    pub device: Device,
+    /// Intra-op threads for ONNX Runtime; `None` lets it use every core.
+    pub intra_threads: Option<usize>,
+    /// A spec JSON file that replaces the one embedded in the model.
+    pub spec_file: Option<PathBuf>,
+}
+
+/// Features of a batch: for each feature the model has, `n × dim` floats, row-major.
+#[derive(Debug, Clone, Default)]
+pub struct Features {
+    /// Number of rows.
+    pub n: usize,
+    /// Row-major `n × dim` values per feature.
+    pub values: BTreeMap<Feature, Vec<f32>>,
+}
+
+/// A loaded, validated encoder.
+pub struct Encoder {
+    path: PathBuf,
+    sha256: String,
+    spec: ModelSpec,
+    provider: &'static str,
+    dims: BTreeMap<Feature, usize>,
+    session: Mutex<Session>,
+}
+
+impl fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Encoder")
+            .field("path", &self.path)
+            .field("spec", &self.spec)
+            .field("provider", &self.provider)
+            .field("dims", &self.dims)
+            .finish()
+    }
+}
+
+/// SHA-256 of a file, lowercase hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).at(path)?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).at(path)?;
+    Ok(format!("{:x}", h.finalize()))
+}
+
+fn build_session(
+    env: &ort::environment::Environment,
+    path: &Path,
+    opts: &EncoderOptions,
+    cuda: bool,
+) -> Result<Session> {
+    let mut b = Session::builder(env)?;
+    if let Some(n) = opts.intra_threads {
+        b = b.with_intra_threads(n)?;
+    }
+    if cuda {
+        b = b
+            .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
+            .map_err(|e| Error::Device {
+                provider: "cuda".into(),
+                message: format!(
+                    "{}. The CUDA provider needs the onnxruntime-gpu build of ONNX Runtime \
+                     (pass its libonnxruntime.so with --ort-lib), an NVIDIA driver and the \
+                     CUDA 13 / cuDNN 9 libraries",
+                    e.to_string().trim_end_matches('.')
+                ),
+            })?;
+    }
+    b.commit_from_file(path).map_err(|e| {
+        if cuda {
+            Error::Device {
+                provider: "cuda".into(),
+                message: e.to_string(),
+            }
+        } else {
+            Error::model(path, format!("ONNX Runtime cannot load it: {e}"))
+        }
+    })
+}
+
+fn read_spec(session: &Session, path: &Path, opts: &EncoderOptions) -> Result<ModelSpec> {
+    let sidecar = opts
+        .spec_file
+        .clone()
+        .unwrap_or_else(|| ModelSpec::sidecar_path(path));
+    if sidecar.is_file() {
+        let text = std::fs::read_to_string(&sidecar).at(&sidecar)?;
+        return ModelSpec::from_json(&text, path, &sidecar.display().to_string());
+    }
+    if let Some(p) = &opts.spec_file {
+        return Err(Error::io(
+            p,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "spec file not found"),
+        ));
+    }
+    let meta = session.metadata()?;
+    match meta.custom(spec::SPEC_KEY) {
+        Some(json) => ModelSpec::from_json(&json, path, "its metadata"),
+        None => Err(Error::model(
+            path,
+            format!(
+                "no partlens spec: the ONNX metadata has no {:?} entry and there is no sidecar {}. \
+                 Convert the model with scripts/models/*.py or write the sidecar (see README)",
+                spec::SPEC_KEY,
+                sidecar.display()
+            ),
+        )),
+    }
+}
+
+impl Encoder {
+    /// Loads `path`, reads its spec, builds a session on the requested device and validates the
+    /// graph against the spec with one dry run. Refuses with [`Error::Model`] naming the tensor
+    /// and shapes when they disagree.
+    pub fn load(path: impl AsRef<Path>, opts: &EncoderOptions) -> Result<Encoder> {
+        let path = path.as_ref().to_path_buf();
+        if !path.is_file() {
+            return Err(Error::model(&path, "no such model file"));
+        }
+        let lib = runtime::resolve_library(opts.ort_lib.as_deref())?;
+        let env = runtime::environment(&lib)?;
+        let (session, provider) = match opts.device {
+            Device::Cpu => (build_session(env, &path, opts, false)?, "cpu"),
+            Device::Cuda => (build_session(env, &path, opts, true)?, "cuda"),
+            Device::Auto => match build_session(env, &path, opts, true) {
+                Ok(s) => (s, "cuda"),
+                Err(Error::Device { message, .. }) => {
+                    tracing::info!("CUDA not usable ({message}); running on CPU");
+                    (build_session(env, &path, opts, false)?, "cpu")
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        tracing::info!("execution provider: {provider}");
+        let spec = read_spec(&session, &path, opts)?;
+        let mut enc = Encoder {
+            sha256: sha256_file(&path)?,
+            path,
+            spec,
+            provider,
+            dims: BTreeMap::new(),
+            session: Mutex::new(session),
+        };
+        enc.validate()?;
+        Ok(enc)
+    }
+
+    fn validate(&mut self) -> Result<()> {
+        let [h, w] = self.spec.input_size;
+        {
+            let session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+            let input = session
+                .inputs()
+                .iter()
+                .find(|i| i.name() == self.spec.input)
+                .ok_or_else(|| {
+                    let names: Vec<_> = session.inputs().iter().map(|i| i.name()).collect();
+                    Error::model(
+                        &self.path,
+                        format!(
+                            "spec input {:?} is not a graph input (inputs: {names:?})",
+                            self.spec.input
+                        ),
+                    )
+                })?;
+            let shape: Vec<i64> = input
+                .dtype()
+                .tensor_shape()
+                .map(|s| s.iter().copied().collect())
+                .unwrap_or_default();
+            let want = [-1, 3, h as i64, w as i64];
+            let ok = shape.len() == 4
+                && shape
+                    .iter()
+                    .zip(want)
+                    .all(|(&g, w)| g == -1 || w == -1 || g == w);
+            if !ok {
+                return Err(Error::model(
+                    &self.path,
+                    format!(
+                        "input {:?} has shape {shape:?}; the spec needs [batch, 3, {h}, {w}]",
+                        self.spec.input
+                    ),
+                ));
+            }
+            let names: Vec<String> = session
+                .outputs()
+                .iter()
+                .map(|o| o.name().to_string())
+                .collect();
+            let o = &self.spec.outputs;
+            for name in [
+                &o.cls,
+                &o.patch_tokens,
+                &o.feature_map,
+                &o.projection,
+                &o.pooled,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if !names.contains(name) {
+                    return Err(Error::model(
+                        &self.path,
+                        format!("spec output {name:?} is not a graph output (outputs: {names:?})"),
+                    ));
+                }
+            }
+        }
+        // A dry run gives the real shapes, including dynamic ones.
+        let zeros = vec![0f32; 3 * h * w];
+        let shapes = self.run_raw(&zeros, 1, |name, shape, _| (name.to_string(), shape))?;
+        let shape_of = |n: &Option<String>| {
+            n.as_ref()
+                .and_then(|n| shapes.iter().find(|(k, _)| k == n).map(|(_, s)| s.clone()))
+        };
+        let o = self.spec.outputs.clone();
+        let expect = |n: &Option<String>, rank: usize, what: &str| -> Result<Option<Vec<i64>>> {
+            match shape_of(n) {
+                Some(s) if s.len() == rank && s[0] == 1 && s.iter().all(|&d| d > 0) => Ok(Some(s)),
+                Some(s) => Err(Error::model(
+                    &self.path,
+                    format!(
+                        "output {:?} ({what}) has shape {s:?} for a batch of 1; expected rank {rank} \
+                         with the batch first",
+                        n.as_deref().unwrap_or_default()
+                    ),
+                )),
+                None => Ok(None),
+            }
+        };
+        let cls = expect(&o.cls, 2, "cls, [B, D]")?;
+        let patch = expect(&o.patch_tokens, 3, "patch tokens, [B, N, D]")?;
+        let fmap = expect(&o.feature_map, 4, "feature map, [B, C, h, w]")?;
+        let proj = expect(&o.projection, 2, "projection, [B, P]")?;
+        let pooled = expect(&o.pooled, 2, "pooled, [B, D]")?;
+        let token_dim = patch.as_ref().map(|s| s[2]).or(fmap.as_ref().map(|s| s[1]));
+        let mean_dim = pooled.as_ref().map(|s| s[1]).or(token_dim).unwrap_or(0);
+        if let (Some(p), Some(t)) = (&pooled, token_dim) {
+            if p[1] != t {
+                return Err(Error::model(
+                    &self.path,
+                    format!("pooled output has {} dims but the tokens have {t}", p[1]),
+                ));
+            }
+        }
+        if let (Some(c), Some(t)) = (&cls, token_dim) {
+            if c[1] != t {
+                return Err(Error::model(
+                    &self.path,
+                    format!("cls output has {} dims but the patch tokens have {t}", c[1]),
+                ));
+            }
+        }
+        self.dims.insert(Feature::Mean, mean_dim as usize);
+        if let Some(c) = cls {
+            self.dims.insert(Feature::Cls, c[1] as usize);
+        }
+        if let Some(p) = proj {
+            self.dims.insert(Feature::Projection, p[1] as usize);
+        }
+        Ok(())
+    }
+
+    /// Runs the model on `n` CHW tensors and hands each named output to `f`.
+    fn run_raw<T>(
+        &self,
+        pixels: &[f32],
+        n: usize,
+        mut f: impl FnMut(&str, Vec<i64>, &[f32]) -> T,
+    ) -> Result<Vec<T>> {
+        let [h, w] = self.spec.input_size;
+        if pixels.len() != n * 3 * h * w {
+            return Err(Error::InvalidArgument(format!(
+                "batch holds {} floats, expected {n} × 3 × {h} × {w}",
+                pixels.len()
+            )));
+        }
+        let input = ort::value::TensorRef::from_array_view(([n, 3, h, w], pixels))?;
+        let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let outputs = session.run(ort::inputs![self.spec.input.as_str() => input])?;
+        let o = &self.spec.outputs;
+        let mut res = Vec::new();
+        for name in [
+            &o.cls,
+            &o.patch_tokens,
+            &o.feature_map,
+            &o.projection,
+            &o.pooled,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let value = outputs
+                .get(name)
+                .ok_or_else(|| Error::Ort(format!("output {name:?} missing from the run")))?;
+            let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| {
+                Error::model(&self.path, format!("output {name:?} is not float32: {e}"))
+            })?;
+            res.push(f(name, shape.iter().copied().collect(), data));
+        }
+        Ok(res)
+    }
+
+    /// Embeds `n` preprocessed regions (`pixels` = `n × 3 × H × W`, CHW each) and returns
+    /// every feature the model has.
+    pub fn embed(&self, pixels: &[f32], n: usize) -> Result<Features> {
+        let o = self.spec.outputs.clone();
+        let mut values = BTreeMap::new();
+        let mut tokens_mean = None;
+        let raw = self.run_raw(pixels, n, |name, shape, data| {
+            (name.to_string(), shape, data.to_vec())
+        })?;
+        for (name, shape, data) in raw {
+            let is = |x: &Option<String>| x.as_deref() == Some(name.as_str());
+            if is(&o.cls) {
+                values.insert(Feature::Cls, data);
+            } else if is(&o.projection) {
+                values.insert(Feature::Projection, data);
+            } else if is(&o.pooled) {
+                values.insert(Feature::Mean, data);
+            } else if is(&o.patch_tokens) {
+                let (t, d) = (shape[1] as usize, shape[2] as usize);
+                tokens_mean = Some(mean_rows(&data, n, t, d, false));
+            } else if is(&o.feature_map) {
+                let (c, hw) = (shape[1] as usize, (shape[2] * shape[3]) as usize);
+                tokens_mean = Some(mean_rows(&data, n, hw, c, true));
+            }
+        }
+        if let (false, Some(m)) = (values.contains_key(&Feature::Mean), tokens_mean) {
+            values.insert(Feature::Mean, m);
+        }
+        for (f, d) in &self.dims {
+            let got = values.get(f).map_or(0, Vec::len);
+            if got != n * d {
+                return Err(Error::model(
+                    &self.path,
+                    format!("feature {f} has {got} values for {n} regions, expected {n} × {d}"),
+                ));
+            }
+        }
+        Ok(Features { n, values })
+    }
+
+    /// The model file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// SHA-256 of the model file.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// The model's spec.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// The execution provider in use: `cpu` or `cuda`.
+    pub fn provider(&self) -> &'static str {
+        self.provider
+    }
+
+    /// Dimension of every feature this model produces.
+    pub fn dims(&self) -> &BTreeMap<Feature, usize> {
+        &self.dims
+    }
+
+    /// The preprocessing this model expects.
+    pub fn preprocessor(&self) -> Preprocessor {
+        Preprocessor {
+            size: (self.spec.input_size[0], self.spec.input_size[1]),
+            mean: self.spec.mean,
+            std: self.spec.std,
+        }
+    }
+}
+
+/// Mean over the token axis: `data` is `[n, t, d]` (or `[n, d, t]` when `channels_first`);
+/// returns `[n, d]`.
+fn mean_rows(data: &[f32], n: usize, t: usize, d: usize, channels_first: bool) -> Vec<f32> {
+    let mut out = vec![0f32; n * d];
+    for b in 0..n {
+        let x = &data[b * t * d..(b + 1) * t * d];
+        let o = &mut out[b * d..(b + 1) * d];
+        if channels_first {
+            for (c, oc) in o.iter_mut().enumerate() {
+                *oc = x[c * t..(c + 1) * t].iter().map(|&v| f64::from(v)).sum::<f64>() as f32
+                    / t as f32;
+            }
+        } else {
+            let mut acc = vec![0f64; d];
+            for tok in x.chunks_exact(d) {
+                for (a, &v) in acc.iter_mut().zip(tok) {
+                    *a += f64::from(v);
+                }
+            }
+            for (oc, a) in o.iter_mut().zip(acc) {
+                *oc = (a / t as f64) as f32;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mean_rows;
+
+    #[test]
+    fn token_and_channel_means() {
+        // n=1, t=2, d=3 tokens-last
+        let x = [1.0, 2.0, 3.0, 3.0, 4.0, 5.0];
+        assert_eq!(mean_rows(&x, 1, 2, 3, false), vec![2.0, 3.0, 4.0]);
+        // n=1, c=2, hw=3 channels-first
+        let y = [1.0, 2.0, 3.0, 10.0, 10.0, 10.0];
+        assert_eq!(mean_rows(&y, 1, 3, 2, true), vec![2.0, 10.0]);
+    }
+}

@@ -1,0 +1,105 @@
+//! A model's spec: how to feed it and which outputs mean what. Stored inside the ONNX file
+//! (`metadata_props["partlens.spec"]`), optionally overridden by a JSON sidecar.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Metadata key under which the spec JSON lives in the ONNX file.
+pub const SPEC_KEY: &str = "partlens.spec";
+
+/// Which graph outputs carry which feature. Unnamed outputs are not produced by the model.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecOutputs {
+    /// Class token after the final norm, `[B, D]`.
+    #[serde(default)]
+    pub cls: Option<String>,
+    /// Patch tokens after the final norm, `[B, N, D]`.
+    #[serde(default)]
+    pub patch_tokens: Option<String>,
+    /// A CNN's last feature map, `[B, C, h, w]`.
+    #[serde(default)]
+    pub feature_map: Option<String>,
+    /// The pretraining projection head's output, `[B, P]` (MoCo v3, DINO, iBOT).
+    #[serde(default)]
+    pub projection: Option<String>,
+    /// The model's own mean of patch tokens / global average pool, `[B, D]`; when absent the
+    /// mean is computed from `patch_tokens` or `feature_map`.
+    #[serde(default)]
+    pub pooled: Option<String>,
+}
+
+/// Everything partlens needs to know to run a model faithfully.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// Version of this spec format (1).
+    pub spec_version: u32,
+    /// A human name, e.g. `mobilenet_v2_imagenet`, `dino_vitb16`.
+    pub name: String,
+    /// Name of the image input, float32 `[B, 3, H, W]`.
+    pub input: String,
+    /// `[H, W]` in pixels.
+    pub input_size: [usize; 2],
+    /// Per-channel mean (RGB), after scaling pixels to [0, 1].
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation (RGB).
+    pub std: [f32; 3],
+    /// Resize interpolation; only `bicubic` (the paper's) is implemented.
+    #[serde(default = "bicubic")]
+    pub interpolation: String,
+    /// Output roles.
+    pub outputs: SpecOutputs,
+    /// Patch size in pixels, for ViTs.
+    #[serde(default)]
+    pub patch_size: Option<usize>,
+}
+
+fn bicubic() -> String {
+    "bicubic".into()
+}
+
+impl ModelSpec {
+    /// Parses and checks a spec; `origin` names where it came from in errors.
+    pub fn from_json(json: &str, model: &Path, origin: &str) -> Result<ModelSpec> {
+        let spec: ModelSpec = serde_json::from_str(json)
+            .map_err(|e| Error::model(model, format!("invalid spec in {origin}: {e}")))?;
+        spec.check(model)?;
+        Ok(spec)
+    }
+
+    fn check(&self, model: &Path) -> Result<()> {
+        let bad = |m: String| Err(Error::model(model, m));
+        if self.spec_version != 1 {
+            return bad(format!(
+                "spec_version {} is not supported (this partlens reads 1)",
+                self.spec_version
+            ));
+        }
+        if self.interpolation != "bicubic" {
+            return bad(format!(
+                "interpolation {:?} is not supported; use \"bicubic\"",
+                self.interpolation
+            ));
+        }
+        if self.input_size.contains(&0) {
+            return bad("input_size must be positive".into());
+        }
+        if self.std.iter().any(|&s| s <= 0.0) {
+            return bad("std must be positive".into());
+        }
+        let o = &self.outputs;
+        if o.pooled.is_none() && o.patch_tokens.is_none() && o.feature_map.is_none() {
+            return bad(
+                "spec names none of pooled, patch_tokens, feature_map: no mean feature".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The sidecar file that overrides the embedded spec: `model.onnx` → `model.spec.json`.
+    pub fn sidecar_path(model: &Path) -> PathBuf {
+        model.with_extension("spec.json")
+    }
+}

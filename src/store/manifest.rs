@@ -1,0 +1,157 @@
+//! `manifest.json`: what an index holds and how it was made. Replaced atomically (temp file,
+//! fsync, rename), so a crash never leaves a manifest that opens wrong.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::RegionSettings;
+use crate::encoder::ModelSpec;
+use crate::error::{Error, IoContext, Result};
+
+/// Version of the index directory layout this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The encoder an index was built with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EncoderInfo {
+    /// Absolute path of the ONNX file at ingest time.
+    pub file: String,
+    /// SHA-256 of the ONNX file; queries refuse a model with another hash.
+    pub sha256: String,
+    /// The spec the model ran with.
+    pub spec: ModelSpec,
+    /// Execution provider used at ingest (`cpu` or `cuda`).
+    pub provider: String,
+    /// Dimension of each stored feature.
+    pub dims: BTreeMap<String, usize>,
+}
+
+/// The dataset an index was built from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetInfo {
+    /// Absolute path of the dataset root at ingest time.
+    pub path: String,
+    /// Reader used, e.g. `mmseg`.
+    pub format: String,
+    /// Splits ingested.
+    pub splits: Vec<String>,
+}
+
+/// Row and image counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Regions stored (= rows of every feature matrix).
+    pub regions: u64,
+    /// Of which parts.
+    pub parts: u64,
+    /// Of which objects.
+    pub objects: u64,
+    /// Images that gave regions or were read without error.
+    pub images: u64,
+    /// Images skipped because of an error.
+    pub images_skipped: u64,
+}
+
+/// One HNSW graph in the index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HnswInfo {
+    /// Base name of the `hnsw/<basename>.hnsw.{graph,data}` files.
+    pub basename: String,
+    /// Maximum links per node.
+    pub max_nb_connection: usize,
+    /// Search width used while building.
+    pub ef_construction: usize,
+}
+
+/// An input that was not ingested, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    /// File path relative to the dataset root where possible.
+    pub path: String,
+    /// What was wrong.
+    pub reason: String,
+}
+
+/// The whole manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Layout version ([`SCHEMA_VERSION`]).
+    pub schema_version: u32,
+    /// partlens version that wrote the index.
+    pub partlens_version: String,
+    /// Seconds since the Unix epoch when ingest finished.
+    pub created_unix: u64,
+    /// The encoder.
+    pub encoder: EncoderInfo,
+    /// The dataset.
+    pub dataset: DatasetInfo,
+    /// How regions were cut.
+    pub settings: RegionSettings,
+    /// Counts.
+    pub counts: Counts,
+    /// Features stored, in `features/<name>.npy` and as Parquet columns.
+    pub features: Vec<String>,
+    /// Parquet files under the index directory, in row order.
+    pub shards: Vec<String>,
+    /// HNSW graph per feature.
+    pub hnsw: BTreeMap<String, HnswInfo>,
+    /// Inputs skipped, with reasons.
+    pub skipped: Vec<Skipped>,
+}
+
+impl Manifest {
+    /// Writes `dir/manifest.json` atomically.
+    pub fn write_atomic(&self, dir: &Path) -> Result<()> {
+        let path = dir.join("manifest.json");
+        let tmp = dir.join("manifest.json.tmp");
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::InvalidArgument(format!("manifest: {e}")))?;
+        {
+            let mut f = std::fs::File::create(&tmp).at(&tmp)?;
+            f.write_all(&json).at(&tmp)?;
+            f.write_all(b"\n").at(&tmp)?;
+            f.sync_all().at(&tmp)?;
+        }
+        std::fs::rename(&tmp, &path).at(&path)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Reads and checks `dir/manifest.json`.
+    pub fn read(dir: &Path) -> Result<Manifest> {
+        let path = dir.join("manifest.json");
+        if !dir.is_dir() {
+            return Err(Error::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such index directory"),
+            ));
+        }
+        let bytes = std::fs::read(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::corrupt(
+                    &path,
+                    "missing: not an index directory, or its ingest did not finish",
+                )
+            } else {
+                Error::io(&path, e)
+            }
+        })?;
+        let m: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::corrupt(&path, format!("unreadable manifest: {e}")))?;
+        if m.schema_version != SCHEMA_VERSION {
+            return Err(Error::corrupt(
+                &path,
+                format!(
+                    "schema version {} (this partlens reads {SCHEMA_VERSION}); rebuild the index",
+                    m.schema_version
+                ),
+            ));
+        }
+        Ok(m)
+    }
+}

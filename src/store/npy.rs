@@ -1,0 +1,203 @@
+//! `.npy` float32 matrices: written row by row, read back through `memmap2`, and opened by
+//! `numpy.load(path, mmap_mode="r")` without this tool.
+
+use std::fs::File;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use crate::error::{Error, IoContext, Result};
+
+/// Header length we always write (magic + version + length + dict, padded), so the row count
+/// can be patched in place when the writer finishes.
+const HEADER_LEN: usize = 128;
+
+fn header(rows: usize, cols: usize) -> Vec<u8> {
+    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    let mut h = Vec::with_capacity(HEADER_LEN);
+    h.extend_from_slice(b"\x93NUMPY\x01\x00");
+    h.extend_from_slice(&((HEADER_LEN - 10) as u16).to_le_bytes());
+    h.extend_from_slice(dict.as_bytes());
+    h.resize(HEADER_LEN - 1, b' ');
+    h.push(b'\n');
+    h
+}
+
+/// Appends float32 rows of fixed width to a `.npy` file.
+#[derive(Debug)]
+pub struct NpyWriter {
+    path: PathBuf,
+    file: std::io::BufWriter<File>,
+    cols: usize,
+    rows: usize,
+}
+
+impl NpyWriter {
+    /// Creates (truncates) `path` for rows of `cols` floats.
+    pub fn create(path: impl AsRef<Path>, cols: usize) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let mut file = std::io::BufWriter::new(File::create(&path).at(&path)?);
+        file.write_all(&header(0, cols)).at(&path)?;
+        Ok(NpyWriter {
+            path,
+            file,
+            cols,
+            rows: 0,
+        })
+    }
+
+    /// Appends `values.len() / cols` rows.
+    pub fn append(&mut self, values: &[f32]) -> Result<()> {
+        if values.len() % self.cols != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "{}: {} values are not whole rows of {}",
+                self.path.display(),
+                values.len(),
+                self.cols
+            )));
+        }
+        let mut bytes = Vec::with_capacity(values.len() * 4);
+        for v in values {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        self.file.write_all(&bytes).at(&self.path)?;
+        self.rows += values.len() / self.cols;
+        Ok(())
+    }
+
+    /// Writes the final shape into the header and syncs the file. Returns the row count.
+    pub fn finish(self) -> Result<usize> {
+        let path = self.path;
+        let mut file = self
+            .file
+            .into_inner()
+            .map_err(|e| Error::io(&path, e.into_error()))?;
+        file.seek(SeekFrom::Start(0)).at(&path)?;
+        file.write_all(&header(self.rows, self.cols)).at(&path)?;
+        file.sync_all().at(&path)?;
+        Ok(self.rows)
+    }
+}
+
+/// A memory-mapped float32 `.npy` matrix.
+#[derive(Debug)]
+pub struct NpyMatrix {
+    mmap: Mmap,
+    offset: usize,
+    rows: usize,
+    cols: usize,
+}
+
+fn parse_header(bytes: &[u8], path: &Path) -> Result<(usize, usize, usize)> {
+    let bad = |m: &str| Error::corrupt(path, format!("not a float32 .npy matrix: {m}"));
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("missing magic"));
+    }
+    let (hlen, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        _ => return Err(bad("unknown version")),
+    };
+    let dict = bytes
+        .get(start..start + hlen)
+        .and_then(|d| std::str::from_utf8(d).ok())
+        .ok_or_else(|| bad("truncated header"))?;
+    if !dict.contains("'descr': '<f4'") || !dict.contains("'fortran_order': False") {
+        return Err(bad("dtype must be '<f4', C order"));
+    }
+    let shape = dict
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| bad("no shape"))?;
+    let dims: Vec<usize> = shape
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|_| bad("bad shape")))
+        .collect::<Result<_>>()?;
+    match dims[..] {
+        [r, c] => Ok((start + hlen, r, c)),
+        _ => Err(bad("not 2-D")),
+    }
+}
+
+impl NpyMatrix {
+    /// Maps `path` and checks its header and length; a truncated file is [`Error::DataCorruption`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let file = File::open(path).at(path)?;
+        // SAFETY: the index directory is immutable once written; we never map files we write.
+        let mmap = unsafe { Mmap::map(&file) }.at(path)?;
+        let (offset, rows, cols) = parse_header(&mmap, path)?;
+        let need = offset + rows * cols * 4;
+        if mmap.len() != need {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "file is {} bytes, its header ({rows} × {cols} float32) needs {need}: truncated?",
+                    mmap.len()
+                ),
+            ));
+        }
+        if offset % 4 != 0 {
+            return Err(Error::corrupt(path, "data not 4-byte aligned"));
+        }
+        Ok(NpyMatrix {
+            mmap,
+            offset,
+            rows,
+            cols,
+        })
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// All values, row-major, without copying.
+    pub fn as_slice(&self) -> &[f32] {
+        let bytes = &self.mmap[self.offset..];
+        // SAFETY: the mapping is page-aligned and the offset a multiple of 4, so the pointer is
+        // aligned for f32; the length was checked in `open`; f32 has no invalid bit patterns; the
+        // data is little-endian, which is what we build for.
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), self.rows * self.cols) }
+    }
+
+    /// Row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.as_slice()[i * self.cols..(i + 1) * self.cols]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.npy");
+        let mut w = NpyWriter::create(&p, 3).unwrap();
+        w.append(&[1.0, 2.0, 3.0]).unwrap();
+        w.append(&[4.0, 5.0, 6.0, 7.0, 8.0, 9.0]).unwrap();
+        assert_eq!(w.finish().unwrap(), 3);
+        let m = NpyMatrix::open(&p).unwrap();
+        assert_eq!((m.rows(), m.cols()), (3, 3));
+        assert_eq!(m.row(2), &[7.0, 8.0, 9.0]);
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() - 4]).unwrap();
+        let err = NpyMatrix::open(&p).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
+    }
+}

@@ -1,0 +1,315 @@
+//! `regions/part-NNNNN.parquet`: one row per region, its metadata and one
+//! `FixedSizeList<Float32, D>` column per feature. Readable by pyarrow, pandas and DuckDB.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::builder::{ListBuilder, UInt32Builder};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int32Type, UInt32Type, UInt64Type};
+use arrow_array::{
+    Array, ArrayRef, FixedSizeListArray, Float32Array, Int32Array, RecordBatch, StringArray,
+    UInt32Array, UInt64Array,
+};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+
+use crate::encoder::{Feature, Features};
+use crate::error::{Error, Result};
+use crate::region::{PixelBox, Region, RegionKind};
+
+/// Metadata columns, in order (features follow).
+pub const METADATA_COLUMNS: [&str; 13] = [
+    "id",
+    "image",
+    "split",
+    "kind",
+    "label",
+    "label_name",
+    "object_label",
+    "object_name",
+    "instance",
+    "box",
+    "crop_box",
+    "area",
+    "mask_rle",
+];
+
+fn pq_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Parquet {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+fn box_field() -> DataType {
+    DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Int32, false)), 4)
+}
+
+/// The Arrow schema of a region file with the given feature dimensions.
+pub fn schema(dims: &BTreeMap<Feature, usize>) -> SchemaRef {
+    let mut fields = vec![
+        Field::new("id", DataType::UInt64, false),
+        Field::new("image", DataType::Utf8, false),
+        Field::new("split", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("label", DataType::UInt32, false),
+        Field::new("label_name", DataType::Utf8, false),
+        Field::new("object_label", DataType::UInt32, true),
+        Field::new("object_name", DataType::Utf8, true),
+        Field::new("instance", DataType::UInt32, false),
+        Field::new("box", box_field(), false),
+        Field::new("crop_box", box_field(), false),
+        Field::new("area", DataType::UInt64, false),
+        Field::new(
+            "mask_rle",
+            DataType::List(Arc::new(Field::new("item", DataType::UInt32, true))),
+            false,
+        ),
+    ];
+    for (f, d) in dims {
+        fields.push(Field::new(
+            f.as_str(),
+            DataType::FixedSizeList(
+                Arc::new(Field::new("item", DataType::Float32, false)),
+                *d as i32,
+            ),
+            false,
+        ));
+    }
+    Arc::new(Schema::new(fields))
+}
+
+fn boxes(v: impl Iterator<Item = PixelBox>) -> Result<ArrayRef> {
+    let flat: Vec<i32> = v
+        .flat_map(|b| b.to_array())
+        .map(|x| x.clamp(i32::MIN as i64, i32::MAX as i64) as i32)
+        .collect();
+    let values = Arc::new(Int32Array::from(flat));
+    let field = Arc::new(Field::new("item", DataType::Int32, false));
+    FixedSizeListArray::try_new(field, 4, values, None)
+        .map(|a| Arc::new(a) as ArrayRef)
+        .map_err(|e| Error::InvalidArgument(e.to_string()))
+}
+
+/// Streams regions and their features into one Parquet file.
+pub struct RegionWriter {
+    path: PathBuf,
+    schema: SchemaRef,
+    dims: BTreeMap<Feature, usize>,
+    writer: ArrowWriter<File>,
+    rows: u64,
+}
+
+impl RegionWriter {
+    /// Creates `path` for features of the given dimensions.
+    pub fn create(path: impl AsRef<Path>, dims: &BTreeMap<Feature, usize>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let schema = schema(dims);
+        let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(8192))
+            .build();
+        let writer =
+            ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| pq_err(&path, e))?;
+        Ok(RegionWriter {
+            path,
+            schema,
+            dims: dims.clone(),
+            writer,
+            rows: 0,
+        })
+    }
+
+    /// Appends regions with their features (`features.n == regions.len()`).
+    pub fn write(&mut self, regions: &[Region], features: &Features) -> Result<()> {
+        let mut mask = ListBuilder::new(UInt32Builder::new());
+        for r in regions {
+            mask.values().append_slice(&r.mask_rle);
+            mask.append(true);
+        }
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(UInt64Array::from_iter_values(regions.iter().map(|r| r.id))),
+            Arc::new(StringArray::from_iter_values(
+                regions.iter().map(|r| &r.image),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                regions.iter().map(|r| &r.split),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                regions.iter().map(|r| r.kind.as_str()),
+            )),
+            Arc::new(UInt32Array::from_iter_values(
+                regions.iter().map(|r| r.label),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                regions.iter().map(|r| &r.label_name),
+            )),
+            Arc::new(UInt32Array::from_iter(
+                regions.iter().map(|r| r.object_label),
+            )),
+            Arc::new(StringArray::from_iter(
+                regions.iter().map(|r| r.object_name.as_deref()),
+            )),
+            Arc::new(UInt32Array::from_iter_values(
+                regions.iter().map(|r| r.instance),
+            )),
+            boxes(regions.iter().map(|r| r.bbox))?,
+            boxes(regions.iter().map(|r| r.crop_box))?,
+            Arc::new(UInt64Array::from_iter_values(regions.iter().map(|r| r.area))),
+            Arc::new(mask.finish()),
+        ];
+        for (f, d) in &self.dims {
+            let values = features.values.get(f).ok_or_else(|| {
+                Error::InvalidArgument(format!("feature {f} missing from the batch"))
+            })?;
+            if values.len() != regions.len() * d {
+                return Err(Error::InvalidArgument(format!(
+                    "feature {f}: {} values for {} regions of dim {d}",
+                    values.len(),
+                    regions.len()
+                )));
+            }
+            let field = Arc::new(Field::new("item", DataType::Float32, false));
+            let arr = FixedSizeListArray::try_new(
+                field,
+                *d as i32,
+                Arc::new(Float32Array::from(values.clone())),
+                None,
+            )
+            .map_err(|e| pq_err(&self.path, e))?;
+            cols.push(Arc::new(arr));
+        }
+        let batch =
+            RecordBatch::try_new(self.schema.clone(), cols).map_err(|e| pq_err(&self.path, e))?;
+        self.writer
+            .write(&batch)
+            .map_err(|e| pq_err(&self.path, e))?;
+        self.rows += regions.len() as u64;
+        Ok(())
+    }
+
+    /// Closes the file (writes the footer) and syncs it. Returns the row count.
+    pub fn finish(self) -> Result<u64> {
+        let path = self.path;
+        let file = self.writer.into_inner().map_err(|e| pq_err(&path, e))?;
+        file.sync_all().map_err(|e| Error::io(&path, e))?;
+        Ok(self.rows)
+    }
+}
+
+fn col<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a ArrayRef> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| Error::corrupt(path, format!("column {name:?} missing")))
+}
+
+fn read_boxes(a: &ArrayRef, path: &Path) -> Result<Vec<PixelBox>> {
+    let l = a
+        .as_fixed_size_list_opt()
+        .ok_or_else(|| Error::corrupt(path, "box column has the wrong type"))?;
+    let v = l
+        .values()
+        .as_primitive_opt::<Int32Type>()
+        .ok_or_else(|| Error::corrupt(path, "box values have the wrong type"))?;
+    Ok(v.values()
+        .chunks_exact(4)
+        .map(|c| PixelBox {
+            x0: c[0].into(),
+            y0: c[1].into(),
+            x1: c[2].into(),
+            y1: c[3].into(),
+        })
+        .collect())
+}
+
+/// Reads every region's metadata (no feature columns) from a region file.
+pub fn read_regions(path: impl AsRef<Path>) -> Result<Vec<Region>> {
+    let path = path.as_ref();
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| Error::corrupt(path, format!("not a readable Parquet file: {e}")))?;
+    let roots: Vec<usize> = builder
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| METADATA_COLUMNS.contains(&f.name().as_str()))
+        .map(|(i, _)| i)
+        .collect();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let reader = builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| pq_err(path, e))?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let b = batch.map_err(|e| Error::corrupt(path, e.to_string()))?;
+        let wrong = |n: &str| Error::corrupt(path, format!("column {n:?} has the wrong type"));
+        let u64s = |n: &str| -> Result<Vec<u64>> {
+            Ok(col(&b, n, path)?
+                .as_primitive_opt::<UInt64Type>()
+                .ok_or_else(|| wrong(n))?
+                .values()
+                .to_vec())
+        };
+        let u32s = |n: &str| -> Result<UInt32Array> {
+            Ok(col(&b, n, path)?
+                .as_primitive_opt::<UInt32Type>()
+                .ok_or_else(|| wrong(n))?
+                .clone())
+        };
+        let strs = |n: &str| -> Result<StringArray> {
+            Ok(col(&b, n, path)?
+                .as_string_opt::<i32>()
+                .ok_or_else(|| wrong(n))?
+                .clone())
+        };
+        let (ids, areas) = (u64s("id")?, u64s("area")?);
+        let (image, split, kind, label_name, object_name) = (
+            strs("image")?,
+            strs("split")?,
+            strs("kind")?,
+            strs("label_name")?,
+            strs("object_name")?,
+        );
+        let (label, object_label, instance) =
+            (u32s("label")?, u32s("object_label")?, u32s("instance")?);
+        let bbox = read_boxes(col(&b, "box", path)?, path)?;
+        let crop = read_boxes(col(&b, "crop_box", path)?, path)?;
+        let masks = col(&b, "mask_rle", path)?
+            .as_list_opt::<i32>()
+            .ok_or_else(|| wrong("mask_rle"))?;
+        for i in 0..b.num_rows() {
+            let m = masks.value(i);
+            let m = m
+                .as_primitive_opt::<UInt32Type>()
+                .ok_or_else(|| wrong("mask_rle"))?;
+            out.push(Region {
+                id: ids[i],
+                image: image.value(i).to_string(),
+                split: split.value(i).to_string(),
+                kind: RegionKind::parse(kind.value(i))
+                    .ok_or_else(|| Error::corrupt(path, format!("row {i}: unknown kind")))?,
+                label: label.value(i),
+                label_name: label_name.value(i).to_string(),
+                object_label: object_label.is_valid(i).then(|| object_label.value(i)),
+                object_name: object_name
+                    .is_valid(i)
+                    .then(|| object_name.value(i).to_string()),
+                instance: instance.value(i),
+                bbox: bbox[i],
+                crop_box: crop[i],
+                area: areas[i],
+                mask_rle: m.values().to_vec(),
+            });
+        }
+    }
+    Ok(out)
+}
