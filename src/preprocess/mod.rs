@@ -2,6 +2,7 @@
 //! PIL `crop` (black outside the image) → `Resize(size)` on the short side, bicubic →
 //! `CenterCrop(size)` → `ToTensor` → `Normalize(mean, std)`, laid out as CHW float32.
 
+mod jpeg;
 pub mod resample;
 
 use std::path::Path;
@@ -19,7 +20,17 @@ pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
 }
 
 /// Decodes in-memory image bytes; `path` is only used in error messages.
+///
+/// JPEGs go through libjpeg (mozjpeg's decoder, the libjpeg-turbo code base with the same
+/// defaults as Pillow: accurate integer IDCT, fancy upsampling), so decoded pixels equal PIL's;
+/// a pure-Rust decoder differs by up to 4 levels, enough to move embeddings of small crops.
+/// Other formats, and JPEG colour spaces libjpeg cannot turn into RGB (CMYK), use `image`.
 pub fn decode_rgb_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        if let Some(img) = jpeg::decode(bytes, path)? {
+            return Ok(img);
+        }
+    }
     let img = image::load_from_memory(bytes).map_err(|e| Error::Image {
         path: path.to_path_buf(),
         message: e.to_string(),

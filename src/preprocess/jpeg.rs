@@ -1,0 +1,59 @@
+//! JPEG decoding through libjpeg (mozjpeg-sys), bit-identical to Pillow's.
+
+use std::path::Path;
+
+use image::RgbImage;
+use mozjpeg::{ColorSpace, Decompress};
+
+use crate::error::{Error, Result};
+
+fn marker_positions(bytes: &[u8], marker: u8) -> impl Iterator<Item = usize> + '_ {
+    bytes
+        .windows(2)
+        .enumerate()
+        .filter(move |(_, w)| w[0] == 0xFF && w[1] == marker)
+        .map(|(i, _)| i)
+}
+
+/// libjpeg pads a truncated stream with grey and only warns; Pillow refuses it ("image file is
+/// truncated"). A complete stream has an end-of-image marker after its last start-of-scan.
+fn check_complete(bytes: &[u8], path: &Path) -> Result<()> {
+    let last_sos = marker_positions(bytes, 0xDA).last();
+    let last_eoi = marker_positions(bytes, 0xD9).last();
+    match (last_sos, last_eoi) {
+        (Some(s), Some(e)) if e > s => Ok(()),
+        _ => Err(Error::Image {
+            path: path.to_path_buf(),
+            message: "truncated JPEG (no end-of-image marker after the image data)".into(),
+        }),
+    }
+}
+
+/// Decodes a JPEG to RGB8. `Ok(None)` for colour spaces libjpeg cannot convert to RGB.
+pub(super) fn decode(bytes: &[u8], path: &Path) -> Result<Option<RgbImage>> {
+    check_complete(bytes, path)?;
+    let fail = |m: String| Error::Image {
+        path: path.to_path_buf(),
+        message: m,
+    };
+    // libjpeg reports fatal errors by unwinding out of the C code.
+    let res = std::panic::catch_unwind(|| -> std::io::Result<Option<(usize, usize, Vec<u8>)>> {
+        let d = Decompress::new_mem(bytes)?;
+        if matches!(d.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK) {
+            return Ok(None);
+        }
+        let mut s = d.rgb()?;
+        let (w, h) = (s.width(), s.height());
+        let px = s.read_scanlines::<u8>()?;
+        s.finish()?;
+        Ok(Some((w, h, px)))
+    });
+    match res {
+        Ok(Ok(Some((w, h, px)))) => RgbImage::from_raw(w as u32, h as u32, px)
+            .map(Some)
+            .ok_or_else(|| fail("JPEG decoder returned too few pixels".into())),
+        Ok(Ok(None)) => Ok(None),
+        Ok(Err(e)) => Err(fail(format!("corrupt JPEG: {e}"))),
+        Err(_) => Err(fail("corrupt JPEG".into())),
+    }
+}

@@ -1,0 +1,95 @@
+//! Shared test helpers: the setup step (ONNX Runtime + default models, installed once per
+//! machine under a lock), the bundled samples, and small file builders.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use partlens::setup::{self, SetupOptions};
+use partlens::{Device, EncoderOptions};
+
+/// Runs `partlens setup --test-tools` once per test binary.
+pub fn ensure_setup() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        setup::ensure(&SetupOptions {
+            test_tools: true,
+            force: false,
+        })
+        .expect("partlens setup failed");
+    });
+}
+
+/// CPU encoder options with two intra-op threads (the CI machine has two cores).
+pub fn cpu() -> EncoderOptions {
+    ensure_setup();
+    EncoderOptions {
+        device: Device::Cpu,
+        intra_threads: Some(2),
+        ..EncoderOptions::default()
+    }
+}
+
+/// The default MobileNetV2 encoder.
+pub fn mobilenet() -> PathBuf {
+    ensure_setup();
+    setup::default_model_path()
+}
+
+/// The tiny random-weight ViT.
+pub fn vit_tiny() -> PathBuf {
+    ensure_setup();
+    setup::vit_tiny_path()
+}
+
+/// A bundled sample dataset (`pascal_part` or `lip`).
+pub fn sample(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data/samples")
+        .join(name)
+}
+
+/// The Python of setup's virtual environment.
+pub fn python() -> PathBuf {
+    ensure_setup();
+    setup::venv_python()
+}
+
+/// Runs a Python script from tests/python with arguments; panics with its output on failure.
+pub fn run_python(script: &str, args: &[&std::ffi::OsStr]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
+    let out = std::process::Command::new(python())
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("cannot start python");
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Copies a dataset folder recursively (so tests can damage the copy).
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+/// The `partlens` binary built for this test run.
+pub fn bin() -> std::process::Command {
+    ensure_setup();
+    std::process::Command::new(env!("CARGO_BIN_EXE_partlens"))
+}

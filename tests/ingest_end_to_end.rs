@@ -1,0 +1,256 @@
+//! Ingest → store → query on the real samples with the real default encoder, cross-checked
+//! against pyarrow / numpy readers and against PIL + onnxruntime reference embeddings.
+
+mod common;
+
+use std::path::Path;
+
+use partlens::encoder::Encoder;
+use partlens::index::{exact_search, normalize_rows, recall, HnswIndex, HnswParams};
+use partlens::ingest::{ingest_with_encoder, IngestOptions};
+use partlens::query::{QueryEngine, SearchOptions};
+use partlens::{Feature, IndexDir, MmsegDataset, RegionKind};
+use serde_json::Value;
+
+fn build(dataset: &str, model: &Path, out: &Path, min_area: u64) -> IndexDir {
+    let ds = MmsegDataset::open(common::sample(dataset)).unwrap();
+    let enc = Encoder::load(model, &common::cpu()).unwrap();
+    let mut opts = IngestOptions::new(out);
+    opts.settings.min_area = min_area;
+    opts.batch_size = 16;
+    let report = ingest_with_encoder(&ds, &enc, &opts).unwrap();
+    assert_eq!(report.path, out);
+    IndexDir::open(out).unwrap()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn pascal_part_index_is_complete_and_readable_by_pyarrow_and_numpy() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pascal");
+    let idx = build("pascal_part", &common::mobilenet(), &out, 256);
+    let m = idx.manifest();
+    // 213 parts and 41 objects at area ≥ 256: data/samples/EXPECTED.json (scipy).
+    assert_eq!((m.counts.parts, m.counts.objects), (213, 41));
+    assert_eq!(m.counts.regions, 254);
+    assert_eq!((m.counts.images, m.counts.images_skipped), (18, 0));
+    assert!(m.skipped.is_empty());
+    assert_eq!(m.encoder.dims["mean"], 1280);
+    assert_eq!(m.features, vec!["mean"]);
+    assert_eq!(m.encoder.sha256.len(), 64);
+    assert_eq!(m.dataset.format, "mmseg");
+    assert!(out.join("hnsw").join(format!("{}.hnsw.graph", m.hnsw["mean"].basename)).is_file());
+    assert!(!out.join("manifest.json.tmp").exists());
+
+    let py: Value =
+        serde_json::from_str(&common::run_python("read_index.py", &[out.as_os_str()])).unwrap();
+    assert_eq!(py["rows"], 254);
+    assert_eq!(py["types"]["mean"], "fixed_size_list<item: float not null>[1280]");
+    let ids: Vec<u64> = serde_json::from_value(py["ids"].clone()).unwrap();
+    assert_eq!(ids, (0..254).collect::<Vec<u64>>());
+    let names: Vec<String> = serde_json::from_value(py["label_names"].clone()).unwrap();
+    let boxes: Vec<[i64; 4]> = serde_json::from_value(py["boxes"].clone()).unwrap();
+    for (i, r) in idx.regions().iter().enumerate() {
+        assert_eq!(names[i], r.label_name);
+        assert_eq!(boxes[i], r.bbox.to_array());
+        assert_eq!(py["kinds"][i], r.kind.as_str());
+    }
+    let f = &py["features"]["mean"];
+    assert_eq!(f["npy_shape"], serde_json::json!([254, 1280]));
+    assert_eq!(f["npy_dtype"], "float32");
+    assert_eq!(f["is_memmap"], true);
+    assert_eq!(f["parquet_vs_npy_max_abs_diff"], 0.0);
+    let mine = idx.feature(Feature::Mean).unwrap();
+    let sum: f64 = mine.as_slice().iter().map(|&v| f64::from(v)).sum();
+    assert!((sum - f["sum"].as_f64().unwrap()).abs() <= 1e-6 * sum.abs().max(1.0));
+    let row0: Vec<f32> = serde_json::from_value(f["row0"].clone()).unwrap();
+    assert_eq!(row0, mine.row(0));
+}
+
+fn compare_with_reference(dataset: &str, model: &Path, features: &[Feature]) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("idx");
+    let idx = build(dataset, model, &out, 64);
+    let crops: Vec<Value> = idx
+        .regions()
+        .iter()
+        .map(|r| serde_json::json!({"image": r.image, "crop_box": r.crop_box.to_array()}))
+        .collect();
+    let crops_path = dir.path().join("crops.json");
+    std::fs::write(&crops_path, serde_json::to_string(&crops).unwrap()).unwrap();
+    let ref_path = dir.path().join("ref.npz");
+    let root = common::sample(dataset);
+    common::run_python(
+        "reference_embed.py",
+        &[
+            "--model".as_ref(),
+            model.as_os_str(),
+            "--dataset".as_ref(),
+            root.as_os_str(),
+            "--crops".as_ref(),
+            crops_path.as_os_str(),
+            "--out".as_ref(),
+            ref_path.as_os_str(),
+        ],
+    );
+    // np.savez writes an uncompressed zip of .npy files; unpack them and read with our reader.
+    let unpacked = dir.path().join("ref");
+    let status = std::process::Command::new(common::python())
+        .args(["-c", "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])"])
+        .arg(&ref_path)
+        .arg(&unpacked)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for f in features {
+        let reference = partlens::store::NpyMatrix::open(unpacked.join(format!("{f}.npy"))).unwrap();
+        let mine = idx.feature(*f).unwrap();
+        assert_eq!((reference.rows(), reference.cols()), (mine.rows(), mine.cols()));
+        let worst = (0..mine.rows())
+            .map(|i| cosine(mine.row(i), reference.row(i)))
+            .fold(f64::INFINITY, f64::min);
+        println!("{dataset} {f}: worst cosine vs PIL+onnxruntime over {} crops = {worst:.6}", mine.rows());
+        assert!(worst >= 0.999, "{dataset} {f}: worst cosine {worst}");
+    }
+}
+
+#[test]
+fn mobilenet_embeddings_match_pil_and_onnxruntime() {
+    compare_with_reference("pascal_part", &common::mobilenet(), &[Feature::Mean]);
+    // LIP has a greyscale JPEG and small images whose square crops extend past the border.
+    compare_with_reference("lip", &common::mobilenet(), &[Feature::Mean]);
+}
+
+#[test]
+fn vit_embeddings_match_pil_and_onnxruntime() {
+    compare_with_reference("lip", &common::vit_tiny(), &[Feature::Mean, Feature::Cls]);
+}
+
+#[test]
+fn query_by_a_stored_region_finds_itself_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pascal");
+    build("pascal_part", &common::mobilenet(), &out, 256);
+    let engine = QueryEngine::open(&out, &common::cpu()).unwrap();
+    let root = common::sample("pascal_part");
+    let probes: Vec<_> = engine.index().regions().iter().step_by(37).cloned().collect();
+    for r in &probes {
+        for exact in [true, false] {
+            let opts = SearchOptions {
+                k: 3,
+                exact,
+                ..SearchOptions::default()
+            };
+            let hits = engine
+                .search_image_file(&root.join(&r.image), Some(r.bbox), &opts)
+                .unwrap();
+            assert_eq!(hits[0].id, r.id, "{} {:?}", r.image, r.bbox);
+            assert!(hits[0].score > 0.9999, "self-similarity {}", hits[0].score);
+            assert_eq!(hits[0].crop_box, r.crop_box.to_array());
+            assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
+        }
+    }
+    // Filters restrict results to matching regions.
+    let r = &probes[0];
+    let opts = SearchOptions {
+        k: 50,
+        kind: Some(RegionKind::Object),
+        split: Some("train".into()),
+        ..SearchOptions::default()
+    };
+    let hits = engine.search_image_file(&root.join(&r.image), Some(r.bbox), &opts).unwrap();
+    assert!(!hits.is_empty());
+    assert!(hits.iter().all(|h| h.kind == RegionKind::Object && h.split == "train"));
+    let opts = SearchOptions {
+        k: 50,
+        label: Some("person/hair".into()),
+        ..SearchOptions::default()
+    };
+    let hits = engine.search_image_file(&root.join(&r.image), Some(r.bbox), &opts).unwrap();
+    assert!(!hits.is_empty() && hits.iter().all(|h| h.label == "person/hair"));
+}
+
+#[test]
+fn hnsw_recall_on_real_embeddings() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pascal_all");
+    // Every region down to one pixel: 985 parts + 58 objects (EXPECTED.json).
+    let idx = build("pascal_part", &common::mobilenet(), &out, 1);
+    assert_eq!(idx.regions().len(), 1043);
+    let m = idx.feature(Feature::Mean).unwrap();
+    let norm = normalize_rows(m.as_slice(), m.cols());
+    let info = &idx.manifest().hnsw["mean"];
+    let graph = HnswIndex::load(&out.join("hnsw"), &info.basename, 1043).unwrap();
+    let built = HnswIndex::build(&norm, m.cols(), HnswParams::default());
+    for (name, g) in [("reloaded", &graph), ("fresh", &built)] {
+        let mut total = 0.0;
+        for q in 0..m.rows() {
+            let qv = &norm[q * m.cols()..(q + 1) * m.cols()];
+            let exact = exact_search(&norm, m.cols(), qv, 10, None);
+            total += recall(&exact, &g.search(qv, 10, 64, None));
+        }
+        let r = total / m.rows() as f64;
+        println!("{name} HNSW recall@10 over {} real queries: {r:.4}", m.rows());
+        assert!(r >= 0.95, "{name}: recall@10 {r}");
+    }
+}
+
+#[test]
+fn cli_ingest_info_query_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lip");
+    let root = common::sample("lip");
+    let o = common::bin()
+        .args(["--device", "cpu", "ingest", "--json", "--min-area", "64", "--dataset"])
+        .arg(&root)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["manifest"]["counts"]["parts"], 12); // EXPECTED.json: lip part ≥ 64
+    assert_eq!(v["manifest"]["counts"]["objects"], 0);
+
+    let o = common::bin().arg("info").arg(&out).output().unwrap();
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("12 parts") && text.contains("mobilenet_v2_imagenet"), "{text}");
+
+    let image = root.join("img/val/684_2150041.jpg");
+    let o = common::bin()
+        .args(["--device", "cpu", "query", "--json", "-k", "5", "--index"])
+        .arg(&out)
+        .arg("--image")
+        .arg(&image)
+        .args(["--box", "10,10,90,120"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let hits: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(hits.len(), 5);
+    for h in &hits {
+        for key in ["id", "image", "box", "crop_box", "label", "score"] {
+            assert!(h.get(key).is_some(), "hit lacks {key}: {h}");
+        }
+        assert!(h["image"].as_str().unwrap().starts_with("img/val/"));
+        assert_eq!(h["box"].as_array().unwrap().len(), 4);
+    }
+    // Without --box the whole image is the query.
+    let o = common::bin()
+        .args(["--device", "cpu", "query", "--json", "--index"])
+        .arg(&out)
+        .arg("--image")
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let hits: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(hits.len(), 10.min(12));
+}

@@ -1,0 +1,45 @@
+"""Reads a partlens index directory with pyarrow and numpy only (no partlens code) and prints
+what it finds as JSON, so the Rust tests can check that other tools see the same data.
+
+    python read_index.py INDEX_DIR
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+
+
+def main():
+    root = sys.argv[1]
+    manifest = json.load(open(os.path.join(root, "manifest.json")))
+    table = pq.read_table([os.path.join(root, s) for s in manifest["shards"]][0])
+    out = {
+        "rows": table.num_rows,
+        "columns": table.column_names,
+        "types": {f.name: str(f.type) for f in table.schema},
+        "ids": table.column("id").to_pylist(),
+        "label_names": table.column("label_name").to_pylist(),
+        "kinds": table.column("kind").to_pylist(),
+        "boxes": table.column("box").to_pylist(),
+        "object_names": table.column("object_name").to_pylist(),
+        "features": {},
+    }
+    for f in manifest["features"]:
+        mm = np.load(os.path.join(root, "features", f + ".npy"), mmap_mode="r")
+        col = np.asarray(table.column(f).to_pylist(), dtype=np.float32)
+        out["features"][f] = {
+            "npy_shape": list(mm.shape),
+            "npy_dtype": str(mm.dtype),
+            "is_memmap": isinstance(mm, np.memmap),
+            "parquet_vs_npy_max_abs_diff": float(np.abs(col - mm).max()) if len(col) else 0.0,
+            "sum": float(np.asarray(mm, dtype=np.float64).sum()),
+            "row0": [float(v) for v in mm[0]] if len(mm) else [],
+        }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

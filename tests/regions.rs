@@ -1,0 +1,99 @@
+//! Region extraction on the real samples, checked against counts computed independently with
+//! scipy (`scripts/data/count_regions.py` → data/samples/EXPECTED.json).
+
+mod common;
+
+use partlens::dataset::{Dataset, MmsegDataset, RegionSettings};
+use partlens::RegionKind;
+use serde_json::Value;
+
+fn expected() -> Value {
+    let p = common::sample("EXPECTED.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn count(ds: &MmsegDataset, min_area: u64, split: Option<&str>) -> (u64, u64) {
+    let settings = RegionSettings {
+        min_area,
+        margin: 0.1,
+        objects: true,
+    };
+    let (mut parts, mut objects) = (0, 0);
+    for item in ds.items() {
+        if split.is_some_and(|s| s != item.split) {
+            continue;
+        }
+        let r = ds.load(item, &settings).unwrap();
+        for region in r.regions {
+            match region.kind {
+                RegionKind::Part => parts += 1,
+                RegionKind::Object => objects += 1,
+            }
+        }
+    }
+    (parts, objects)
+}
+
+#[test]
+fn pascal_part_counts_match_independent_scipy_counts() {
+    let ds = MmsegDataset::open(common::sample("pascal_part")).unwrap();
+    let e = &expected()["pascal_part"];
+    assert_eq!(ds.items().len(), 18);
+    assert_eq!(ds.splits(), vec!["train", "val"]);
+    for a in [1u64, 64, 256] {
+        let (p, o) = count(&ds, a, None);
+        assert_eq!(p, e["part"][a.to_string()].as_u64().unwrap(), "parts, area ≥ {a}");
+        assert_eq!(o, e["object"][a.to_string()].as_u64().unwrap(), "objects, area ≥ {a}");
+        for split in ["train", "val"] {
+            let (p, o) = count(&ds, a, Some(split));
+            let s = &e["splits"][split];
+            assert_eq!(p, s["part"][a.to_string()].as_u64().unwrap(), "{split} parts ≥ {a}");
+            assert_eq!(o, s["object"][a.to_string()].as_u64().unwrap(), "{split} objects ≥ {a}");
+        }
+    }
+}
+
+#[test]
+fn lip_counts_match_independent_scipy_counts() {
+    let ds = MmsegDataset::open(common::sample("lip")).unwrap();
+    let e = &expected()["lip"];
+    for a in [1u64, 64, 256] {
+        let (p, o) = count(&ds, a, None);
+        assert_eq!(p, e["part"][a.to_string()].as_u64().unwrap(), "parts ≥ {a}");
+        assert_eq!(o, 0);
+    }
+}
+
+#[test]
+fn regions_carry_names_objects_and_consistent_geometry() {
+    let ds = MmsegDataset::open(common::sample("pascal_part")).unwrap();
+    let settings = RegionSettings::default();
+    let mut saw_wheel_of_car = false;
+    for item in ds.items() {
+        let r = ds.load(item, &settings).unwrap();
+        let (w, h) = (r.image.width() as i64, r.image.height() as i64);
+        for region in &r.regions {
+            let b = region.bbox;
+            assert!(b.x0 >= 0 && b.y0 >= 0 && b.x1 <= w && b.y1 <= h);
+            assert!(region.area >= settings.min_area);
+            assert!(region.area <= (b.width() * b.height()) as u64);
+            let inside: u64 = region.mask_rle.iter().skip(1).step_by(2).map(|&n| u64::from(n)).sum();
+            assert_eq!(inside, region.area, "mask RLE covers the region's pixels");
+            let c = region.crop_box;
+            assert_eq!(c.width(), c.height(), "crops are square");
+            assert!(c.x0 <= b.x0 && c.y0 <= b.y0 && c.x1 >= b.x1 && c.y1 >= b.y1);
+            if region.kind == RegionKind::Part {
+                // Part names are "<object>/<part>"; the object map under the part agrees
+                // except where Pascal-Part's own object masks overlap (see SOURCE.md).
+                assert!(region.label_name.contains('/'), "{}", region.label_name);
+                if region.label_name == "car/wheel" {
+                    saw_wheel_of_car |= region.object_name.as_deref() == Some("car");
+                }
+            } else {
+                assert_eq!(region.object_label, Some(region.label));
+            }
+            assert!(region.image.starts_with(&format!("img/{}/", region.split)));
+        }
+    }
+    assert!(saw_wheel_of_car);
+}
