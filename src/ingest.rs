@@ -176,7 +176,9 @@ pub fn ingest_with_encoder(
         )));
     }
     if opts.batch_size == 0 {
-        return Err(Error::InvalidArgument("batch size must be at least 1".into()));
+        return Err(Error::InvalidArgument(
+            "batch size must be at least 1".into(),
+        ));
     }
     let stage = staging_dir(out)?;
     if stage.exists() {

@@ -24,6 +24,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod dataset;
 pub mod encoder;
 pub mod error;
@@ -33,7 +34,6 @@ pub mod preprocess;
 pub mod query;
 pub mod region;
 pub mod setup;
-pub mod cli;
 pub mod store;
 
 pub use dataset::{Dataset, MmsegDataset, RegionSettings};

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::encoder::{Encoder, EncoderOptions, Feature};
 use crate::error::{Error, Result};
-use crate::index::{exact_search, normalize_rows, HnswIndex, Hit};
+use crate::index::{exact_search, normalize_rows, Hit, HnswIndex};
 use crate::preprocess::decode_rgb;
 use crate::region::{PixelBox, RegionKind};
 use crate::store::IndexDir;
@@ -112,7 +112,8 @@ impl QueryEngine {
     ) -> Result<QueryEngine> {
         let index = IndexDir::open(path)?;
         let m = index.manifest();
-        let model: PathBuf = model.map_or_else(|| PathBuf::from(&m.encoder.file), Path::to_path_buf);
+        let model: PathBuf =
+            model.map_or_else(|| PathBuf::from(&m.encoder.file), Path::to_path_buf);
         let encoder = Encoder::load(&model, opts)?;
         if encoder.sha256() != m.encoder.sha256 {
             return Err(Error::model(
@@ -175,7 +176,13 @@ impl QueryEngine {
                 }
                 b.square_crop(self.index.manifest().settings.margin)
             }
-            None => PixelBox { x0: 0, y0: 0, x1: w, y1: h }.square_crop(0.0),
+            None => PixelBox {
+                x0: 0,
+                y0: 0,
+                x1: w,
+                y1: h,
+            }
+            .square_crop(0.0),
         };
         let pre = self.encoder.preprocessor();
         let mut t = vec![0f32; pre.tensor_len()];
@@ -204,7 +211,10 @@ impl QueryEngine {
                 name == Some(want.as_str()) || id.is_some_and(|i| want.parse() == Ok(i))
             })
         };
-        if opts.label.is_none() && opts.kind.is_none() && opts.split.is_none() && opts.object.is_none()
+        if opts.label.is_none()
+            && opts.kind.is_none()
+            && opts.split.is_none()
+            && opts.object.is_none()
         {
             return None;
         }
@@ -248,7 +258,8 @@ impl QueryEngine {
                 g.search(&q, opts.k, opts.ef, allowed.as_ref())
             }
             _ => {
-                let norm = self.normalized[&f].get_or_init(|| normalize_rows(m.as_slice(), m.cols()));
+                let norm =
+                    self.normalized[&f].get_or_init(|| normalize_rows(m.as_slice(), m.cols()));
                 let keep = allowed
                     .as_ref()
                     .map(|ids| move |i: usize| ids.binary_search(&i).is_ok());

@@ -35,7 +35,10 @@ pub const VIT_TINY_MODEL: &str = "vit_tiny.onnx";
 
 const SCRIPTS: &[(&str, &str)] = &[
     ("pth.py", include_str!("../scripts/models/pth.py")),
-    ("mobilenet_v2.py", include_str!("../scripts/models/mobilenet_v2.py")),
+    (
+        "mobilenet_v2.py",
+        include_str!("../scripts/models/mobilenet_v2.py"),
+    ),
     ("vit.py", include_str!("../scripts/models/vit.py")),
 ];
 
@@ -132,7 +135,9 @@ fn ensure_locked(dir: &Path, opts: &SetupOptions) -> Result<PathBuf> {
     let python = venv_python();
     if opts.force || !python.is_file() {
         run(
-            Command::new(system_python()).args(["-m", "venv", "--clear"]).arg(&venv),
+            Command::new(system_python())
+                .args(["-m", "venv", "--clear"])
+                .arg(&venv),
             &format!("create the virtual environment {}", venv.display()),
         )
         .map_err(|e| {
@@ -162,7 +167,11 @@ fn ensure_locked(dir: &Path, opts: &SetupOptions) -> Result<PathBuf> {
     std::fs::create_dir_all(&models).at(&models)?;
     let jobs: [(&str, &str, Vec<&str>); 2] = [
         (DEFAULT_MODEL, "mobilenet_v2.py", vec![]),
-        (VIT_TINY_MODEL, "vit.py", vec!["--preset", "tiny", "--seed", "0"]),
+        (
+            VIT_TINY_MODEL,
+            "vit.py",
+            vec!["--preset", "tiny", "--seed", "0"],
+        ),
     ];
     for (file, script, args) in jobs {
         let target = models.join(file);

@@ -42,13 +42,29 @@ fn pascal_part_counts_match_independent_scipy_counts() {
     assert_eq!(ds.splits(), vec!["train", "val"]);
     for a in [1u64, 64, 256] {
         let (p, o) = count(&ds, a, None);
-        assert_eq!(p, e["part"][a.to_string()].as_u64().unwrap(), "parts, area ≥ {a}");
-        assert_eq!(o, e["object"][a.to_string()].as_u64().unwrap(), "objects, area ≥ {a}");
+        assert_eq!(
+            p,
+            e["part"][a.to_string()].as_u64().unwrap(),
+            "parts, area ≥ {a}"
+        );
+        assert_eq!(
+            o,
+            e["object"][a.to_string()].as_u64().unwrap(),
+            "objects, area ≥ {a}"
+        );
         for split in ["train", "val"] {
             let (p, o) = count(&ds, a, Some(split));
             let s = &e["splits"][split];
-            assert_eq!(p, s["part"][a.to_string()].as_u64().unwrap(), "{split} parts ≥ {a}");
-            assert_eq!(o, s["object"][a.to_string()].as_u64().unwrap(), "{split} objects ≥ {a}");
+            assert_eq!(
+                p,
+                s["part"][a.to_string()].as_u64().unwrap(),
+                "{split} parts ≥ {a}"
+            );
+            assert_eq!(
+                o,
+                s["object"][a.to_string()].as_u64().unwrap(),
+                "{split} objects ≥ {a}"
+            );
         }
     }
 }
@@ -77,7 +93,13 @@ fn regions_carry_names_objects_and_consistent_geometry() {
             assert!(b.x0 >= 0 && b.y0 >= 0 && b.x1 <= w && b.y1 <= h);
             assert!(region.area >= settings.min_area);
             assert!(region.area <= (b.width() * b.height()) as u64);
-            let inside: u64 = region.mask_rle.iter().skip(1).step_by(2).map(|&n| u64::from(n)).sum();
+            let inside: u64 = region
+                .mask_rle
+                .iter()
+                .skip(1)
+                .step_by(2)
+                .map(|&n| u64::from(n))
+                .sum();
             assert_eq!(inside, region.area, "mask RLE covers the region's pixels");
             let c = region.crop_box;
             assert_eq!(c.width(), c.height(), "crops are square");

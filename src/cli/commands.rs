@@ -278,7 +278,11 @@ pub(super) fn info(a: &InfoArgs) -> Result<()> {
     );
     println!(
         "regions      {} ({} parts, {} objects) from {} images; {} inputs skipped",
-        m.counts.regions, m.counts.parts, m.counts.objects, m.counts.images, m.skipped.len()
+        m.counts.regions,
+        m.counts.parts,
+        m.counts.objects,
+        m.counts.images,
+        m.skipped.len()
     );
     println!(
         "settings     min area {} px, margin {}, objects {}",

@@ -208,19 +208,17 @@ mod tests {
 
     #[test]
     fn four_connected_components_per_class() {
-        let m = map(&[
-            &[1, 1, 0, 2],
-            &[0, 1, 0, 2],
-            &[1, 0, 255, 0],
-            &[1, 0, 0, 2],
-        ]);
+        let m = map(&[&[1, 1, 0, 2], &[0, 1, 0, 2], &[1, 0, 255, 0], &[1, 0, 0, 2]]);
         let c = components(&m, 1);
         let summary: Vec<_> = c.iter().map(|c| (c.label, c.instance, c.area)).collect();
         // The diagonal 1 at (0,2) is not 4-connected to the top-left blob.
         assert_eq!(summary, vec![(1, 0, 3), (2, 0, 2), (1, 1, 2), (2, 1, 1)]);
         assert_eq!(c[0].bbox, PixelBox::new(0, 0, 2, 2).unwrap());
-        assert_eq!(c[0].mask_rle, vec![0, 3, 1]);
-        assert_eq!(decode_rle(&c[0].mask_rle, 2, 2), vec![true, true, false, true]);
+        assert_eq!(c[0].mask_rle, vec![0, 2, 1, 1]);
+        assert_eq!(
+            decode_rle(&c[0].mask_rle, 2, 2),
+            vec![true, true, false, true]
+        );
     }
 
     #[test]
@@ -238,6 +236,9 @@ mod tests {
             .write_to(&mut std::io::Cursor::new(&mut buf), image::ImageFormat::Png)
             .unwrap();
         let err = LabelMap::from_png_bytes(&buf, Path::new("x.png")).unwrap_err();
-        assert!(err.to_string().contains("8-bit greyscale or palette"), "{err}");
+        assert!(
+            err.to_string().contains("8-bit greyscale or palette"),
+            "{err}"
+        );
     }
 }

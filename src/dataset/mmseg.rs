@@ -117,8 +117,7 @@ impl MmsegDataset {
             if ann_dir.is_dir() {
                 for a in sorted_dir(&ann_dir)? {
                     let stem = a.file_stem().unwrap_or_default().to_string_lossy();
-                    if a.extension().is_some_and(|e| e == "png") && !stems.contains(stem.as_ref())
-                    {
+                    if a.extension().is_some_and(|e| e == "png") && !stems.contains(stem.as_ref()) {
                         problems.push((
                             format!("ann/{split}/{stem}.png"),
                             "annotation has no image".to_string(),
@@ -195,7 +194,11 @@ impl MmsegDataset {
 
 /// The most frequent labelled value of `map` under component `c`'s pixels.
 fn majority_label(map: &LabelMap, c: &super::Component) -> Option<u8> {
-    let mask = super::labelmap::decode_rle(&c.mask_rle, c.bbox.width() as usize, c.bbox.height() as usize);
+    let mask = super::labelmap::decode_rle(
+        &c.mask_rle,
+        c.bbox.width() as usize,
+        c.bbox.height() as usize,
+    );
     let mut counts = [0u64; 256];
     let bw = c.bbox.width() as usize;
     for (i, inside) in mask.iter().enumerate() {
@@ -206,7 +209,10 @@ fn majority_label(map: &LabelMap, c: &super::Component) -> Option<u8> {
     }
     counts[0] = 0;
     counts[IGNORE as usize] = 0;
-    let (label, n) = counts.iter().enumerate().max_by_key(|(l, n)| (**n, std::cmp::Reverse(*l)))?;
+    let (label, n) = counts
+        .iter()
+        .enumerate()
+        .max_by_key(|(l, n)| (**n, std::cmp::Reverse(*l)))?;
     (*n > 0).then_some(label as u8)
 }
 
@@ -261,9 +267,11 @@ impl Dataset for MmsegDataset {
         let mut regions = Vec::new();
         for (kind, map, names) in &maps {
             let under = match kind {
-                RegionKind::Part => object_map
-                    .as_ref()
-                    .or_else(|| maps.iter().find(|m| m.0 == RegionKind::Object).map(|m| &m.1)),
+                RegionKind::Part => object_map.as_ref().or_else(|| {
+                    maps.iter()
+                        .find(|m| m.0 == RegionKind::Object)
+                        .map(|m| &m.1)
+                }),
                 RegionKind::Object => None,
             };
             for c in components(map, settings.min_area) {

@@ -461,7 +461,10 @@ fn mean_rows(data: &[f32], n: usize, t: usize, d: usize, channels_first: bool) -
         let o = &mut out[b * d..(b + 1) * d];
         if channels_first {
             for (c, oc) in o.iter_mut().enumerate() {
-                *oc = x[c * t..(c + 1) * t].iter().map(|&v| f64::from(v)).sum::<f64>() as f32
+                *oc = x[c * t..(c + 1) * t]
+                    .iter()
+                    .map(|&v| f64::from(v))
+                    .sum::<f64>() as f32
                     / t as f32;
             }
         } else {

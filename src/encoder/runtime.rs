@@ -57,21 +57,30 @@ fn find_via_python() -> Option<PathBuf> {
 
 /// Resolves the ONNX Runtime library: `flag` (e.g. `--ort-lib`), then `ORT_DYLIB_PATH`, then the
 /// install made by `partlens setup`, then an importable Python `onnxruntime`. The error lists what
-/// was tried and the command that fixes it.
+/// was tried and the command that fixes it; a flag or variable naming a missing file is an error
+/// of its own.
 pub fn resolve_library(flag: Option<&Path>) -> Result<PathBuf> {
-    let mut tried = Vec::new();
+    // An explicit choice that does not exist is an error, not a reason to load another library.
     if let Some(p) = flag {
         if p.is_file() {
             return Ok(p.to_path_buf());
         }
-        tried.push(format!("--ort-lib {} (no such file)", p.display()));
+        return Err(Error::Runtime(format!(
+            "--ort-lib {}: no such file. Run `partlens setup` and drop the flag, or point it at \
+             a libonnxruntime.so",
+            p.display()
+        )));
     }
+    let mut tried = Vec::new();
     match std::env::var_os(ORT_DYLIB_ENV) {
         Some(p) if Path::new(&p).is_file() => return Ok(PathBuf::from(p)),
-        Some(p) => tried.push(format!(
-            "{ORT_DYLIB_ENV}={} (no such file)",
-            Path::new(&p).display()
-        )),
+        Some(p) => {
+            return Err(Error::Runtime(format!(
+                "{ORT_DYLIB_ENV}={}: no such file. Unset it to use the library `partlens setup` \
+                 installs, or point it at a libonnxruntime.so",
+                Path::new(&p).display()
+            )))
+        }
         None => tried.push(format!("{ORT_DYLIB_ENV} (not set)")),
     }
     let venv = crate::setup::data_dir().join("venv");

@@ -23,7 +23,11 @@ pub struct Hit {
 pub fn normalize_rows(data: &[f32], dim: usize) -> Vec<f32> {
     let mut out = data.to_vec();
     for row in out.chunks_exact_mut(dim) {
-        let n = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+        let n = row
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            .sqrt();
         if n > 0.0 {
             for v in row.iter_mut() {
                 *v = (f64::from(*v) / n) as f32;
@@ -199,7 +203,13 @@ impl HnswIndex {
 
     /// Approximate top-`k` by cosine; `ef` is the search width (≥ k). With `allowed` (sorted
     /// ids), only those ids are returned (filtered during the walk).
-    pub fn search(&self, query: &[f32], k: usize, ef: usize, allowed: Option<&Vec<usize>>) -> Vec<Hit> {
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        allowed: Option<&Vec<usize>>,
+    ) -> Vec<Hit> {
         let ef = ef.max(k);
         let run = |g: &Graph<'_>| match allowed {
             Some(ids) => g.search_filter(query, k, ef, Some(ids)),
@@ -233,7 +243,9 @@ mod tests {
         let mut s = seed;
         let v: Vec<f32> = (0..n * dim)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
             })
             .collect();
@@ -248,9 +260,9 @@ mod tests {
         assert_eq!(hits[0].id, 7);
         assert!((hits[0].score - 1.0).abs() < 1e-5);
         assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
-        let even = |i: usize| i % 2 == 0;
+        let even = |i: usize| i.is_multiple_of(2);
         let hits = exact_search(&d, 8, &q, 5, Some(&even));
-        assert!(hits.iter().all(|h| h.id % 2 == 0));
+        assert!(hits.iter().all(|h| h.id.is_multiple_of(2)));
     }
 
     #[test]

@@ -57,3 +57,23 @@ pub(super) fn decode(bytes: &[u8], path: &Path) -> Result<Option<RgbImage>> {
         Err(_) => Err(fail("corrupt JPEG".into())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_inside_a_complete_stream_is_an_error_not_a_crash() {
+        let mut bytes = vec![0xFF, 0xD8, 0xFF, 0xDA, 0x00, 0x02];
+        bytes.extend((0..200u32).map(|i| (i * 37 % 251) as u8));
+        bytes.extend([0xFF, 0xD9]);
+        let err = decode(&bytes, Path::new("bad.jpg")).unwrap_err();
+        assert!(err.to_string().contains("bad.jpg"), "{err}");
+    }
+
+    #[test]
+    fn missing_end_marker_is_truncation() {
+        let err = check_complete(&[0xFF, 0xD8, 0xFF, 0xDA, 1, 2, 3], Path::new("t.jpg"));
+        assert!(err.unwrap_err().to_string().contains("truncated JPEG"));
+    }
+}

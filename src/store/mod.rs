@@ -56,11 +56,7 @@ impl IndexDir {
                 ),
             ));
         }
-        if let Some((i, r)) = regions
-            .iter()
-            .enumerate()
-            .find(|(i, r)| r.id != *i as u64)
-        {
+        if let Some((i, r)) = regions.iter().enumerate().find(|(i, r)| r.id != *i as u64) {
             return Err(Error::corrupt(
                 &path,
                 format!("region row {i} has id {}; ids must be 0..N in order", r.id),

@@ -49,7 +49,7 @@ impl NpyWriter {
 
     /// Appends `values.len() / cols` rows.
     pub fn append(&mut self, values: &[f32]) -> Result<()> {
-        if values.len() % self.cols != 0 {
+        if !values.len().is_multiple_of(self.cols) {
             return Err(Error::InvalidArgument(format!(
                 "{}: {} values are not whole rows of {}",
                 self.path.display(),
@@ -144,7 +144,7 @@ impl NpyMatrix {
                 ),
             ));
         }
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             return Err(Error::corrupt(path, "data not 4-byte aligned"));
         }
         Ok(NpyMatrix {

@@ -116,8 +116,8 @@ impl RegionWriter {
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(8192))
             .build();
-        let writer =
-            ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| pq_err(&path, e))?;
+        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
+            .map_err(|e| pq_err(&path, e))?;
         Ok(RegionWriter {
             path,
             schema,
@@ -162,7 +162,9 @@ impl RegionWriter {
             )),
             boxes(regions.iter().map(|r| r.bbox))?,
             boxes(regions.iter().map(|r| r.crop_box))?,
-            Arc::new(UInt64Array::from_iter_values(regions.iter().map(|r| r.area))),
+            Arc::new(UInt64Array::from_iter_values(
+                regions.iter().map(|r| r.area),
+            )),
             Arc::new(mask.finish()),
         ];
         for (f, d) in &self.dims {
