@@ -67,6 +67,8 @@ pub struct IngestReport {
     pub encode_seconds: f64,
     /// Seconds spent building HNSW graphs.
     pub hnsw_seconds: f64,
+    /// Seconds inference waited for preprocessed regions (high: input-bound).
+    pub wait_seconds: f64,
 }
 
 impl IngestReport {
@@ -247,6 +249,7 @@ fn build(
     let chunk = (rayon::current_num_threads() * 2).max(4);
     let (tx, rx) = sync_channel::<Vec<(usize, Prepared)>>(2);
     let mut encode_seconds = 0.0;
+    let mut wait_seconds = 0.0;
 
     let consumed: Result<()> = std::thread::scope(|scope| {
         scope.spawn(move || {
@@ -279,7 +282,10 @@ fn build(
             }
             Ok(())
         };
-        for block in rx {
+        loop {
+            let tw = Instant::now();
+            let Ok(block) = rx.recv() else { break };
+            wait_seconds += tw.elapsed().as_secs_f64();
             for (idx, outcome) in block {
                 let item = &items[idx];
                 match outcome {
@@ -384,5 +390,6 @@ fn build(
         seconds: t0.elapsed().as_secs_f64(),
         encode_seconds,
         hnsw_seconds,
+        wait_seconds,
     })
 }

@@ -193,7 +193,7 @@ fn run_ingest(
 fn print_report(r: &IngestReport) {
     let c = &r.manifest.counts;
     println!(
-        "indexed {} regions ({} parts, {} objects) from {} images in {:.1} s ({:.1} regions/s; encoder {:.1} s, HNSW {:.1} s)",
+        "indexed {} regions ({} parts, {} objects) from {} images in {:.1} s ({:.1} regions/s; encoder {:.1} s, waiting for input {:.1} s, HNSW {:.1} s)",
         c.regions,
         c.parts,
         c.objects,
@@ -201,6 +201,7 @@ fn print_report(r: &IngestReport) {
         r.seconds,
         r.regions_per_second(),
         r.encode_seconds,
+        r.wait_seconds,
         r.hnsw_seconds
     );
     if !r.manifest.skipped.is_empty() {

@@ -114,20 +114,30 @@ impl Preprocessor {
         let top = half_round_even(rh as i64 - th as i64);
         let left = half_round_even(rw as i64 - tw as i64);
         let plane = th * tw;
+        // (v / 255 - mean) / std for every byte value: the same f32 arithmetic, done 768 times
+        // instead of 3 × H × W.
+        let mut lut = [[0f32; 256]; 3];
+        for (c, table) in lut.iter_mut().enumerate() {
+            for (v, t) in table.iter_mut().enumerate() {
+                *t = (v as f32 / 255.0 - self.mean[c]) / self.std[c];
+            }
+        }
+        let (r_out, rest) = out.split_at_mut(plane);
+        let (g_out, b_out) = rest.split_at_mut(plane);
         for y in 0..th {
             let sy = y as i64 + top;
             for x in 0..tw {
                 let sx = x as i64 + left;
-                let inside = sy >= 0 && sx >= 0 && (sy as usize) < rh && (sx as usize) < rw;
-                for c in 0..3 {
-                    let v = if inside {
-                        resized[(sy as usize * rw + sx as usize) * 3 + c]
-                    } else {
-                        0
-                    };
-                    out[c * plane + y * tw + x] =
-                        (f32::from(v) / 255.0 - self.mean[c]) / self.std[c];
-                }
+                let px = if sy >= 0 && sx >= 0 && (sy as usize) < rh && (sx as usize) < rw {
+                    let i = (sy as usize * rw + sx as usize) * 3;
+                    [resized[i], resized[i + 1], resized[i + 2]]
+                } else {
+                    [0, 0, 0]
+                };
+                let o = y * tw + x;
+                r_out[o] = lut[0][px[0] as usize];
+                g_out[o] = lut[1][px[1] as usize];
+                b_out[o] = lut[2][px[2] as usize];
             }
         }
     }

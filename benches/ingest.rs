@@ -1,0 +1,89 @@
+//! Ingest throughput against the encoder alone, in the same process.
+//!
+//! `cargo bench --bench ingest` prints, for the default encoder (MobileNetV2) and the tiny ViT:
+//! regions/s of a full ingest of the bundled Pascal-Part sample (decode, regions, preprocessing,
+//! inference, Parquet/npy writes; HNSW build excluded), and regions/s of the same encoder run
+//! on pre-made tensors of the same count and batch size. The ratio is the share of encoder-alone
+//! speed the pipeline keeps; the target is ≥ 0.90 on CPU.
+
+use std::path::Path;
+use std::time::Instant;
+
+use partlens::encoder::Encoder;
+use partlens::ingest::{ingest_with_encoder, IngestOptions};
+use partlens::setup::{self, SetupOptions};
+use partlens::{Device, EncoderOptions, MmsegDataset};
+
+const REPEATS: usize = 3;
+const BATCH: usize = 32;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn bench(name: &str, model: &Path, dataset: &MmsegDataset) {
+    let opts = EncoderOptions {
+        device: Device::Cpu,
+        ..EncoderOptions::default()
+    };
+    let enc = Encoder::load(model, &opts).expect("model");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut ingest_rates = Vec::new();
+    let mut alone_rates = Vec::new();
+    let mut regions = 0;
+    for rep in 0..REPEATS {
+        let mut o = IngestOptions::new(dir.path().join(format!("idx{rep}")));
+        o.batch_size = BATCH;
+        let r = ingest_with_encoder(dataset, &enc, &o).expect("ingest");
+        regions = r.manifest.counts.regions as usize;
+        ingest_rates.push(r.regions_per_second());
+
+        // The same number of regions through the encoder alone, from tensors made beforehand.
+        let len = enc.preprocessor().tensor_len();
+        let tensors: Vec<f32> = (0..BATCH * len)
+            .map(|i| ((i % 251) as f32 / 125.0) - 1.0)
+            .collect();
+        let t = Instant::now();
+        let mut done = 0;
+        while done < regions {
+            let n = BATCH.min(regions - done);
+            enc.embed(&tensors[..n * len], n).expect("embed");
+            done += n;
+        }
+        alone_rates.push(regions as f64 / t.elapsed().as_secs_f64());
+    }
+    // Preprocessing alone, on one thread: decode, label maps, regions, crop/resize/normalise.
+    let pre = enc.preprocessor();
+    let settings = partlens::RegionSettings::default();
+    let (mut t_load, mut t_tensor) = (0.0, 0.0);
+    let mut out = vec![0f32; pre.tensor_len()];
+    for item in partlens::Dataset::items(dataset) {
+        let t = Instant::now();
+        let r = partlens::Dataset::load(dataset, item, &settings).expect("load");
+        t_load += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for region in &r.regions {
+            pre.region_tensor(&r.image, region.crop_box, &mut out);
+        }
+        t_tensor += t.elapsed().as_secs_f64();
+    }
+    println!(
+        "ingest/{name}: preprocessing on one thread: decode + regions {:.2} ms/region, crop + resize + normalise {:.2} ms/region",
+        1e3 * t_load / regions as f64,
+        1e3 * t_tensor / regions as f64
+    );
+    let (ingest, alone) = (median(ingest_rates), median(alone_rates));
+    println!(
+        "ingest/{name}: {regions} regions, ingest {ingest:.1} regions/s, encoder alone {alone:.1} regions/s, ratio {:.3} (target ≥ 0.90; median of {REPEATS})",
+        ingest / alone
+    );
+}
+
+fn main() {
+    setup::ensure(&SetupOptions::default()).expect("partlens setup");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/samples/pascal_part");
+    let dataset = MmsegDataset::open(root).expect("sample dataset");
+    bench("mobilenet_v2", &setup::default_model_path(), &dataset);
+    bench("vit_tiny", &setup::vit_tiny_path(), &dataset);
+}
