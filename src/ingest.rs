@@ -97,6 +97,21 @@ fn prepare(
     Ok((loaded.regions, tensors))
 }
 
+/// Regions waiting for inference and their tensors, `regions.len() × tlen` floats.
+struct Batch {
+    regions: Vec<Region>,
+    tensors: Vec<f32>,
+}
+
+impl Batch {
+    fn new(size: usize, tlen: usize) -> Self {
+        Batch {
+            regions: Vec::with_capacity(size),
+            tensors: Vec::with_capacity(size * tlen),
+        }
+    }
+}
+
 struct Sink {
     parquet: RegionWriter,
     npy: BTreeMap<Feature, NpyWriter>,
@@ -137,7 +152,8 @@ fn progress_bar(enabled: bool, len: usize) -> indicatif::ProgressBar {
     pb
 }
 
-fn staging_dir(out: &Path) -> Result<PathBuf> {
+/// `<parent>/.<name>.<what>-<pid>`: a sibling of `out`, so renames stay on one file system.
+fn staging_dir(out: &Path, what: &str) -> Result<PathBuf> {
     let name = out
         .file_name()
         .ok_or_else(|| Error::InvalidArgument(format!("{}: not a folder name", out.display())))?;
@@ -147,7 +163,7 @@ fn staging_dir(out: &Path) -> Result<PathBuf> {
     };
     std::fs::create_dir_all(&parent).at(&parent)?;
     Ok(parent.join(format!(
-        ".{}.partial-{}",
+        ".{}.{what}-{}",
         name.to_string_lossy(),
         std::process::id()
     )))
@@ -171,36 +187,71 @@ pub fn ingest_with_encoder(
     opts: &IngestOptions,
 ) -> Result<IngestReport> {
     let out = &opts.out;
-    if out.exists() && !opts.overwrite {
+    check_target(out, opts.overwrite)?;
+    if opts.batch_size == 0 {
+        return Err(Error::InvalidArgument("batch size must be at least 1".into()));
+    }
+    let stage = staging_dir(out, "partial")?;
+    if stage.exists() {
+        std::fs::remove_dir_all(&stage).at(&stage)?;
+    }
+    let result = build(dataset, encoder, opts, &stage).and_then(|mut report| {
+        replace_dir(&stage, out)?;
+        report.path = out.clone();
+        Ok(report)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&stage);
+    }
+    result
+}
+
+/// Refuses to write over anything but an existing partlens index, and over that only with
+/// `overwrite`: `--out ~/photos --overwrite` must never delete photos.
+fn check_target(out: &Path, overwrite: bool) -> Result<()> {
+    if !out.exists() {
+        return Ok(());
+    }
+    let is_index = out.join("manifest.json").is_file();
+    let is_empty_dir = out.is_dir() && std::fs::read_dir(out).at(out)?.next().is_none();
+    if !out.is_dir() || !(is_index || is_empty_dir) {
+        return Err(Error::InvalidArgument(format!(
+            "{} exists and is not a partlens index; refusing to replace it",
+            out.display()
+        )));
+    }
+    if is_index && !overwrite {
         return Err(Error::InvalidArgument(format!(
             "{} already exists; pass --overwrite to replace it",
             out.display()
         )));
     }
-    if opts.batch_size == 0 {
-        return Err(Error::InvalidArgument(
-            "batch size must be at least 1".into(),
-        ));
+    Ok(())
+}
+
+/// Moves the finished `stage` to `out`. An old index is renamed aside first and deleted only
+/// after the new one is in place; if the final rename fails, the old one is put back.
+fn replace_dir(stage: &Path, out: &Path) -> Result<()> {
+    let old = staging_dir(out, "old")?;
+    let had_old = out.exists();
+    if had_old {
+        std::fs::rename(out, &old).at(out)?;
     }
-    let stage = staging_dir(out)?;
-    if stage.exists() {
-        std::fs::remove_dir_all(&stage).at(&stage)?;
-    }
-    let result = build(dataset, encoder, opts, &stage);
-    match result {
-        Ok(mut report) => {
-            if out.exists() {
-                std::fs::remove_dir_all(out).at(out)?;
-            }
-            std::fs::rename(&stage, out).at(out)?;
-            report.path = out.clone();
-            Ok(report)
+    if let Err(e) = std::fs::rename(stage, out) {
+        if had_old {
+            let _ = std::fs::rename(&old, out);
         }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&stage);
-            Err(e)
+        return Err(Error::io(out, e));
+    }
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(parent) {
+            let _ = d.sync_all();
         }
     }
+    if had_old {
+        std::fs::remove_dir_all(&old).at(&old)?;
+    }
+    Ok(())
 }
 
 fn build(
@@ -264,22 +315,16 @@ fn build(
                 }
             }
         });
-        let mut pending_regions: Vec<Region> = Vec::new();
-        let mut pending: Vec<f32> = Vec::new();
-        let mut flush = |regions: &mut Vec<Region>,
-                         tensors: &mut Vec<f32>,
-                         all: bool,
-                         sink: &mut Sink|
-         -> Result<()> {
-            while regions.len() >= opts.batch_size || (all && !regions.is_empty()) {
-                let n = regions.len().min(opts.batch_size);
-                let te = Instant::now();
-                let feats = encoder.embed(&tensors[..n * tlen], n)?;
-                encode_seconds += te.elapsed().as_secs_f64();
-                let batch: Vec<Region> = regions.drain(..n).collect();
-                tensors.drain(..n * tlen);
-                sink.write(batch, &feats)?;
-            }
+        // Owning the receiver here means an early return drops it, which unblocks the
+        // producer's `send` and lets the scope end.
+        let rx = rx;
+        let mut batch = Batch::new(opts.batch_size, tlen);
+        let mut run = |batch: &mut Batch, sink: &mut Sink| -> Result<()> {
+            let te = Instant::now();
+            let feats = encoder.embed(&batch.tensors, batch.regions.len())?;
+            encode_seconds += te.elapsed().as_secs_f64();
+            sink.write(std::mem::take(&mut batch.regions), &feats)?;
+            batch.tensors.clear();
             Ok(())
         };
         loop {
@@ -291,8 +336,13 @@ fn build(
                 match outcome {
                     Ok((regions, tensors)) => {
                         sink.counts.images += 1;
-                        pending_regions.extend(regions);
-                        pending.extend_from_slice(&tensors);
+                        for (r, t) in regions.into_iter().zip(tensors.chunks_exact(tlen)) {
+                            batch.regions.push(r);
+                            batch.tensors.extend_from_slice(t);
+                            if batch.regions.len() == opts.batch_size {
+                                run(&mut batch, &mut sink)?;
+                            }
+                        }
                     }
                     Err(e) => {
                         if opts.strict {
@@ -308,7 +358,6 @@ fn build(
                 }
                 pb.inc(1);
             }
-            flush(&mut pending_regions, &mut pending, false, &mut sink)?;
             let secs = t0.elapsed().as_secs_f64().max(1e-9);
             pb.set_message(format!(
                 "{} regions, {:.1} regions/s",
@@ -316,7 +365,10 @@ fn build(
                 sink.counts.regions as f64 / secs
             ));
         }
-        flush(&mut pending_regions, &mut pending, true, &mut sink)
+        if !batch.regions.is_empty() {
+            run(&mut batch, &mut sink)?;
+        }
+        Ok(())
     });
     consumed?;
     pb.finish_and_clear();

@@ -118,6 +118,20 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
+fn cuda_provider() -> ort::ep::ExecutionProviderDispatch {
+    use ort::ep::ArbitrarilyConfigurableExecutionProvider;
+    let mut ep = ort::ep::CUDA::default()
+        .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic);
+    if let Ok(extra) = std::env::var("PARTLENS_CUDA_OPTIONS") {
+        for kv in extra.split(',').filter(|s| !s.is_empty()) {
+            if let Some((k, v)) = kv.split_once('=') {
+                ep = ep.with_arbitrary_config(k.trim(), v.trim());
+            }
+        }
+    }
+    ep.build()
+}
+
 fn build_session(
     env: &ort::environment::Environment,
     path: &Path,
@@ -125,12 +139,21 @@ fn build_session(
     cuda: bool,
 ) -> Result<Session> {
     let mut b = Session::builder(env)?;
+    // ONNX Runtime's per-node profile (JSON), for diagnosing where inference time goes.
+    if let Some(p) = std::env::var_os("PARTLENS_ORT_PROFILE") {
+        b = b.with_profiling(p)?;
+    }
     if let Some(n) = opts.intra_threads {
         b = b.with_intra_threads(n)?;
     }
     if cuda {
         b = b
-            .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
+            // Heuristic cuDNN algorithm choice: the exhaustive default benchmarks every conv for
+            // every new batch shape, which cost more than the whole inference on the sample
+            // (scripts/gpu_check.sh on an H200). PARTLENS_CUDA_OPTIONS="key=value,…" passes
+            // further CUDA provider options through.
+            .with_execution_providers([cuda_provider()
+                .error_on_failure()])
             .map_err(|e| Error::Device {
                 provider: "cuda".into(),
                 message: format!(
