@@ -188,8 +188,11 @@ pub fn ingest_with_encoder(
 ) -> Result<IngestReport> {
     let out = &opts.out;
     check_target(out, opts.overwrite)?;
+    opts.settings.validate()?;
     if opts.batch_size == 0 {
-        return Err(Error::InvalidArgument("batch size must be at least 1".into()));
+        return Err(Error::InvalidArgument(
+            "batch size must be at least 1".into(),
+        ));
     }
     let stage = staging_dir(out, "partial")?;
     if stage.exists() {

@@ -14,7 +14,7 @@ use crate::preprocess::decode_rgb;
 use crate::region::{PixelBox, RegionKind};
 use crate::store::IndexDir;
 
-/// Below this many candidate regions, search is exact (it is then as fast as HNSW).
+/// Default for [`SearchOptions::exact_below`].
 pub const EXACT_BELOW: usize = 2000;
 
 /// What to search for and how.
@@ -28,6 +28,9 @@ pub struct SearchOptions {
     pub exact: bool,
     /// HNSW search width (≥ k).
     pub ef: usize,
+    /// Below this many candidate regions (after filters) search is exact: as fast as HNSW
+    /// there, and exact.
+    pub exact_below: usize,
     /// Only regions whose label name (or numeric id) is this.
     pub label: Option<String>,
     /// Only parts or only objects.
@@ -45,6 +48,7 @@ impl Default for SearchOptions {
             feature: Feature::Mean,
             exact: false,
             ef: 64,
+            exact_below: EXACT_BELOW,
             label: None,
             kind: None,
             split: None,
@@ -174,7 +178,14 @@ impl QueryEngine {
                         image.display()
                     )));
                 }
-                b.square_crop(self.index.manifest().settings.margin)
+                // Only the part inside the image is a region; this also bounds the crop size.
+                let inside = PixelBox {
+                    x0: b.x0.max(0),
+                    y0: b.y0.max(0),
+                    x1: b.x1.min(w),
+                    y1: b.y1.min(h),
+                };
+                inside.square_crop(self.index.manifest().settings.margin)
             }
             None => PixelBox {
                 x0: 0,
@@ -236,6 +247,9 @@ impl QueryEngine {
     /// Searches stored regions for the `opts.k` nearest to `vector` (a raw, unnormalised
     /// feature of `opts.feature`).
     pub fn search_vector(&self, vector: &[f32], opts: &SearchOptions) -> Result<Vec<QueryHit>> {
+        if opts.k == 0 {
+            return Err(Error::InvalidArgument("k must be at least 1".into()));
+        }
         let f = opts.feature;
         let m = self.index.feature(f).ok_or_else(|| {
             Error::InvalidArgument(format!(
@@ -253,19 +267,26 @@ impl QueryEngine {
         let q = normalize_rows(vector, m.cols());
         let allowed = self.allowed(opts);
         let candidates = allowed.as_ref().map_or(m.rows(), Vec::len);
+        let exact = || {
+            let norm = self.normalized[&f].get_or_init(|| normalize_rows(m.as_slice(), m.cols()));
+            let keep = allowed
+                .as_ref()
+                .map(|ids| move |i: usize| ids.binary_search(&i).is_ok());
+            let keep_ref = keep.as_ref().map(|k| k as &dyn Fn(usize) -> bool);
+            exact_search(norm, m.cols(), &q, opts.k, keep_ref)
+        };
         let hits: Vec<Hit> = match self.hnsw.get(&f) {
-            Some(g) if !opts.exact && candidates >= EXACT_BELOW => {
-                g.search(&q, opts.k, opts.ef, allowed.as_ref())
+            Some(g) if !opts.exact && candidates >= opts.exact_below => {
+                let hits = g.search(&q, opts.k, opts.ef, allowed.as_ref());
+                // A selective filter can starve the graph walk; never return fewer hits than
+                // exist.
+                if hits.len() < opts.k.min(candidates) {
+                    exact()
+                } else {
+                    hits
+                }
             }
-            _ => {
-                let norm =
-                    self.normalized[&f].get_or_init(|| normalize_rows(m.as_slice(), m.cols()));
-                let keep = allowed
-                    .as_ref()
-                    .map(|ids| move |i: usize| ids.binary_search(&i).is_ok());
-                let keep_ref = keep.as_ref().map(|k| k as &dyn Fn(usize) -> bool);
-                exact_search(norm, m.cols(), &q, opts.k, keep_ref)
-            }
+            _ => exact(),
         };
         Ok(hits
             .into_iter()

@@ -386,3 +386,97 @@ fn malformed_query_arguments_are_refused() {
         .unwrap();
     assert!(String::from_utf8_lossy(&o.stderr).contains("nope.jpg"));
 }
+
+#[test]
+fn strict_stop_on_a_many_block_dataset_does_not_hang() {
+    // 18 images = several producer blocks; the first image is corrupt.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("pascal");
+    common::copy_dir(&common::sample("pascal_part"), &root);
+    std::fs::write(root.join("img/train/2008_000652.jpg"), b"garbage").unwrap();
+    let err = ingest(&root, &dir.path().join("idx"), true).unwrap_err();
+    assert!(err.to_string().contains("2008_000652.jpg"), "{err}");
+}
+
+#[test]
+fn overwrite_never_deletes_a_folder_that_is_not_an_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let precious = dir.path().join("photos");
+    std::fs::create_dir_all(&precious).unwrap();
+    std::fs::write(precious.join("holiday.jpg"), b"...").unwrap();
+    let ds = MmsegDataset::open(common::sample("lip")).unwrap();
+    let enc = Encoder::load(common::mobilenet(), &common::cpu()).unwrap();
+    let mut opts = IngestOptions::new(&precious);
+    opts.overwrite = true;
+    let err = ingest_with_encoder(&ds, &enc, &opts).unwrap_err();
+    assert!(err.to_string().contains("not a partlens index"), "{err}");
+    assert!(precious.join("holiday.jpg").is_file());
+    // An existing index is replaced in place with --overwrite.
+    let out = dir.path().join("idx");
+    ingest(&common::sample("lip"), &out, false).unwrap();
+    let mut opts = IngestOptions::new(&out);
+    opts.overwrite = true;
+    opts.settings.min_area = 1;
+    let m = ingest_with_encoder(&ds, &enc, &opts).unwrap().manifest;
+    assert_eq!(m.counts.regions, 12); // lip part ≥ 1 (EXPECTED.json)
+    assert_eq!(IndexDir::open(&out).unwrap().regions().len(), 12);
+}
+
+#[test]
+fn impossible_margins_are_refused() {
+    let ds = MmsegDataset::open(common::sample("lip")).unwrap();
+    let enc = Encoder::load(common::mobilenet(), &common::cpu()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for margin in [f32::NAN, f32::INFINITY, -0.5, 100.0] {
+        let mut opts = IngestOptions::new(dir.path().join("idx"));
+        opts.settings.margin = margin;
+        let err = ingest_with_encoder(&ds, &enc, &opts).unwrap_err();
+        assert!(
+            err.to_string().contains("margin must be between"),
+            "{margin}: {err}"
+        );
+    }
+}
+
+#[test]
+fn missing_object_map_costs_only_that_images_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("pascal");
+    common::copy_dir(&common::sample("pascal_part"), &root);
+    std::fs::remove_file(root.join("obj/val/2008_003228.png")).unwrap();
+    let m = ingest(&root, &dir.path().join("idx"), false).unwrap();
+    assert_eq!(m.counts.images, 18);
+    assert!(m.counts.objects < 41);
+    assert_eq!(m.skipped.len(), 1);
+    assert_eq!(m.skipped[0].path, "obj/val/2008_003228.png");
+    assert!(m.skipped[0].reason.contains("parts only"));
+}
+
+#[test]
+fn class_names_keep_their_line_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = lip_copy(dir.path());
+    // An empty name for class 1 (Hat) must not shift Hair (2) onto id 1.
+    let text = std::fs::read_to_string(root.join("classes.txt")).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[1] = "";
+    std::fs::write(root.join("classes.txt"), lines.join("\n") + "\n\n").unwrap();
+    let ds = MmsegDataset::open(&root).unwrap();
+    assert_eq!(ds.part_classes().unwrap()[2], "Hair");
+    assert_eq!(ds.part_classes().unwrap().len(), 20);
+}
+
+#[test]
+fn oversized_query_box_is_clipped_and_k_zero_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("idx");
+    ingest(&common::sample("lip"), &out, false).unwrap();
+    let engine = QueryEngine::open(&out, &common::cpu()).unwrap();
+    let image = common::sample("lip").join("img/val/86_185913.jpg");
+    let huge = partlens::PixelBox::new(-5, -5, 1_000_000, 1_000_000);
+    let mut opts = partlens::query::SearchOptions::default();
+    let hits = engine.search_image_file(&image, huge, &opts).unwrap();
+    assert!(!hits.is_empty());
+    opts.k = 0;
+    assert!(engine.search_image_file(&image, huge, &opts).is_err());
+}

@@ -168,9 +168,11 @@ fn query_by_a_stored_region_finds_itself_first() {
         .collect();
     for r in &probes {
         for exact in [true, false] {
+            // exact_below 0 sends the non-exact case through the HNSW graph.
             let opts = SearchOptions {
                 k: 3,
                 exact,
+                exact_below: 0,
                 ..SearchOptions::default()
             };
             let hits = engine
@@ -184,19 +186,23 @@ fn query_by_a_stored_region_finds_itself_first() {
     }
     // Filters restrict results to matching regions.
     let r = &probes[0];
-    let opts = SearchOptions {
-        k: 50,
-        kind: Some(RegionKind::Object),
-        split: Some("train".into()),
-        ..SearchOptions::default()
-    };
-    let hits = engine
-        .search_image_file(&root.join(&r.image), Some(r.bbox), &opts)
-        .unwrap();
-    assert!(!hits.is_empty());
-    assert!(hits
-        .iter()
-        .all(|h| h.kind == RegionKind::Object && h.split == "train"));
+    for exact_below in [0, usize::MAX] {
+        let opts = SearchOptions {
+            k: 50,
+            kind: Some(RegionKind::Object),
+            split: Some("train".into()),
+            exact_below,
+            ..SearchOptions::default()
+        };
+        let hits = engine
+            .search_image_file(&root.join(&r.image), Some(r.bbox), &opts)
+            .unwrap();
+        // 26 train objects of ≥ 256 px (EXPECTED.json), fewer than k: all of them, filtered.
+        assert_eq!(hits.len(), 26, "exact_below {exact_below}");
+        assert!(hits
+            .iter()
+            .all(|h| h.kind == RegionKind::Object && h.split == "train"));
+    }
     let opts = SearchOptions {
         k: 50,
         label: Some("person/hair".into()),
@@ -299,4 +305,30 @@ fn cli_ingest_info_query_json() {
     assert!(o.status.success());
     let hits: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(hits.len(), 10); // default k; the index holds 12 regions
+}
+
+#[test]
+fn model_with_a_fixed_batch_size_is_fed_in_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixed = dir.path().join("fixed1.onnx");
+    let status = std::process::Command::new(common::python())
+        .args([
+            "-c",
+            "import onnx, sys\nm = onnx.load(sys.argv[1])\nfor v in list(m.graph.input) + list(m.graph.output):\n    v.type.tensor_type.shape.dim[0].dim_value = 1\nonnx.save(m, sys.argv[2])",
+        ])
+        .arg(common::mobilenet())
+        .arg(&fixed)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let a = build("lip", &common::mobilenet(), &dir.path().join("dynamic"), 64);
+    let b = build("lip", &fixed, &dir.path().join("fixed"), 64);
+    let (fa, fb) = (
+        a.feature(Feature::Mean).unwrap(),
+        b.feature(Feature::Mean).unwrap(),
+    );
+    assert_eq!(fa.rows(), 12);
+    for i in 0..fa.rows() {
+        assert!(cosine(fa.row(i), fb.row(i)) > 0.99999, "row {i}");
+    }
 }

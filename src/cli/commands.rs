@@ -333,6 +333,7 @@ pub(super) fn query(a: &QueryArgs, enc: &EncoderOptions) -> Result<()> {
         feature: a.feature,
         exact: a.exact,
         ef: a.ef,
+        exact_below: crate::query::EXACT_BELOW,
         label: a.label.clone(),
         kind: a.kind,
         split: a.split.clone(),

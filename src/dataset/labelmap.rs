@@ -39,9 +39,15 @@ impl LabelMap {
             .read_info()
             .map_err(|e| bad(format!("not a readable PNG label map: {e}")))?;
         let (ct, depth) = reader.output_color_type();
-        if depth != png::BitDepth::Eight
-            || !matches!(ct, png::ColorType::Grayscale | png::ColorType::Indexed)
-        {
+        let bits = match (ct, depth) {
+            (png::ColorType::Grayscale | png::ColorType::Indexed, png::BitDepth::Eight) => 8,
+            // Pillow writes palettes of ≤ 16 entries at 1, 2 or 4 bits; the indices are labels.
+            (png::ColorType::Indexed, png::BitDepth::Four) => 4,
+            (png::ColorType::Indexed, png::BitDepth::Two) => 2,
+            (png::ColorType::Indexed, png::BitDepth::One) => 1,
+            _ => 0,
+        };
+        if bits == 0 {
             return Err(bad(format!(
                 "label maps must be 8-bit greyscale or palette PNGs, this one is {ct:?} {depth:?}"
             )));
@@ -54,14 +60,29 @@ impl LabelMap {
             .next_frame(&mut buf)
             .map_err(|e| bad(format!("truncated or corrupt PNG: {e}")))?;
         let (w, h) = (info.width as usize, info.height as usize);
-        if info.line_size != w {
+        if info.line_size != (w * bits).div_ceil(8) {
             return Err(bad(format!("unexpected PNG row size {}", info.line_size)));
         }
-        buf.truncate(w * h);
+        let data = if bits == 8 {
+            buf.truncate(w * h);
+            buf
+        } else {
+            let per_byte = 8 / bits;
+            let mask = (1u8 << bits) - 1;
+            let mut out = Vec::with_capacity(w * h);
+            for row in buf.chunks_exact(info.line_size).take(h) {
+                // Pixels are packed from the most significant bits down.
+                out.extend((0..w).map(|x| {
+                    let shift = 8 - bits * (x % per_byte + 1);
+                    (row[x / per_byte] >> shift) & mask
+                }));
+            }
+            out
+        };
         Ok(LabelMap {
             width: w,
             height: h,
-            data: buf,
+            data,
         })
     }
 
@@ -227,6 +248,24 @@ mod tests {
         let c = components(&m, 2);
         assert_eq!(c.len(), 1);
         assert_eq!((c[0].instance, c[0].area), (0, 2));
+    }
+
+    #[test]
+    fn reads_4_bit_palette_png_as_indices() {
+        // Pillow: Image.new("P", (3, 2)) with 5 palette colours saves at bit depth 4.
+        let mut buf = Vec::new();
+        {
+            let mut enc = png::Encoder::new(&mut buf, 3, 2);
+            enc.set_color(png::ColorType::Indexed);
+            enc.set_depth(png::BitDepth::Four);
+            enc.set_palette(vec![0u8; 5 * 3]);
+            let mut w = enc.write_header().unwrap();
+            // rows [0,1,2] and [3,4,0], packed two pixels per byte, high nibble first
+            w.write_image_data(&[0x01, 0x20, 0x34, 0x00]).unwrap();
+        }
+        let m = LabelMap::from_png_bytes(&buf, Path::new("p.png")).unwrap();
+        assert_eq!((m.width, m.height), (3, 2));
+        assert_eq!(m.data, vec![0, 1, 2, 3, 4, 0]);
     }
 
     #[test]

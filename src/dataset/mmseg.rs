@@ -34,11 +34,11 @@ fn read_names(path: &Path) -> Result<Option<Vec<String>>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(path).at(path)?;
-    let names: Vec<String> = text
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect();
+    // Line k+1 names class k, so inner blank lines keep their place; only trailing ones go.
+    let mut names: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
+    while names.last().is_some_and(String::is_empty) {
+        names.pop();
+    }
     if names.is_empty() {
         return Err(Error::annotation(path, "class list is empty"));
     }
@@ -105,12 +105,24 @@ impl MmsegDataset {
                 stems.insert(stem.clone());
                 let ann = root.join("ann").join(&split).join(format!("{stem}.png"));
                 let obj = root.join("obj").join(&split).join(format!("{stem}.png"));
+                // A missing object map costs only that image's object regions, not its parts.
+                let object_ann = if has_obj && obj.is_file() {
+                    Some(obj)
+                } else {
+                    if has_obj {
+                        problems.push((
+                            format!("obj/{split}/{stem}.png"),
+                            "object map missing: parts only for this image".to_string(),
+                        ));
+                    }
+                    None
+                };
                 items.push(ImageItem {
                     image: format!("img/{split}/{name}"),
                     split: split.clone(),
                     image_path: f.clone(),
                     part_ann: Some(ann),
-                    object_ann: has_obj.then_some(obj),
+                    object_ann,
                 });
             }
             let ann_dir = root.join("ann").join(&split);

@@ -28,6 +28,23 @@ pub struct RegionSettings {
     pub objects: bool,
 }
 
+impl RegionSettings {
+    /// Largest accepted margin: a crop 9× the region's longest side.
+    pub const MAX_MARGIN: f32 = 4.0;
+
+    /// Checks the settings can produce sensible crops.
+    pub fn validate(&self) -> crate::Result<()> {
+        if !self.margin.is_finite() || !(0.0..=Self::MAX_MARGIN).contains(&self.margin) {
+            return Err(crate::Error::InvalidArgument(format!(
+                "margin must be between 0 and {} (a fraction of the region's longest side), got {}",
+                Self::MAX_MARGIN,
+                self.margin
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Default for RegionSettings {
     fn default() -> Self {
         RegionSettings {

@@ -96,6 +96,8 @@ pub struct Encoder {
     spec: ModelSpec,
     provider: &'static str,
     dims: BTreeMap<Feature, usize>,
+    /// The batch size the graph is fixed to, if its batch dimension is not dynamic.
+    fixed_batch: Option<usize>,
     session: Mutex<Session>,
 }
 
@@ -152,8 +154,7 @@ fn build_session(
             // every new batch shape, which cost more than the whole inference on the sample
             // (scripts/gpu_check.sh on an H200). PARTLENS_CUDA_OPTIONS="key=value,…" passes
             // further CUDA provider options through.
-            .with_execution_providers([cuda_provider()
-                .error_on_failure()])
+            .with_execution_providers([cuda_provider().error_on_failure()])
             .map_err(|e| Error::Device {
                 provider: "cuda".into(),
                 message: format!(
@@ -237,6 +238,7 @@ impl Encoder {
             spec,
             provider,
             dims: BTreeMap::new(),
+            fixed_batch: None,
             session: Mutex::new(session),
         };
         enc.validate()?;
@@ -266,6 +268,9 @@ impl Encoder {
                 .tensor_shape()
                 .map(|s| s.iter().copied().collect())
                 .unwrap_or_default();
+            if shape.first().is_some_and(|&b| b > 0) {
+                self.fixed_batch = Some(shape[0] as usize);
+            }
             let want = [-1, 3, h as i64, w as i64];
             let ok = shape.len() == 4
                 && shape
@@ -306,8 +311,15 @@ impl Encoder {
             }
         }
         // A dry run gives the real shapes, including dynamic ones.
-        let zeros = vec![0f32; 3 * h * w];
-        let shapes = self.run_raw(&zeros, 1, |name, shape, _| (name.to_string(), shape))?;
+        let b = self.fixed_batch.unwrap_or(1);
+        let zeros = vec![0f32; b * 3 * h * w];
+        let shapes = self.run_raw(&zeros, b, |name, shape, _| {
+            let mut s = shape;
+            if let Some(first) = s.first_mut() {
+                *first /= b as i64; // report per-image shapes, batch 1
+            }
+            (name.to_string(), s)
+        })?;
         let shape_of = |n: &Option<String>| {
             n.as_ref()
                 .and_then(|n| shapes.iter().find(|(k, _)| k == n).map(|(_, s)| s.clone()))
@@ -401,8 +413,35 @@ impl Encoder {
     }
 
     /// Embeds `n` preprocessed regions (`pixels` = `n × 3 × H × W`, CHW each) and returns
-    /// every feature the model has.
+    /// every feature the model has. Models exported with a fixed batch size are fed in chunks of
+    /// that size (the last one zero-padded).
     pub fn embed(&self, pixels: &[f32], n: usize) -> Result<Features> {
+        let Some(b) = self.fixed_batch.filter(|&b| b != n) else {
+            return self.embed_exact(pixels, n);
+        };
+        let tlen = pixels.len() / n.max(1);
+        let mut all = Features {
+            n,
+            values: BTreeMap::new(),
+        };
+        for (i, chunk) in pixels.chunks(b * tlen).enumerate() {
+            let m = chunk.len() / tlen;
+            let mut padded = chunk.to_vec();
+            padded.resize(b * tlen, 0.0);
+            let f = self.embed_exact(&padded, b)?;
+            for (feat, v) in f.values {
+                let d = v.len() / b;
+                all.values
+                    .entry(feat)
+                    .or_insert_with(|| Vec::with_capacity(n * d))
+                    .extend_from_slice(&v[..m * d]);
+            }
+            debug_assert!(i * b + m <= n);
+        }
+        Ok(all)
+    }
+
+    fn embed_exact(&self, pixels: &[f32], n: usize) -> Result<Features> {
         let o = self.spec.outputs.clone();
         let mut values = BTreeMap::new();
         let mut tokens_mean = None;
@@ -427,6 +466,18 @@ impl Encoder {
         }
         if let (false, Some(m)) = (values.contains_key(&Feature::Mean), tokens_mean) {
             values.insert(Feature::Mean, m);
+        }
+        for (f, v) in &values {
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(Error::model(
+                    &self.path,
+                    format!(
+                        "produced a non-finite {f} value for region {} of the batch; refusing to \
+                         store it",
+                        i / (v.len() / n).max(1)
+                    ),
+                ));
+            }
         }
         for (f, d) in &self.dims {
             let got = values.get(f).map_or(0, Vec::len);

@@ -86,8 +86,11 @@ impl ModelSpec {
         if self.input_size.contains(&0) {
             return bad("input_size must be positive".into());
         }
-        if self.std.iter().any(|&s| s <= 0.0) {
-            return bad("std must be positive".into());
+        if self.std.iter().any(|&s| !(s.is_finite() && s > 0.0)) {
+            return bad("std must be positive and finite".into());
+        }
+        if self.mean.iter().any(|m| !m.is_finite()) {
+            return bad("mean must be finite".into());
         }
         let o = &self.outputs;
         if o.pooled.is_none() && o.patch_tokens.is_none() && o.feature_map.is_none() {

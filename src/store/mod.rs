@@ -70,7 +70,7 @@ impl IndexDir {
             let fp = feature_path(&path, f);
             let m = NpyMatrix::open(&fp)?;
             let dim = manifest.encoder.dims.get(name).copied().unwrap_or(0);
-            if m.rows() != n || m.cols() != dim {
+            if dim == 0 || m.rows() != n || m.cols() != dim {
                 return Err(Error::corrupt(
                     &fp,
                     format!(

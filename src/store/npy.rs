@@ -134,7 +134,11 @@ impl NpyMatrix {
         // SAFETY: the index directory is immutable once written; we never map files we write.
         let mmap = unsafe { Mmap::map(&file) }.at(path)?;
         let (offset, rows, cols) = parse_header(&mmap, path)?;
-        let need = offset + rows * cols * 4;
+        let need = rows
+            .checked_mul(cols)
+            .and_then(|n| n.checked_mul(4))
+            .and_then(|n| n.checked_add(offset))
+            .ok_or_else(|| Error::corrupt(path, format!("impossible shape ({rows}, {cols})")))?;
         if mmap.len() != need {
             return Err(Error::corrupt(
                 path,

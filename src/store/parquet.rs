@@ -216,10 +216,19 @@ fn read_boxes(a: &ArrayRef, path: &Path) -> Result<Vec<PixelBox>> {
     let l = a
         .as_fixed_size_list_opt()
         .ok_or_else(|| Error::corrupt(path, "box column has the wrong type"))?;
+    if l.value_length() != 4 {
+        return Err(Error::corrupt(
+            path,
+            "box column must hold 4 values per row",
+        ));
+    }
     let v = l
         .values()
         .as_primitive_opt::<Int32Type>()
         .ok_or_else(|| Error::corrupt(path, "box values have the wrong type"))?;
+    if v.len() != l.len() * 4 {
+        return Err(Error::corrupt(path, "box column is short"));
+    }
     Ok(v.values()
         .chunks_exact(4)
         .map(|c| PixelBox {
