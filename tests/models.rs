@@ -1,0 +1,63 @@
+//! The model scripts, checked the way a broken conversion cannot pass: MobileNetV2's ImageNet
+//! predictions on real photos (scikit-image's, fetched from PyPI) and against a numpy forward
+//! pass; the ViT writer against a numpy forward pass; the torch-free checkpoint reader.
+
+mod common;
+
+use std::path::Path;
+
+fn script(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts/models")
+        .join(name)
+}
+
+fn run(args: &[&std::ffi::OsStr]) -> String {
+    let out = std::process::Command::new(common::python())
+        .args(args)
+        .output()
+        .expect("cannot start python");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn mobilenet_predicts_imagenet_classes_on_real_photos() {
+    let photos = tempfile::tempdir().unwrap();
+    let out = run(&[
+        script("check_imagenet.py").as_os_str(),
+        "--model".as_ref(),
+        common::mobilenet().as_os_str(),
+        "--photos".as_ref(),
+        photos.path().as_os_str(),
+        "--fetch".as_ref(),
+    ]);
+    println!("{out}");
+    assert!(out.contains("chelsea.png"), "{out}");
+    let out = run(&[
+        script("check_imagenet.py").as_os_str(),
+        "--model".as_ref(),
+        common::mobilenet().as_os_str(),
+        "--selftest".as_ref(),
+    ]);
+    println!("{out}");
+}
+
+#[test]
+fn vit_writer_matches_numpy() {
+    println!(
+        "{}",
+        run(&[script("vit.py").as_os_str(), "--selftest".as_ref()])
+    );
+}
+
+#[test]
+fn checkpoint_reader_tests_pass() {
+    let out = run(&[script("test_pth.py").as_os_str()]);
+    assert!(out.contains("0 failed"), "{out}");
+}
