@@ -291,16 +291,7 @@ impl Encoder {
                 .iter()
                 .map(|o| o.name().to_string())
                 .collect();
-            let o = &self.spec.outputs;
-            for name in [
-                &o.cls,
-                &o.patch_tokens,
-                &o.feature_map,
-                &o.projection,
-                &o.pooled,
-            ]
-            .into_iter()
-            .flatten()
+            for name in self.spec.outputs.named()
             {
                 if !names.contains(name) {
                     return Err(Error::model(
@@ -313,7 +304,8 @@ impl Encoder {
         // A dry run gives the real shapes, including dynamic ones.
         let b = self.fixed_batch.unwrap_or(1);
         let zeros = vec![0f32; b * 3 * h * w];
-        let shapes = self.run_raw(&zeros, b, |name, shape, _| {
+        let all: Vec<String> = self.spec.outputs.named().cloned().collect();
+        let shapes = self.run_raw(&zeros, b, &all, |name, shape, _| {
             let mut s = shape;
             if let Some(first) = s.first_mut() {
                 *first /= b as i64; // report per-image shapes, batch 1
@@ -372,11 +364,13 @@ impl Encoder {
         Ok(())
     }
 
-    /// Runs the model on `n` CHW tensors and hands each named output to `f`.
+    /// Runs the model on `n` CHW tensors, computing only the outputs in `names`, and hands each
+    /// to `f`.
     fn run_raw<T>(
         &self,
         pixels: &[f32],
         n: usize,
+        names: &[String],
         mut f: impl FnMut(&str, Vec<i64>, &[f32]) -> T,
     ) -> Result<Vec<T>> {
         let [h, w] = self.spec.input_size;
@@ -388,19 +382,18 @@ impl Encoder {
         }
         let input = ort::value::TensorRef::from_array_view(([n, 3, h, w], pixels))?;
         let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
-        let outputs = session.run(ort::inputs![self.spec.input.as_str() => input])?;
-        let o = &self.spec.outputs;
+        let selector = names
+            .iter()
+            .fold(ort::session::OutputSelector::no_default(), |sel, n| {
+                sel.with(n.as_str())
+            });
+        let options = ort::session::RunOptions::new()?.with_outputs(selector);
+        let outputs = session.run_with_options(
+            ort::inputs![self.spec.input.as_str() => input],
+            &options,
+        )?;
         let mut res = Vec::new();
-        for name in [
-            &o.cls,
-            &o.patch_tokens,
-            &o.feature_map,
-            &o.projection,
-            &o.pooled,
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for name in names {
             let value = outputs
                 .get(name)
                 .ok_or_else(|| Error::Ort(format!("output {name:?} missing from the run")))?;
@@ -445,7 +438,8 @@ impl Encoder {
         let o = self.spec.outputs.clone();
         let mut values = BTreeMap::new();
         let mut tokens_mean = None;
-        let raw = self.run_raw(pixels, n, |name, shape, data| {
+        let needed = o.for_features();
+        let raw = self.run_raw(pixels, n, &needed, |name, shape, data| {
             (name.to_string(), shape, data.to_vec())
         })?;
         for (name, shape, data) in raw {

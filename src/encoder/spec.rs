@@ -31,6 +31,38 @@ pub struct SpecOutputs {
     pub pooled: Option<String>,
 }
 
+impl SpecOutputs {
+    /// Every output the spec names, in a fixed order (cls, patch tokens, feature map,
+    /// projection, pooled).
+    pub fn named(&self) -> impl Iterator<Item = &String> {
+        [
+            &self.cls,
+            &self.patch_tokens,
+            &self.feature_map,
+            &self.projection,
+            &self.pooled,
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// The outputs needed for the features: the token grid is skipped when `pooled` gives the
+    /// mean already (it is the largest output to copy off a GPU).
+    pub fn for_features(&self) -> Vec<String> {
+        let mut v: Vec<String> = [&self.cls, &self.projection].into_iter().flatten().cloned().collect();
+        match &self.pooled {
+            Some(p) => v.push(p.clone()),
+            None => v.extend(
+                [&self.patch_tokens, &self.feature_map]
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
+            ),
+        }
+        v
+    }
+}
+
 /// Everything partlens needs to know to run a model faithfully.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
