@@ -382,10 +382,15 @@ fn build(
         counts,
         ..
     } = sink;
+    let tf = Instant::now();
     parquet.finish()?;
     for w in npy.into_values() {
         w.finish()?;
     }
+    tracing::debug!(
+        "closing the region files took {:.3} s",
+        tf.elapsed().as_secs_f64()
+    );
 
     let th = Instant::now();
     let mut hnsw = BTreeMap::new();

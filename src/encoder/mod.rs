@@ -291,8 +291,7 @@ impl Encoder {
                 .iter()
                 .map(|o| o.name().to_string())
                 .collect();
-            for name in self.spec.outputs.named()
-            {
+            for name in self.spec.outputs.named() {
                 if !names.contains(name) {
                     return Err(Error::model(
                         &self.path,
@@ -388,10 +387,8 @@ impl Encoder {
                 sel.with(n.as_str())
             });
         let options = ort::session::RunOptions::new()?.with_outputs(selector);
-        let outputs = session.run_with_options(
-            ort::inputs![self.spec.input.as_str() => input],
-            &options,
-        )?;
+        let outputs =
+            session.run_with_options(ort::inputs![self.spec.input.as_str() => input], &options)?;
         let mut res = Vec::new();
         for name in names {
             let value = outputs

@@ -49,7 +49,11 @@ impl SpecOutputs {
     /// The outputs needed for the features: the token grid is skipped when `pooled` gives the
     /// mean already (it is the largest output to copy off a GPU).
     pub fn for_features(&self) -> Vec<String> {
-        let mut v: Vec<String> = [&self.cls, &self.projection].into_iter().flatten().cloned().collect();
+        let mut v: Vec<String> = [&self.cls, &self.projection]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
         match &self.pooled {
             Some(p) => v.push(p.clone()),
             None => v.extend(
