@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use serde::Serialize;
 
-use crate::encoder::{Encoder, EncoderOptions, Feature};
+use crate::encoder::{Encoder, EncoderOptions, Feature, Features};
 use crate::error::{Error, Result};
 use crate::index::{exact_search, normalize_rows, Hit, HnswIndex};
 use crate::preprocess::decode_rgb;
@@ -166,7 +166,7 @@ impl QueryEngine {
 
     /// Embeds the crop `bbox` of an image file (the whole image when `None`) exactly as ingest
     /// embedded stored regions: square crop around the box with the index's margin.
-    pub fn embed_image_file(&self, image: &Path, bbox: Option<PixelBox>) -> Result<Features1> {
+    pub fn embed_image_file(&self, image: &Path, bbox: Option<PixelBox>) -> Result<Features> {
         let img = decode_rgb(image)?;
         let (w, h) = (img.width() as i64, img.height() as i64);
         let crop = match bbox {
@@ -198,8 +198,7 @@ impl QueryEngine {
         let pre = self.encoder.preprocessor();
         let mut t = vec![0f32; pre.tensor_len()];
         pre.region_tensor(&img, crop, &mut t);
-        let f = self.encoder.embed(&t, 1)?;
-        Ok(Features1(f.values))
+        self.encoder.embed(&t, 1)
     }
 
     /// Embeds and searches in one call.
@@ -210,7 +209,7 @@ impl QueryEngine {
         opts: &SearchOptions,
     ) -> Result<Vec<QueryHit>> {
         let f = self.embed_image_file(image, bbox)?;
-        let v = f.0.get(&opts.feature).ok_or_else(|| {
+        let v = f.values.get(&opts.feature).ok_or_else(|| {
             Error::InvalidArgument(format!("the model has no {} feature", opts.feature))
         })?;
         self.search_vector(v, opts)
@@ -309,7 +308,3 @@ impl QueryEngine {
             .collect())
     }
 }
-
-/// The features of one embedded query, by feature.
-#[derive(Debug, Clone)]
-pub struct Features1(pub BTreeMap<Feature, Vec<f32>>);
