@@ -435,6 +435,7 @@ fn build(
             path: root_abs.display().to_string(),
             format: dataset.format().to_string(),
             splits: dataset.splits(),
+            options: dataset.options(),
         },
         settings: opts.settings,
         counts,

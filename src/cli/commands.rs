@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use crate::dataset::{MmsegDataset, RegionSettings};
+use crate::dataset::{Dataset, Distance, Format, KeypointSettings, RegionSettings};
 use crate::encoder::{EncoderOptions, Feature};
 use crate::error::{Error, Result};
 use crate::ingest::{ingest_with_encoder, IngestOptions, IngestReport};
@@ -36,9 +36,21 @@ pub struct DemoArgs {
 /// `partlens ingest`.
 #[derive(Debug, Args)]
 pub struct IngestArgs {
-    /// Dataset root (mmseg layout: img/<split>/, ann/<split>/, optional classes.txt, obj/).
+    /// Dataset: an mmseg folder (img/<split>/, ann/<split>/, optional classes.txt, obj/), or a
+    /// COCO-style keypoint .json (or a folder holding one) with its images.
     #[arg(long)]
     pub dataset: PathBuf,
+    /// Dataset format (default: detected).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Keypoint classes to crop, comma-separated (keypoint datasets; default: the paper's
+    /// nose,right_wrist,left_ankle).
+    #[arg(long, value_delimiter = ',')]
+    pub keypoints: Option<Vec<String>>,
+    /// Distance to the nearest other keypoint: seed-quirk (over x, y, annotation id, as the
+    /// paper's code; default) or plain (x, y).
+    #[arg(long, value_enum, default_value_t = DistanceArg::SeedQuirk)]
+    pub distance: DistanceArg,
     /// ONNX encoder with a partlens spec (default: the MobileNetV2 installed by setup).
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -125,6 +137,15 @@ pub struct QueryArgs {
     pub json: bool,
 }
 
+/// `--distance` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DistanceArg {
+    /// Over (x, y, annotation id), reproducing the paper's code.
+    SeedQuirk,
+    /// Over (x, y).
+    Plain,
+}
+
 fn parse_box(s: &str) -> std::result::Result<PixelBox, String> {
     PixelBox::parse(s).ok_or_else(|| format!("{s:?} is not x0,y0,x1,y1 with x1 > x0 and y1 > y0"))
 }
@@ -172,22 +193,22 @@ fn default_model(model: &Option<PathBuf>) -> Result<PathBuf> {
 }
 
 fn run_ingest(
-    dataset: &Path,
+    dataset: &dyn Dataset,
     model: &Path,
     enc: &EncoderOptions,
     opts: &IngestOptions,
 ) -> Result<IngestReport> {
-    let ds = MmsegDataset::open(dataset)?;
     let encoder = crate::encoder::Encoder::load(model, enc)?;
     tracing::info!(
-        "ingesting {} images from {} with {} ({}) on {}",
-        crate::dataset::Dataset::items(&ds).len(),
-        dataset.display(),
+        "ingesting {} images from {} ({}) with {} ({}) on {}",
+        dataset.items().len(),
+        dataset.root().display(),
+        dataset.format(),
         encoder.spec().name,
         model.display(),
         encoder.provider()
     );
-    ingest_with_encoder(&ds, &encoder, opts)
+    ingest_with_encoder(dataset, &encoder, opts)
 }
 
 fn print_report(r: &IngestReport) {
@@ -236,7 +257,18 @@ pub(super) fn ingest(a: &IngestArgs, enc: &EncoderOptions, quiet: bool) -> Resul
     opts.progress = !a.json && !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut enc = enc.clone();
     enc.spec_file = a.spec.clone();
-    let report = run_ingest(&a.dataset, &model, &enc, &opts)?;
+    let keypoints = KeypointSettings {
+        classes: a
+            .keypoints
+            .clone()
+            .unwrap_or_else(|| KeypointSettings::default().classes),
+        distance: match a.distance {
+            DistanceArg::SeedQuirk => Distance::SeedQuirk,
+            DistanceArg::Plain => Distance::Plain,
+        },
+    };
+    let dataset = crate::dataset::open(&a.dataset, a.format, &keypoints, a.margin)?;
+    let report = run_ingest(dataset.as_ref(), &model, &enc, &opts)?;
     if a.json {
         print_json(&serde_json::json!({
             "index": report.path,
@@ -372,7 +404,8 @@ pub(super) fn demo(a: &DemoArgs, enc: &EncoderOptions) -> Result<()> {
     let mut opts = IngestOptions::new(&a.out);
     opts.overwrite = true;
     opts.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let report = run_ingest(&dataset, &model, enc, &opts)?;
+    let ds = crate::dataset::MmsegDataset::open(&dataset)?;
+    let report = run_ingest(&ds, &model, enc, &opts)?;
     print_report(&report);
 
     // Query with the largest part of the validation split, searching the training split.

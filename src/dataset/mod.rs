@@ -1,17 +1,19 @@
 //! Dataset readers. Each on-disk format lists its images ([`ImageItem`]) and turns one image into
 //! its regions ([`ImageRegions`]); everything downstream is format-agnostic.
 
+pub mod keypoints;
 pub mod labelmap;
 pub mod mmseg;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::region::Region;
 
+pub use keypoints::{CocoKeypoints, Distance, KeypointSettings};
 pub use labelmap::{components, Component, LabelMap};
 pub use mmseg::MmsegDataset;
 
@@ -93,4 +95,84 @@ pub trait Dataset: Sync {
     fn listing_problems(&self) -> &[(String, String)];
     /// Decodes one image and cuts its regions. Errors name the offending file.
     fn load(&self, item: &ImageItem, settings: &RegionSettings) -> Result<ImageRegions>;
+    /// Reader options worth recording in the manifest (e.g. keypoint classes).
+    fn options(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+}
+
+/// The on-disk formats partlens reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// `img/<split>/`, `ann/<split>/`, `classes.txt`, optional `obj/` (ADE20K-Part, Pascal-Part,
+    /// LIP as their authors distribute them).
+    Mmseg,
+    /// A COCO-style keypoint JSON with its images beside it (COCO, CrowdPose, AP-10K, …).
+    CocoKeypoints,
+}
+
+/// Guesses the format of `path`: a `.json` file, or a folder holding exactly one keypoint JSON,
+/// is COCO keypoints; a folder with `img/` is mmseg.
+pub fn detect(path: &Path) -> Result<(Format, PathBuf)> {
+    let fail = |m: String| Error::Dataset {
+        path: path.to_path_buf(),
+        message: m,
+    };
+    if path.is_file() {
+        return match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => Ok((Format::CocoKeypoints, path.to_path_buf())),
+            _ => Err(fail("a dataset file must be a COCO keypoint .json".into())),
+        };
+    }
+    if !path.is_dir() {
+        return Err(fail("no such file or folder".into()));
+    }
+    if path.join("img").is_dir() {
+        return Ok((Format::Mmseg, path.to_path_buf()));
+    }
+    let mut jsons: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| Error::io(path, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    jsons.sort();
+    match jsons.len() {
+        1 => Ok((Format::CocoKeypoints, jsons.remove(0))),
+        0 => Err(fail(
+            "unknown layout: expected img/ + ann/ (mmseg) or a COCO keypoint .json".into(),
+        )),
+        _ => Err(fail(format!(
+            "several .json files ({}); pass the one to read",
+            jsons
+                .iter()
+                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// Opens a dataset in `format` (detected when `None`).
+pub fn open(
+    path: &Path,
+    format: Option<Format>,
+    keypoints: &KeypointSettings,
+    margin: f32,
+) -> Result<Box<dyn Dataset>> {
+    let (format, path) = match format {
+        Some(f) => (f, path.to_path_buf()),
+        None => detect(path)?,
+    };
+    Ok(match format {
+        Format::Mmseg => Box::new(MmsegDataset::open(path)?),
+        Format::CocoKeypoints => {
+            let json = if path.is_dir() {
+                detect(&path)?.1
+            } else {
+                path
+            };
+            Box::new(CocoKeypoints::open(json, keypoints, margin)?)
+        }
+    })
 }

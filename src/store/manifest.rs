@@ -30,7 +30,7 @@ pub struct EncoderInfo {
 }
 
 /// The dataset an index was built from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetInfo {
     /// Absolute path of the dataset root at ingest time.
     pub path: String,
@@ -38,6 +38,9 @@ pub struct DatasetInfo {
     pub format: String,
     /// Splits ingested.
     pub splits: Vec<String>,
+    /// Reader options (e.g. keypoint classes and distance rule), if the reader has any.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub options: serde_json::Value,
 }
 
 /// Row and image counts.

@@ -1,0 +1,462 @@
+//! The paper's keypoint-centred part crops (Zhu et al. 2023, part retrieval) and the reader for
+//! COCO-style keypoint files (COCO, CrowdPose, AI Challenger, OCHuman, AP-10K, Animal-Pose, …).
+//!
+//! Rule: keep the visible keypoints (v = 2) of the chosen classes; skip a person with fewer than
+//! two; d = distance to the nearest other kept keypoint of the same image; keep 20 < d/2 < 1000;
+//! crop the square of half side round(d/4) centred on the keypoint (black outside the image).
+//! The seed code measures d over (x, y, annotation id), so other people's keypoints are pushed
+//! away by the difference of annotation ids: [`Distance::SeedQuirk`] reproduces that (default),
+//! [`Distance::Plain`] uses (x, y).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{Dataset, ImageItem, ImageRegions, RegionSettings};
+use crate::error::{Error, IoContext, Result};
+use crate::preprocess::decode_rgb;
+use crate::region::{PixelBox, Region, RegionKind};
+
+/// The paper's default keypoint classes for people.
+pub const PAPER_PERSON_KEYPOINTS: [&str; 3] = ["nose", "right_wrist", "left_ankle"];
+
+/// How the distance to the nearest other keypoint is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Distance {
+    /// Over (x, y, annotation id), as the paper's code does (the default, to reproduce it).
+    #[default]
+    SeedQuirk,
+    /// Over (x, y).
+    Plain,
+}
+
+/// One kept keypoint.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Keypoint {
+    /// Column, pixels.
+    pub x: f64,
+    /// Row, pixels.
+    pub y: f64,
+    /// The annotation (person) it belongs to.
+    pub group: u64,
+}
+
+/// Python's `round` (half to even).
+pub fn round_half_even(x: f64) -> f64 {
+    let r = x.round();
+    if (x - x.trunc()).abs() == 0.5 {
+        2.0 * (x / 2.0).round()
+    } else {
+        r
+    }
+}
+
+/// For each keypoint of one image, its crop box if it passes the paper's distance rule.
+pub fn crop_boxes(points: &[Keypoint], distance: Distance) -> Vec<Option<PixelBox>> {
+    points
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let d = points
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, q)| {
+                    let g = match distance {
+                        Distance::SeedQuirk => p.group as f64 - q.group as f64,
+                        Distance::Plain => 0.0,
+                    };
+                    ((p.x - q.x).powi(2) + (p.y - q.y).powi(2) + g * g).sqrt()
+                })
+                .fold(f64::INFINITY, f64::min);
+            if !(d / 2.0 > 20.0 && d / 2.0 < 1000.0) {
+                return None;
+            }
+            let r = round_half_even(d / 4.0);
+            // PIL's crop rounds each coordinate with Python's round.
+            let c = |v: f64| round_half_even(v) as i64;
+            PixelBox::new(c(p.x - r), c(p.y - r), c(p.x + r), c(p.y + r))
+        })
+        .collect()
+}
+
+#[derive(Debug, Deserialize)]
+struct CocoFile {
+    images: Vec<CocoImage>,
+    annotations: Vec<CocoAnnotation>,
+    categories: Vec<CocoCategory>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CocoImage {
+    id: u64,
+    file_name: String,
+    width: Option<u32>,
+    height: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CocoAnnotation {
+    id: u64,
+    image_id: u64,
+    category_id: u64,
+    #[serde(default)]
+    keypoints: Vec<f64>,
+    #[serde(default)]
+    bbox: Option<Vec<f64>>,
+    #[serde(default)]
+    iscrowd: u8,
+}
+
+#[derive(Debug, Deserialize)]
+struct CocoCategory {
+    id: u64,
+    name: String,
+    #[serde(default)]
+    keypoints: Vec<String>,
+}
+
+/// Which keypoints to crop and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeypointSettings {
+    /// Keypoint class names to keep; empty = the paper's person defaults
+    /// ([`PAPER_PERSON_KEYPOINTS`]) when the file has them.
+    pub classes: Vec<String>,
+    /// Distance variant.
+    pub distance: Distance,
+}
+
+impl Default for KeypointSettings {
+    fn default() -> Self {
+        KeypointSettings {
+            classes: PAPER_PERSON_KEYPOINTS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            distance: Distance::SeedQuirk,
+        }
+    }
+}
+
+/// One image's regions and its declared `(width, height)`.
+type ImageCrops = (Vec<Region>, Option<(u32, u32)>);
+
+/// A COCO-style keypoint file and the images beside it.
+#[derive(Debug)]
+pub struct CocoKeypoints {
+    root: PathBuf,
+    split: String,
+    items: Vec<ImageItem>,
+    /// Per image: its regions and the size the file declares.
+    regions: BTreeMap<String, ImageCrops>,
+    problems: Vec<(String, String)>,
+    settings: KeypointSettings,
+}
+
+impl CocoKeypoints {
+    /// Reads `json` and computes every image's crops. Images are looked up beside the file, then
+    /// in `images/`.
+    pub fn open(json: impl AsRef<Path>, settings: &KeypointSettings, margin: f32) -> Result<Self> {
+        let json = json.as_ref();
+        let text = std::fs::read_to_string(json).at(json)?;
+        let file: CocoFile = serde_json::from_str(&text)
+            .map_err(|e| Error::annotation(json, format!("not a COCO keypoint file: {e}")))?;
+        let root = json.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let split = json
+            .file_stem()
+            .map(|s| {
+                s.to_string_lossy()
+                    .trim_start_matches("person_keypoints_")
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let cats: BTreeMap<u64, &CocoCategory> =
+            file.categories.iter().map(|c| (c.id, c)).collect();
+        let known: Vec<&String> = file.categories.iter().flat_map(|c| &c.keypoints).collect();
+        if !settings.classes.iter().any(|c| known.contains(&c)) {
+            return Err(Error::annotation(
+                json,
+                format!(
+                    "none of the keypoint classes {:?} is in this file; it has {:?} (choose with --keypoints)",
+                    settings.classes, known
+                ),
+            ));
+        }
+        let mut by_image: BTreeMap<u64, Vec<&CocoAnnotation>> = BTreeMap::new();
+        let mut problems = Vec::new();
+        for a in &file.annotations {
+            by_image.entry(a.image_id).or_default().push(a);
+        }
+        let mut images: Vec<&CocoImage> = file.images.iter().collect();
+        images.sort_by_key(|i| i.id);
+        let mut items = Vec::new();
+        let mut regions = BTreeMap::new();
+        for img in images {
+            let anns = by_image.remove(&img.id).unwrap_or_default();
+            let rel = img.file_name.replace('\\', "/");
+            let path = [root.join(&rel), root.join("images").join(&rel)]
+                .into_iter()
+                .find(|p| p.is_file());
+            let Some(path) = path else {
+                problems.push((rel.clone(), "image file missing".into()));
+                continue;
+            };
+            let rs = image_regions(
+                &rel,
+                &split,
+                img,
+                &anns,
+                &cats,
+                settings,
+                margin,
+                json,
+                &mut problems,
+            )?;
+            items.push(ImageItem {
+                image: rel.clone(),
+                split: split.clone(),
+                image_path: path,
+                part_ann: None,
+                object_ann: None,
+            });
+            regions.insert(rel, (rs, img.width.zip(img.height)));
+        }
+        for (id, anns) in by_image {
+            problems.push((
+                format!("image id {id}"),
+                format!(
+                    "{} annotations refer to an image not in the file",
+                    anns.len()
+                ),
+            ));
+        }
+        Ok(CocoKeypoints {
+            root,
+            split,
+            items,
+            regions,
+            problems,
+            settings: settings.clone(),
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn image_regions(
+    rel: &str,
+    split: &str,
+    img: &CocoImage,
+    anns: &[&CocoAnnotation],
+    cats: &BTreeMap<u64, &CocoCategory>,
+    settings: &KeypointSettings,
+    margin: f32,
+    json: &Path,
+    problems: &mut Vec<(String, String)>,
+) -> Result<Vec<Region>> {
+    // Kept keypoints in annotation order, then keypoint-class order.
+    let mut points = Vec::new();
+    let mut meta = Vec::new();
+    let mut objects = Vec::new();
+    for (ai, a) in anns.iter().enumerate() {
+        let cat = cats.get(&a.category_id).ok_or_else(|| {
+            Error::annotation(
+                json,
+                format!("annotation {} has unknown category {}", a.id, a.category_id),
+            )
+        })?;
+        if a.keypoints.len() != 3 * cat.keypoints.len() {
+            return Err(Error::annotation(
+                json,
+                format!(
+                    "annotation {} has {} keypoint values; category {:?} needs 3 × {}",
+                    a.id,
+                    a.keypoints.len(),
+                    cat.name,
+                    cat.keypoints.len()
+                ),
+            ));
+        }
+        let mut kept = Vec::new();
+        for want in &settings.classes {
+            let Some(k) = cat.keypoints.iter().position(|n| n == want) else {
+                continue;
+            };
+            let (x, y, v) = (
+                a.keypoints[3 * k],
+                a.keypoints[3 * k + 1],
+                a.keypoints[3 * k + 2],
+            );
+            if v != 2.0 {
+                continue;
+            }
+            let outside = img
+                .width
+                .zip(img.height)
+                .is_some_and(|(w, h)| x < 0.0 || y < 0.0 || x > f64::from(w) || y > f64::from(h));
+            if outside || !x.is_finite() || !y.is_finite() {
+                problems.push((
+                    rel.to_string(),
+                    format!(
+                        "annotation {}: keypoint {want} at ({x}, {y}) lies outside the image",
+                        a.id
+                    ),
+                ));
+                continue;
+            }
+            kept.push((Keypoint { x, y, group: a.id }, k, *cat));
+        }
+        if kept.len() >= 2 {
+            for (p, k, c) in kept {
+                points.push(p);
+                meta.push((k, c, ai));
+            }
+        }
+        if let Some(b) = a.bbox.as_ref().filter(|b| b.len() == 4 && a.iscrowd == 0) {
+            let bb = PixelBox::new(
+                b[0].floor() as i64,
+                b[1].floor() as i64,
+                (b[0] + b[2]).ceil() as i64,
+                (b[1] + b[3]).ceil() as i64,
+            );
+            if let Some(bb) = bb {
+                objects.push((bb, *cat, ai));
+            }
+        }
+    }
+    let boxes = crop_boxes(&points, settings.distance);
+    let mut out = Vec::new();
+    for (b, (k, cat, ai)) in boxes.into_iter().zip(meta) {
+        let Some(b) = b else { continue };
+        let area = (b.width() * b.height()) as u64;
+        out.push(Region {
+            id: 0,
+            image: rel.to_string(),
+            split: split.to_string(),
+            kind: RegionKind::Part,
+            label: k as u32,
+            label_name: cat.keypoints[k].clone(),
+            object_label: Some(cat.id as u32),
+            object_name: Some(cat.name.clone()),
+            instance: ai as u32,
+            bbox: b,
+            crop_box: b,
+            area,
+            mask_rle: vec![0, area as u32],
+        });
+    }
+    for (bb, cat, ai) in objects {
+        let area = (bb.width() * bb.height()) as u64;
+        out.push(Region {
+            id: 0,
+            image: rel.to_string(),
+            split: split.to_string(),
+            kind: RegionKind::Object,
+            label: cat.id as u32,
+            label_name: cat.name.clone(),
+            object_label: Some(cat.id as u32),
+            object_name: Some(cat.name.clone()),
+            instance: ai as u32,
+            bbox: bb,
+            crop_box: bb.square_crop(margin),
+            area,
+            mask_rle: vec![0, area as u32],
+        });
+    }
+    Ok(out)
+}
+
+impl Dataset for CocoKeypoints {
+    fn format(&self) -> &'static str {
+        "coco-keypoints"
+    }
+
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn splits(&self) -> Vec<String> {
+        vec![self.split.clone()]
+    }
+
+    fn items(&self) -> &[ImageItem] {
+        &self.items
+    }
+
+    fn listing_problems(&self) -> &[(String, String)] {
+        &self.problems
+    }
+
+    fn options(&self) -> serde_json::Value {
+        serde_json::json!({"keypoint_classes": self.settings.classes, "distance": self.settings.distance})
+    }
+
+    fn load(&self, item: &ImageItem, settings: &RegionSettings) -> Result<ImageRegions> {
+        let image = decode_rgb(&item.image_path)?;
+        let (regions, size) = self.regions.get(&item.image).cloned().unwrap_or_default();
+        if let Some((w, h)) = size {
+            if (image.width(), image.height()) != (w, h) {
+                return Err(Error::annotation(
+                    &item.image_path,
+                    format!(
+                        "image is {}×{} but the keypoint file says {w}×{h}",
+                        image.width(),
+                        image.height()
+                    ),
+                ));
+            }
+        }
+        let regions = regions
+            .into_iter()
+            .filter(|r| settings.objects || r.kind == RegionKind::Part)
+            .collect();
+        Ok(ImageRegions { image, regions })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_rounding() {
+        assert_eq!(round_half_even(2.5), 2.0);
+        assert_eq!(round_half_even(3.5), 4.0);
+        assert_eq!(round_half_even(-2.5), -2.0);
+        assert_eq!(round_half_even(2.4), 2.0);
+    }
+
+    #[test]
+    fn distance_rule_and_quirk() {
+        // Two keypoints of one person 100 px apart: d/2 = 50 keeps both, half side 25.
+        let a = Keypoint {
+            x: 100.0,
+            y: 100.0,
+            group: 7,
+        };
+        let b = Keypoint {
+            x: 200.0,
+            y: 100.0,
+            group: 7,
+        };
+        let boxes = crop_boxes(&[a, b], Distance::Plain);
+        assert_eq!(boxes[0], PixelBox::new(75, 75, 125, 125));
+        // Too close (d/2 = 10): dropped.
+        let c = Keypoint {
+            x: 120.0,
+            y: 100.0,
+            group: 7,
+        };
+        assert_eq!(crop_boxes(&[a, c], Distance::Plain), vec![None, None]);
+        // Another person's keypoint 30 px away, annotation ids 1000 apart: plain finds it
+        // (d/2 = 15 drops it), the seed's quirk pushes it 1000 away (d/2 ≈ 500 keeps it).
+        let d = Keypoint {
+            x: 130.0,
+            y: 100.0,
+            group: 1007,
+        };
+        assert_eq!(crop_boxes(&[a, d], Distance::Plain)[0], None);
+        assert!(crop_boxes(&[a, d], Distance::SeedQuirk)[0].is_some());
+    }
+}
