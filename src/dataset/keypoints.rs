@@ -101,7 +101,9 @@ struct CocoImage {
 struct CocoAnnotation {
     id: u64,
     image_id: u64,
-    category_id: u64,
+    /// Optional when the file has a single category.
+    #[serde(default)]
+    category_id: Option<u64>,
     #[serde(default)]
     keypoints: Vec<f64>,
     #[serde(default)]
@@ -260,10 +262,23 @@ fn image_regions(
     let mut meta = Vec::new();
     let mut objects = Vec::new();
     for (ai, a) in anns.iter().enumerate() {
-        let cat = cats.get(&a.category_id).ok_or_else(|| {
+        let cat_id = match (a.category_id, cats.len()) {
+            (Some(id), _) => id,
+            (None, 1) => *cats.keys().next().expect("one category"),
+            (None, _) => {
+                return Err(Error::annotation(
+                    json,
+                    format!(
+                        "annotation {} has no category_id and the file has several categories",
+                        a.id
+                    ),
+                ))
+            }
+        };
+        let cat = cats.get(&cat_id).ok_or_else(|| {
             Error::annotation(
                 json,
-                format!("annotation {} has unknown category {}", a.id, a.category_id),
+                format!("annotation {} has unknown category {cat_id}", a.id),
             )
         })?;
         if a.keypoints.len() != 3 * cat.keypoints.len() {
@@ -279,10 +294,13 @@ fn image_regions(
             ));
         }
         let mut kept = Vec::new();
-        for want in &settings.classes {
-            let Some(k) = cat.keypoints.iter().position(|n| n == want) else {
-                continue;
-            };
+        // Keypoint-index order, whatever order the classes were asked in.
+        let chosen = cat
+            .keypoints
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| settings.classes.contains(n));
+        for (k, want) in chosen {
             let (x, y, v) = (
                 a.keypoints[3 * k],
                 a.keypoints[3 * k + 1],
@@ -313,7 +331,8 @@ fn image_regions(
                 meta.push((k, c, ai));
             }
         }
-        if let Some(b) = a.bbox.as_ref().filter(|b| b.len() == 4 && a.iscrowd == 0) {
+        let valid = |b: &&Vec<f64>| b.len() == 4 && b[2] > 0.0 && b[3] > 0.0 && a.iscrowd == 0;
+        if let Some(b) = a.bbox.as_ref().filter(valid) {
             let bb = PixelBox::new(
                 b[0].floor() as i64,
                 b[1].floor() as i64,

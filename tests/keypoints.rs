@@ -1,0 +1,258 @@
+//! Keypoint crops on the real COCO and AP-10K samples, checked crop by crop against an
+//! independent Python implementation of the paper's rule (`scripts/data/keypoint_crops.py` →
+//! data/samples/keypoints/EXPECTED.json).
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use partlens::dataset::{CocoKeypoints, Dataset, Distance, KeypointSettings, RegionSettings};
+use partlens::RegionKind;
+use serde_json::Value;
+
+fn expected() -> Value {
+    let p = common::sample("keypoints/EXPECTED.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// (file name, label, box) of every part crop, in reading order.
+fn crops(json: &str, classes: &[&str], distance: Distance) -> Vec<(String, String, [i64; 4])> {
+    let settings = KeypointSettings {
+        classes: classes.iter().map(|s| s.to_string()).collect(),
+        distance,
+    };
+    let ds = CocoKeypoints::open(common::sample(json), &settings, 0.1).unwrap();
+    assert!(
+        ds.listing_problems().is_empty(),
+        "{:?}",
+        ds.listing_problems()
+    );
+    let mut out = Vec::new();
+    for item in ds.items() {
+        let r = ds.load(item, &RegionSettings::default()).unwrap();
+        for region in r.regions.iter().filter(|r| r.kind == RegionKind::Part) {
+            assert_eq!(region.crop_box, region.bbox);
+            out.push((
+                region.image.clone(),
+                region.label_name.clone(),
+                region.bbox.to_array(),
+            ));
+        }
+    }
+    out
+}
+
+fn expected_crops(e: &Value, json: &str, variant: &str) -> Vec<(String, String, [i64; 4])> {
+    let file: Value =
+        serde_json::from_str(&std::fs::read_to_string(common::sample(json)).unwrap()).unwrap();
+    let names: BTreeMap<u64, String> = file["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["id"].as_u64().unwrap(),
+                i["file_name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    e["variants"][variant]["crops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                names[&row[0].as_u64().unwrap()].clone(),
+                row[2].as_str().unwrap().to_string(),
+                serde_json::from_value(row[3].clone()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn coco_crops_match_the_reference_in_both_distance_variants() {
+    let e = &expected()["coco"];
+    let classes = ["nose", "right_wrist", "left_ankle"];
+    for (variant, distance) in [("quirk", Distance::SeedQuirk), ("plain", Distance::Plain)] {
+        let mine = crops("keypoints/coco/test_coco.json", &classes, distance);
+        let want = expected_crops(e, "keypoints/coco/test_coco.json", variant);
+        assert_eq!(mine.len(), 21, "{variant}");
+        assert_eq!(mine, want, "{variant}");
+    }
+}
+
+#[test]
+fn ap10k_crops_match_the_reference() {
+    let e = &expected()["ap10k"];
+    // Asked in another order: crops still come in keypoint-index order.
+    let mine = crops(
+        "keypoints/ap10k/test_ap10k.json",
+        &["nose", "left_eye", "right_eye"],
+        Distance::SeedQuirk,
+    );
+    let want = expected_crops(e, "keypoints/ap10k/test_ap10k.json", "quirk");
+    assert_eq!(mine.len(), 4);
+    assert_eq!(mine, want);
+}
+
+#[test]
+fn coco_object_regions_are_the_non_crowd_person_boxes() {
+    let e = &expected()["coco"];
+    let ds = CocoKeypoints::open(
+        common::sample("keypoints/coco/test_coco.json"),
+        &KeypointSettings::default(),
+        0.1,
+    )
+    .unwrap();
+    let mut n = 0;
+    for item in ds.items() {
+        let r = ds.load(item, &RegionSettings::default()).unwrap();
+        n += r
+            .regions
+            .iter()
+            .filter(|r| r.kind == RegionKind::Object)
+            .count();
+        assert!(r
+            .regions
+            .iter()
+            .all(|r| r.object_name.as_deref() == Some("person")));
+    }
+    assert_eq!(n as u64, e["object_regions"]["count"].as_u64().unwrap());
+}
+
+#[test]
+fn keypoint_dataset_ingests_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("coco");
+    let o = common::bin()
+        .args(["--device", "cpu", "ingest", "--json", "--dataset"])
+        .arg(common::sample("keypoints/coco/test_coco.json"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["manifest"]["counts"]["parts"], 21);
+    assert_eq!(v["manifest"]["counts"]["objects"], 14);
+    assert_eq!(v["manifest"]["dataset"]["format"], "coco-keypoints");
+    assert_eq!(
+        v["manifest"]["dataset"]["options"]["distance"],
+        "seed-quirk"
+    );
+}
+
+#[test]
+fn keypoint_files_with_problems_are_refused_or_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = common::sample("keypoints/coco");
+    let root = dir.path().join("coco");
+    common::copy_dir(&src, &root);
+    let json = root.join("test_coco.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    // A keypoint far outside its image is reported, not cropped.
+    v["annotations"][0]["keypoints"][0] = Value::from(5000);
+    // A missing image file is reported.
+    std::fs::remove_file(root.join("000000197388.jpg")).unwrap();
+    std::fs::write(&json, v.to_string()).unwrap();
+    let ds = CocoKeypoints::open(&json, &KeypointSettings::default(), 0.1).unwrap();
+    let problems = ds.listing_problems();
+    assert!(problems
+        .iter()
+        .any(|(p, r)| p == "000000197388.jpg" && r.contains("missing")));
+    assert!(problems
+        .iter()
+        .any(|(_, r)| r.contains("lies outside the image")));
+    // A field missing altogether is an error naming the file and the field.
+    v["annotations"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("image_id");
+    std::fs::write(&json, v.to_string()).unwrap();
+    let err = CocoKeypoints::open(&json, &KeypointSettings::default(), 0.1).unwrap_err();
+    assert!(
+        err.to_string().contains("test_coco.json") && err.to_string().contains("image_id"),
+        "{err}"
+    );
+    // Keypoint values that do not match the category's keypoint list.
+    let mut v: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("test_coco.json")).unwrap())
+            .unwrap();
+    v["annotations"][0]["keypoints"]
+        .as_array_mut()
+        .unwrap()
+        .pop();
+    std::fs::write(&json, v.to_string()).unwrap();
+    let err = CocoKeypoints::open(&json, &KeypointSettings::default(), 0.1).unwrap_err();
+    assert!(err.to_string().contains("keypoint values"), "{err}");
+}
+
+#[test]
+fn synthetic_edge_cases_match_the_reference() {
+    // Ties (round(10.5) = 10, box 90.5 → 90), d/2 exactly 20 and 1000, duplicate points,
+    // v = 1, one-keypoint persons, crowd and empty boxes: EXPECTED.json's "synthetic" input.
+    let e = &expected()["synthetic"];
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("synthetic.json");
+    std::fs::write(&json, e["input"].to_string()).unwrap();
+    for img in e["input"]["images"].as_array().unwrap() {
+        let (w, h) = (
+            img["width"].as_u64().unwrap() as u32,
+            img["height"].as_u64().unwrap() as u32,
+        );
+        let mut bytes = Vec::new();
+        image::RgbImage::new(w, h)
+            .write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Png,
+            )
+            .unwrap();
+        std::fs::write(dir.path().join(img["file_name"].as_str().unwrap()), bytes).unwrap();
+    }
+    let names: BTreeMap<u64, String> = e["input"]["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["id"].as_u64().unwrap(),
+                i["file_name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for (variant, distance) in [("quirk", Distance::SeedQuirk), ("plain", Distance::Plain)] {
+        let settings = KeypointSettings {
+            classes: vec!["a".into(), "b".into(), "c".into()],
+            distance,
+        };
+        let ds = CocoKeypoints::open(&json, &settings, 0.1).unwrap();
+        let mut mine = Vec::new();
+        let mut objects = 0;
+        for item in ds.items() {
+            for r in ds.load(item, &RegionSettings::default()).unwrap().regions {
+                match r.kind {
+                    RegionKind::Part => mine.push((r.image, r.label_name, r.bbox.to_array())),
+                    RegionKind::Object => objects += 1,
+                }
+            }
+        }
+        let want: Vec<(String, String, [i64; 4])> = e["variants"][variant]["crops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| {
+                (
+                    names[&row[0].as_u64().unwrap()].clone(),
+                    row[2].as_str().unwrap().to_string(),
+                    serde_json::from_value(row[3].clone()).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(mine, want, "{variant}");
+        assert_eq!(
+            objects as u64,
+            e["object_regions"]["count"].as_u64().unwrap()
+        );
+    }
+}
