@@ -256,3 +256,71 @@ fn synthetic_edge_cases_match_the_reference() {
         );
     }
 }
+
+#[test]
+fn cub_without_images_names_the_missing_files() {
+    let e = &expected()["cub"];
+    let err = partlens::dataset::CubDataset::open(
+        common::sample("keypoints/cub_meta"),
+        &KeypointSettings::default(),
+        0.1,
+    )
+    .unwrap_err()
+    .to_string();
+    for f in e["missing_files"].as_array().unwrap() {
+        assert!(err.contains(f.as_str().unwrap()), "{err}");
+    }
+    assert!(err.contains("missing: images.txt, images"), "{err}");
+}
+
+#[test]
+fn cub_crops_match_the_reference() {
+    // The sample has annotations but no images: add an images.txt and 1×1 stand-in images
+    // (crops do not depend on pixels; outside the image they are black).
+    let e = &expected()["cub"];
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("CUB_200_2011");
+    common::copy_dir(&common::sample("keypoints/cub_meta"), &root);
+    let mut listing = String::new();
+    let mut png = Vec::new();
+    image::RgbImage::new(1, 1)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    std::fs::create_dir_all(root.join("images/birds")).unwrap();
+    for id in 1..=200 {
+        listing.push_str(&format!("{id} birds/{id:04}.jpg\n"));
+        std::fs::write(root.join(format!("images/birds/{id:04}.jpg")), &png).unwrap();
+    }
+    std::fs::write(root.join("images.txt"), listing).unwrap();
+    let (format, _) = partlens::dataset::detect(&root).unwrap();
+    assert_eq!(format, partlens::dataset::Format::Cub);
+    let ds = partlens::dataset::CubDataset::open(&root, &KeypointSettings::default(), 0.1).unwrap();
+    let mut mine = Vec::new();
+    let mut objects = 0;
+    for item in ds.items() {
+        for r in ds.load(item, &RegionSettings::default()).unwrap().regions {
+            match r.kind {
+                RegionKind::Part => mine.push((r.image, r.label_name, r.bbox.to_array())),
+                RegionKind::Object => {
+                    objects += 1;
+                    assert!(r.object_name.as_deref().unwrap().contains("Albatross") || r.label > 2);
+                }
+            }
+        }
+    }
+    let want: Vec<(String, String, [i64; 4])> = e["variants"]["plain"]["crops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                format!("images/birds/{:04}.jpg", row[0].as_u64().unwrap()),
+                row[2].as_str().unwrap().to_string(),
+                serde_json::from_value(row[3].clone()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(mine.len(), 445);
+    assert_eq!(mine, want);
+    assert_eq!(objects, 200);
+}

@@ -123,8 +123,8 @@ struct CocoCategory {
 /// Which keypoints to crop and how.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeypointSettings {
-    /// Keypoint class names to keep; empty = the paper's person defaults
-    /// ([`PAPER_PERSON_KEYPOINTS`]) when the file has them.
+    /// Keypoint class names to keep; empty = the reader's paper defaults
+    /// ([`PAPER_PERSON_KEYPOINTS`] for COCO-style files, the bird parts for CUB).
     pub classes: Vec<String>,
     /// Distance variant.
     pub distance: Distance,
@@ -133,10 +133,7 @@ pub struct KeypointSettings {
 impl Default for KeypointSettings {
     fn default() -> Self {
         KeypointSettings {
-            classes: PAPER_PERSON_KEYPOINTS
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            classes: Vec::new(),
             distance: Distance::SeedQuirk,
         }
     }
@@ -162,6 +159,14 @@ impl CocoKeypoints {
     /// in `images/`.
     pub fn open(json: impl AsRef<Path>, settings: &KeypointSettings, margin: f32) -> Result<Self> {
         let json = json.as_ref();
+        let mut settings = settings.clone();
+        if settings.classes.is_empty() {
+            settings.classes = PAPER_PERSON_KEYPOINTS
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        }
+        let settings = &settings;
         let text = std::fs::read_to_string(json).at(json)?;
         let file: CocoFile = serde_json::from_str(&text)
             .map_err(|e| Error::annotation(json, format!("not a COCO keypoint file: {e}")))?;
@@ -348,22 +353,14 @@ fn image_regions(
     let mut out = Vec::new();
     for (b, (k, cat, ai)) in boxes.into_iter().zip(meta) {
         let Some(b) = b else { continue };
-        let area = (b.width() * b.height()) as u64;
-        out.push(Region {
-            id: 0,
-            image: rel.to_string(),
-            split: split.to_string(),
-            kind: RegionKind::Part,
-            label: k as u32,
-            label_name: cat.keypoints[k].clone(),
-            object_label: Some(cat.id as u32),
-            object_name: Some(cat.name.clone()),
-            instance: ai as u32,
-            bbox: b,
-            crop_box: b,
-            area,
-            mask_rle: vec![0, area as u32],
-        });
+        out.push(keypoint_region(
+            rel,
+            split,
+            (k as u32, &cat.keypoints[k]),
+            (cat.id as u32, &cat.name),
+            ai as u32,
+            b,
+        ));
     }
     for (bb, cat, ai) in objects {
         let area = (bb.width() * bb.height()) as u64;
@@ -384,6 +381,33 @@ fn image_regions(
         });
     }
     Ok(out)
+}
+
+/// A part region for a keypoint crop `b`: its box is the crop, its mask the whole box.
+pub(crate) fn keypoint_region(
+    image: &str,
+    split: &str,
+    (label, label_name): (u32, &str),
+    (object, object_name): (u32, &str),
+    instance: u32,
+    b: PixelBox,
+) -> Region {
+    let area = (b.width() * b.height()) as u64;
+    Region {
+        id: 0,
+        image: image.to_string(),
+        split: split.to_string(),
+        kind: RegionKind::Part,
+        label,
+        label_name: label_name.to_string(),
+        object_label: Some(object),
+        object_name: Some(object_name.to_string()),
+        instance,
+        bbox: b,
+        crop_box: b,
+        area,
+        mask_rle: vec![0, area as u32],
+    }
 }
 
 impl Dataset for CocoKeypoints {

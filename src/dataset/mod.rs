@@ -1,6 +1,7 @@
 //! Dataset readers. Each on-disk format lists its images ([`ImageItem`]) and turns one image into
 //! its regions ([`ImageRegions`]); everything downstream is format-agnostic.
 
+pub mod cub;
 pub mod keypoints;
 pub mod labelmap;
 pub mod mmseg;
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::region::Region;
 
+pub use cub::CubDataset;
 pub use keypoints::{CocoKeypoints, Distance, KeypointSettings};
 pub use labelmap::{components, Component, LabelMap};
 pub use mmseg::MmsegDataset;
@@ -110,10 +112,12 @@ pub enum Format {
     Mmseg,
     /// A COCO-style keypoint JSON with its images beside it (COCO, CrowdPose, AP-10K, …).
     CocoKeypoints,
+    /// CUB-200-2011 (`images.txt`, `images/`, `parts/`).
+    Cub,
 }
 
 /// Guesses the format of `path`: a `.json` file, or a folder holding exactly one keypoint JSON,
-/// is COCO keypoints; a folder with `img/` is mmseg.
+/// is COCO keypoints; a folder with `img/` is mmseg; one with `parts/part_locs.txt` is CUB.
 pub fn detect(path: &Path) -> Result<(Format, PathBuf)> {
     let fail = |m: String| Error::Dataset {
         path: path.to_path_buf(),
@@ -130,6 +134,9 @@ pub fn detect(path: &Path) -> Result<(Format, PathBuf)> {
     }
     if path.join("img").is_dir() {
         return Ok((Format::Mmseg, path.to_path_buf()));
+    }
+    if path.join("parts").join("part_locs.txt").is_file() {
+        return Ok((Format::Cub, path.to_path_buf()));
     }
     let mut jsons: Vec<PathBuf> = std::fs::read_dir(path)
         .map_err(|e| Error::io(path, e))?
@@ -174,5 +181,6 @@ pub fn open(
             };
             Box::new(CocoKeypoints::open(json, keypoints, margin)?)
         }
+        Format::Cub => Box::new(CubDataset::open(path, keypoints, margin)?),
     })
 }
