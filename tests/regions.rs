@@ -119,3 +119,50 @@ fn regions_carry_names_objects_and_consistent_geometry() {
     }
     assert!(saw_wheel_of_car);
 }
+
+#[test]
+fn ade20k_instances_match_independent_counts_and_know_their_objects() {
+    use partlens::dataset::Ade20kDataset;
+    // scripts/data/ade20k_counts.py → data/samples/ade20k_full/EXPECTED.json (PIL + numpy).
+    let e: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::sample("ade20k_full/EXPECTED.json")).unwrap(),
+    )
+    .unwrap();
+    let total = &e["total"];
+    for level in [1u8, 2] {
+        let ds = Ade20kDataset::open(common::sample("ade20k_full"), level).unwrap();
+        assert_eq!(ds.items().len(), 3);
+        for a in [1u64, 64, 256] {
+            let settings = RegionSettings {
+                min_area: a,
+                margin: 0.1,
+                objects: true,
+            };
+            let (mut parts, mut objects) = (0, 0);
+            for item in ds.items() {
+                for r in ds.load(item, &settings).unwrap().regions {
+                    match r.kind {
+                        RegionKind::Part => {
+                            parts += 1;
+                            // Every part is linked to the object it belongs to.
+                            assert!(r.object_name.is_some(), "{} has no object", r.label_name);
+                        }
+                        RegionKind::Object => objects += 1,
+                    }
+                }
+            }
+            let n = |k: String| total[k].as_u64().unwrap_or(0);
+            let want_parts = n(format!("level1_area{a}"))
+                + if level == 2 { n(format!("level2_area{a}")) } else { 0 };
+            assert_eq!(parts, want_parts, "parts, level ≤ {level}, area ≥ {a}");
+            assert_eq!(objects, n(format!("level0_area{a}")), "objects, area ≥ {a}");
+        }
+    }
+    // "window" of "building": names are the first synonym, objects come through ispartof.
+    let ds = Ade20kDataset::open(common::sample("ade20k_full"), 1).unwrap();
+    let r = ds.load(&ds.items()[0], &RegionSettings::default()).unwrap();
+    assert!(r
+        .regions
+        .iter()
+        .any(|r| r.label_name == "window" && r.object_name.as_deref() == Some("building")));
+}

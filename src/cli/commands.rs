@@ -51,6 +51,9 @@ pub struct IngestArgs {
     /// paper's code; default) or plain (x, y).
     #[arg(long, value_enum, default_value_t = DistanceArg::SeedQuirk)]
     pub distance: DistanceArg,
+    /// ADE20K: deepest part level to index, 1 (parts) or 2 (also parts of parts).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub part_level: u8,
     /// ONNX encoder with a partlens spec (default: the MobileNetV2 installed by setup).
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -267,7 +270,15 @@ pub(super) fn ingest(a: &IngestArgs, enc: &EncoderOptions, quiet: bool) -> Resul
             DistanceArg::Plain => Distance::Plain,
         },
     };
-    let dataset = crate::dataset::open(&a.dataset, a.format, &keypoints, a.margin)?;
+    let dataset = crate::dataset::open(
+        &a.dataset,
+        &crate::dataset::OpenOptions {
+            format: a.format,
+            keypoints,
+            margin: a.margin,
+            part_level: a.part_level,
+        },
+    )?;
     let report = run_ingest(dataset.as_ref(), &model, &enc, &opts)?;
     if a.json {
         print_json(&serde_json::json!({

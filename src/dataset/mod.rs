@@ -1,6 +1,7 @@
 //! Dataset readers. Each on-disk format lists its images ([`ImageItem`]) and turns one image into
 //! its regions ([`ImageRegions`]); everything downstream is format-agnostic.
 
+pub mod ade20k;
 pub mod cub;
 pub mod keypoints;
 pub mod labelmap;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::region::Region;
 
+pub use ade20k::Ade20kDataset;
 pub use cub::CubDataset;
 pub use keypoints::{CocoKeypoints, Distance, KeypointSettings};
 pub use labelmap::{components, Component, LabelMap};
@@ -114,6 +116,8 @@ pub enum Format {
     CocoKeypoints,
     /// CUB-200-2011 (`images.txt`, `images/`, `parts/`).
     Cub,
+    /// The ADE20K full release (`X.jpg`, `X.json`, instance masks).
+    Ade20k,
 }
 
 /// Guesses the format of `path`: a `.json` file, or a folder holding exactly one keypoint JSON,
@@ -138,6 +142,12 @@ pub fn detect(path: &Path) -> Result<(Format, PathBuf)> {
     if path.join("parts").join("part_locs.txt").is_file() {
         return Ok((Format::Cub, path.to_path_buf()));
     }
+    if path.join("ADE20K_2021_17_01").is_dir()
+        || path.join("images").join("ADE").is_dir()
+        || path.join("dataset").join("ADE20K_2021_17_01").is_dir()
+    {
+        return Ok((Format::Ade20k, path.to_path_buf()));
+    }
     let mut jsons: Vec<PathBuf> = std::fs::read_dir(path)
         .map_err(|e| Error::io(path, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -160,14 +170,22 @@ pub fn detect(path: &Path) -> Result<(Format, PathBuf)> {
     }
 }
 
-/// Opens a dataset in `format` (detected when `None`).
-pub fn open(
-    path: &Path,
-    format: Option<Format>,
-    keypoints: &KeypointSettings,
-    margin: f32,
-) -> Result<Box<dyn Dataset>> {
-    let (format, path) = match format {
+/// How to open a dataset: the format (detected when `None`) and per-format choices.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Format; detected from the path when `None`.
+    pub format: Option<Format>,
+    /// Keypoint classes and distance rule (COCO-style keypoints, CUB).
+    pub keypoints: KeypointSettings,
+    /// Margin for object crops computed at listing time (keypoint readers).
+    pub margin: f32,
+    /// Deepest ADE20K part level to index: 1 (parts) or 2 (also parts of parts).
+    pub part_level: u8,
+}
+
+/// Opens the dataset at `path`.
+pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn Dataset>> {
+    let (format, path) = match opts.format {
         Some(f) => (f, path.to_path_buf()),
         None => detect(path)?,
     };
@@ -179,8 +197,9 @@ pub fn open(
             } else {
                 path
             };
-            Box::new(CocoKeypoints::open(json, keypoints, margin)?)
+            Box::new(CocoKeypoints::open(json, &opts.keypoints, opts.margin)?)
         }
-        Format::Cub => Box::new(CubDataset::open(path, keypoints, margin)?),
+        Format::Cub => Box::new(CubDataset::open(path, &opts.keypoints, opts.margin)?),
+        Format::Ade20k => Box::new(Ade20kDataset::open(path, opts.part_level.max(1))?),
     })
 }

@@ -1,0 +1,265 @@
+//! The ADE20K full release (`ADE20K_2021_17_01`): `X.jpg` + `X.json` + `X/instance_NNN_X.png`
+//! (+ `X_seg.png`, `X_parts_N.png`). Every annotated instance is one region: objects are
+//! `part_level` 0, parts level 1 (and 2, parts of parts, with `max_part_level` 2). A part knows
+//! its object through `ispartof`, so a region is "wheel" of "car". Pixels are the instance mask's
+//! 255 values (128 marks occluded, amodal pixels, which are not visible).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::labelmap::{components, LabelMap};
+use super::{Dataset, ImageItem, ImageRegions, RegionSettings};
+use crate::error::{Error, IoContext, Result};
+use crate::preprocess::decode_rgb;
+use crate::region::{Region, RegionKind};
+
+#[derive(Debug, Deserialize)]
+struct AdeFile {
+    annotation: AdeAnnotation,
+}
+
+#[derive(Debug, Deserialize)]
+struct AdeAnnotation {
+    object: Vec<AdeObject>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AdeObject {
+    id: u64,
+    name: String,
+    name_ndx: u32,
+    parts: AdeParts,
+    instance_mask: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct AdeParts {
+    part_level: u8,
+    /// The parent's id for parts; `[]` for objects.
+    #[serde(default)]
+    ispartof: serde_json::Value,
+}
+
+/// A folder holding ADE20K full-format images anywhere below it.
+#[derive(Debug)]
+pub struct Ade20kDataset {
+    root: PathBuf,
+    items: Vec<ImageItem>,
+    problems: Vec<(String, String)>,
+    max_part_level: u8,
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .at(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            walk(&p, out)?;
+        } else if p.extension().is_some_and(|e| e == "json") && p.with_extension("jpg").is_file() {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// The first of a WordNet-style synonym list: "car, auto, automobile" → "car".
+fn short_name(name: &str) -> String {
+    name.split(',').next().unwrap_or(name).trim().to_string()
+}
+
+impl Ade20kDataset {
+    /// Finds every `X.json` with its `X.jpg` below `root`. `max_part_level` is 1 (parts) or 2
+    /// (also parts of parts).
+    pub fn open(root: impl AsRef<Path>, max_part_level: u8) -> Result<Self> {
+        let root = root.as_ref().to_path_buf();
+        let mut jsons = Vec::new();
+        walk(&root, &mut jsons)?;
+        if jsons.is_empty() {
+            return Err(Error::Dataset {
+                path: root,
+                message: "no ADE20K X.json + X.jpg pairs found below this folder".into(),
+            });
+        }
+        let items = jsons
+            .iter()
+            .map(|j| {
+                let img = j.with_extension("jpg");
+                let rel = img
+                    .strip_prefix(&root)
+                    .unwrap_or(&img)
+                    .to_string_lossy()
+                    .replace('\\', "/");
+                // ADE/training/… and ADE/validation/… name the split.
+                let split = rel
+                    .split('/')
+                    .find(|c| *c == "training" || *c == "validation")
+                    .unwrap_or("all")
+                    .to_string();
+                ImageItem {
+                    image: rel,
+                    split,
+                    image_path: img,
+                    part_ann: Some(j.clone()),
+                    object_ann: None,
+                }
+            })
+            .collect();
+        Ok(Ade20kDataset {
+            root,
+            items,
+            problems: Vec::new(),
+            max_part_level: max_part_level.clamp(1, 2),
+        })
+    }
+}
+
+impl Dataset for Ade20kDataset {
+    fn format(&self) -> &'static str {
+        "ade20k"
+    }
+
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn splits(&self) -> Vec<String> {
+        let mut s: Vec<String> = self.items.iter().map(|i| i.split.clone()).collect();
+        s.sort();
+        s.dedup();
+        s
+    }
+
+    fn items(&self) -> &[ImageItem] {
+        &self.items
+    }
+
+    fn listing_problems(&self) -> &[(String, String)] {
+        &self.problems
+    }
+
+    fn options(&self) -> serde_json::Value {
+        serde_json::json!({ "max_part_level": self.max_part_level })
+    }
+
+    fn load(&self, item: &ImageItem, settings: &RegionSettings) -> Result<ImageRegions> {
+        let json = item.part_ann.as_ref().expect("set by open");
+        let text = std::fs::read_to_string(json).at(json)?;
+        let file: AdeFile = serde_json::from_str(&text)
+            .map_err(|e| Error::annotation(json, format!("not an ADE20K annotation: {e}")))?;
+        let image = decode_rgb(&item.image_path)?;
+        let folder = json.parent().unwrap_or(Path::new("."));
+        let by_id: BTreeMap<u64, &AdeObject> =
+            file.annotation.object.iter().map(|o| (o.id, o)).collect();
+        let mut regions = Vec::new();
+        for o in &file.annotation.object {
+            let level = o.parts.part_level;
+            let kind = match level {
+                0 if settings.objects => RegionKind::Object,
+                1 => RegionKind::Part,
+                2 if self.max_part_level >= 2 => RegionKind::Part,
+                _ => continue,
+            };
+            let mask_path = folder.join(&o.instance_mask);
+            let mask = LabelMap::read_png(&mask_path)?;
+            if (mask.width, mask.height) != (image.width() as usize, image.height() as usize) {
+                return Err(Error::annotation(
+                    &mask_path,
+                    format!(
+                        "instance mask is {}×{} but its image is {}×{}",
+                        mask.width,
+                        mask.height,
+                        image.width(),
+                        image.height()
+                    ),
+                ));
+            }
+            // One region per instance: visible pixels (255) become label 1, all else 0, and the
+            // instance's pieces are merged into one region below.
+            let visible = LabelMap {
+                width: mask.width,
+                height: mask.height,
+                data: mask.data.iter().map(|&v| u8::from(v == 255)).collect(),
+            };
+            let Some(region) = instance_region(&visible) else {
+                continue;
+            };
+            if region.area < settings.min_area {
+                continue;
+            }
+            let parent = if kind == RegionKind::Part {
+                top(o, &by_id)
+            } else {
+                Some(o)
+            };
+            regions.push(Region {
+                id: 0,
+                image: item.image.clone(),
+                split: item.split.clone(),
+                kind,
+                label: o.name_ndx,
+                label_name: short_name(&o.name),
+                object_label: parent.map(|p| p.name_ndx),
+                object_name: parent.map(|p| short_name(&p.name)),
+                instance: o.id as u32,
+                bbox: region.bbox,
+                crop_box: region.bbox.square_crop(settings.margin),
+                area: region.area,
+                mask_rle: region.mask_rle,
+            });
+        }
+        Ok(ImageRegions { image, regions })
+    }
+}
+
+/// The top-level object above a part (following `ispartof` up through level 2).
+fn top<'a>(o: &'a AdeObject, by_id: &BTreeMap<u64, &'a AdeObject>) -> Option<&'a AdeObject> {
+    let mut cur = o;
+    for _ in 0..4 {
+        if cur.parts.part_level == 0 {
+            return Some(cur);
+        }
+        cur = by_id.get(&cur.parts.ispartof.as_u64()?)?;
+    }
+    None
+}
+
+/// The whole visible instance as one region (its pieces together), or `None` if it has no
+/// visible pixel.
+fn instance_region(visible: &LabelMap) -> Option<super::Component> {
+    let pieces = components(visible, 1);
+    let first = pieces.first()?;
+    let mut bbox = first.bbox;
+    for p in &pieces[1..] {
+        bbox.x0 = bbox.x0.min(p.bbox.x0);
+        bbox.y0 = bbox.y0.min(p.bbox.y0);
+        bbox.x1 = bbox.x1.max(p.bbox.x1);
+        bbox.y1 = bbox.y1.max(p.bbox.y1);
+    }
+    let mut mask_rle = Vec::new();
+    let mut inside = false;
+    let mut run = 0u32;
+    for y in bbox.y0 as usize..bbox.y1 as usize {
+        for x in bbox.x0 as usize..bbox.x1 as usize {
+            let v = visible.data[y * visible.width + x] == 1;
+            if v != inside {
+                mask_rle.push(run);
+                run = 0;
+                inside = v;
+            }
+            run += 1;
+        }
+    }
+    mask_rle.push(run);
+    Some(super::Component {
+        label: 1,
+        instance: 0,
+        bbox,
+        area: pieces.iter().map(|p| p.area).sum(),
+        mask_rle,
+    })
+}
