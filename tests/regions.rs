@@ -153,7 +153,11 @@ fn ade20k_instances_match_independent_counts_and_know_their_objects() {
             }
             let n = |k: String| total[k].as_u64().unwrap_or(0);
             let want_parts = n(format!("level1_area{a}"))
-                + if level == 2 { n(format!("level2_area{a}")) } else { 0 };
+                + if level == 2 {
+                    n(format!("level2_area{a}"))
+                } else {
+                    0
+                };
             assert_eq!(parts, want_parts, "parts, level ≤ {level}, area ≥ {a}");
             assert_eq!(objects, n(format!("level0_area{a}")), "objects, area ≥ {a}");
         }
@@ -165,4 +169,82 @@ fn ade20k_instances_match_independent_counts_and_know_their_objects() {
         .regions
         .iter()
         .any(|r| r.label_name == "window" && r.object_name.as_deref() == Some("building")));
+}
+
+#[test]
+fn own_listings_and_bare_folders() {
+    use partlens::dataset::ListingDataset;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // Two real Pascal-Part images; a box, a polygon and a mask region on one of them.
+    let src = common::sample("pascal_part/img/val");
+    std::fs::create_dir_all(root.join("photos/cars")).unwrap();
+    std::fs::copy(src.join("2008_003228.jpg"), root.join("photos/a.jpg")).unwrap();
+    std::fs::copy(src.join("2008_003228.jpg"), root.join("photos/cars/b.jpg")).unwrap();
+    let mut mask = image::GrayImage::new(500, 375);
+    for y in 10..30 {
+        for x in 20..60 {
+            mask.put_pixel(x, y, image::Luma([255]));
+        }
+    }
+    mask.save(root.join("photos/m.png")).unwrap();
+    std::fs::write(
+        root.join("photos/regions.jsonl"),
+        concat!(
+            r#"{"image": "a.jpg", "box": [140, 120, 402, 372], "label": "torso", "object": "person"}"#, "\n",
+            r#"{"image": "a.jpg", "polygon": [[10, 10], [110, 10], [110, 60]], "label": "roof", "split": "val"}"#, "\n",
+            r#"{"image": "a.jpg", "mask": "m.png", "label": "sign", "kind": "object"}"#, "\n",
+            r#"{"image": "a.jpg", "box": [1, 1, 5, 5], "mask": "m.png", "label": "both"}"#, "\n",
+            r#"{"image": "gone.jpg", "box": [1, 1, 5, 5], "label": "x"}"#, "\n",
+        ),
+    )
+    .unwrap();
+    let ds = ListingDataset::listing(root.join("photos/regions.jsonl")).unwrap();
+    let problems: Vec<String> = ds
+        .listing_problems()
+        .iter()
+        .map(|(p, r)| format!("{p}: {r}"))
+        .collect();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(problems[0].contains(":4") && problems[0].contains("exactly one of"));
+    assert!(problems[1].contains("gone.jpg") && problems[1].contains("missing"));
+    let settings = RegionSettings {
+        min_area: 1,
+        ..RegionSettings::default()
+    };
+    let r = ds.load(&ds.items()[0], &settings).unwrap().regions;
+    assert_eq!(r.len(), 3);
+    assert_eq!(r[0].bbox.to_array(), [140, 120, 402, 372]);
+    assert_eq!(r[0].area, 262 * 252);
+    assert_eq!(r[0].object_name.as_deref(), Some("person"));
+    // The top-left corner is a sliver: the first pixel centre inside is at x = 11.5.
+    assert_eq!(r[1].bbox.to_array(), [11, 10, 110, 60]);
+    assert!(r[1].area < 100 * 50 / 2 + 100 && r[1].area > 100 * 50 / 2 - 100);
+    assert_eq!((r[2].kind, r[2].area), (RegionKind::Object, 40 * 20));
+    assert_eq!(ds.items()[0].split, "val");
+
+    std::fs::write(
+        root.join("photos/regions.csv"),
+        "image,x0,y0,x1,y1,label,object\na.jpg,0,0,10,10,corner,\na.jpg,0,0,x,10,bad,\n",
+    )
+    .unwrap();
+    let err = ListingDataset::listing(root.join("photos/regions.csv")).unwrap_err();
+    assert!(
+        err.to_string().contains("line 3") && err.to_string().contains("x1"),
+        "{err}"
+    );
+
+    // A bare folder: every image is a region labelled by its sub-folder.
+    let ds = ListingDataset::folder(root.join("photos")).unwrap();
+    assert_eq!(ds.items().len(), 3); // a.jpg, cars/b.jpg, m.png
+    let labels: Vec<String> = ds
+        .items()
+        .iter()
+        .map(|i| {
+            ds.load(i, &RegionSettings::default()).unwrap().regions[0]
+                .label_name
+                .clone()
+        })
+        .collect();
+    assert_eq!(labels, vec!["image", "cars", "image"]);
 }

@@ -5,6 +5,7 @@ pub mod ade20k;
 pub mod cub;
 pub mod keypoints;
 pub mod labelmap;
+pub mod listing;
 pub mod mmseg;
 
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ pub use ade20k::Ade20kDataset;
 pub use cub::CubDataset;
 pub use keypoints::{CocoKeypoints, Distance, KeypointSettings};
 pub use labelmap::{components, Component, LabelMap};
+pub use listing::ListingDataset;
 pub use mmseg::MmsegDataset;
 
 /// How regions are cut from label maps.
@@ -118,6 +120,10 @@ pub enum Format {
     Cub,
     /// The ADE20K full release (`X.jpg`, `X.json`, instance masks).
     Ade20k,
+    /// Your own regions listed in a `.jsonl` or `.csv` file.
+    Listing,
+    /// A bare folder of images: each whole image is a region, labelled by its sub-folder.
+    Folder,
 }
 
 /// Guesses the format of `path`: a `.json` file, or a folder holding exactly one keypoint JSON,
@@ -130,7 +136,10 @@ pub fn detect(path: &Path) -> Result<(Format, PathBuf)> {
     if path.is_file() {
         return match path.extension().and_then(|e| e.to_str()) {
             Some("json") => Ok((Format::CocoKeypoints, path.to_path_buf())),
-            _ => Err(fail("a dataset file must be a COCO keypoint .json".into())),
+            Some("jsonl" | "csv") => Ok((Format::Listing, path.to_path_buf())),
+            _ => Err(fail(
+                "a dataset file must be a COCO keypoint .json or a .jsonl/.csv listing".into(),
+            )),
         };
     }
     if !path.is_dir() {
@@ -156,9 +165,8 @@ pub fn detect(path: &Path) -> Result<(Format, PathBuf)> {
     jsons.sort();
     match jsons.len() {
         1 => Ok((Format::CocoKeypoints, jsons.remove(0))),
-        0 => Err(fail(
-            "unknown layout: expected img/ + ann/ (mmseg) or a COCO keypoint .json".into(),
-        )),
+        // Nothing else matched: treat it as a bare folder of images.
+        0 => Ok((Format::Folder, path.to_path_buf())),
         _ => Err(fail(format!(
             "several .json files ({}); pass the one to read",
             jsons
@@ -201,5 +209,7 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn Dataset>> {
         }
         Format::Cub => Box::new(CubDataset::open(path, &opts.keypoints, opts.margin)?),
         Format::Ade20k => Box::new(Ade20kDataset::open(path, opts.part_level.max(1))?),
+        Format::Listing => Box::new(ListingDataset::listing(path)?),
+        Format::Folder => Box::new(ListingDataset::folder(path)?),
     })
 }
