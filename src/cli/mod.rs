@@ -45,6 +45,8 @@ pub enum Command {
     Ingest(commands::IngestArgs),
     /// Describe an index directory.
     Info(commands::InfoArgs),
+    /// Write a synthetic dataset (objects made of textured parts) for tests and scale runs.
+    Synth(commands::SynthArgs),
     /// Find the stored regions most similar to an image crop.
     Query(commands::QueryArgs),
 }
@@ -68,6 +70,7 @@ pub fn run(cli: Cli) -> crate::Result<()> {
         Command::Demo(a) => commands::demo(a, &enc),
         Command::Ingest(a) => commands::ingest(a, &enc, cli.quiet),
         Command::Info(a) => commands::info(a),
+        Command::Synth(a) => commands::synth(a),
         Command::Query(a) => commands::query(a, &enc),
     }
 }

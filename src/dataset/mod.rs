@@ -7,6 +7,7 @@ pub mod keypoints;
 pub mod labelmap;
 pub mod listing;
 pub mod mmseg;
+pub mod synth;
 
 use std::path::{Path, PathBuf};
 
