@@ -246,8 +246,8 @@ fn inside(shape: Shape, u: f32, v: f32) -> bool {
 fn texel(t: Texture, x: u32, y: u32, phase: u32, c: [u8; 3]) -> [u8; 3] {
     let dark = |c: [u8; 3]| c.map(|v| v / 2);
     let on = match t {
-        Texture::Stripes => ((y + phase) / 4) % 2 == 0,
-        Texture::Checker => ((x + phase) / 5 + y / 5) % 2 == 0,
+        Texture::Stripes => ((y + phase) / 4).is_multiple_of(2),
+        Texture::Checker => ((x + phase) / 5 + y / 5).is_multiple_of(2),
         Texture::Dots => (x + phase) % 6 < 3 && y % 6 < 3,
         Texture::Solid => true,
     };
@@ -258,12 +258,14 @@ fn texel(t: Texture, x: u32, y: u32, phase: u32, c: [u8; 3]) -> [u8; 3] {
     }
 }
 
+/// Object class id, box `[x, y, w, h]`, keypoints `(part name, x, y)`.
+type ObjectAnnotation = (u32, [f32; 4], Vec<(String, f32, f32)>);
+
 struct Drawn {
     image: RgbImage,
     parts: GrayImage,
     objects: GrayImage,
-    /// (object class id, box, keypoints (part class name, x, y)).
-    annotations: Vec<(u32, [f32; 4], Vec<(String, f32, f32)>)>,
+    annotations: Vec<ObjectAnnotation>,
     part_count: usize,
 }
 
