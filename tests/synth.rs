@@ -50,13 +50,13 @@ fn readers_find_what_the_generator_drew() {
     let s = generate(
         &root,
         &SynthOptions {
-            images: 60,
+            images: 300,
             seed: 1,
-            size: 256,
+            size: 128,
         },
     )
     .unwrap();
-    assert_eq!(s.images, 60);
+    assert_eq!(s.images, 300);
     let ds = MmsegDataset::open(&root).unwrap();
     assert_eq!(ds.splits(), vec!["train", "val"]);
     let settings = RegionSettings {

@@ -86,6 +86,109 @@ pub struct IngestArgs {
     pub json: bool,
 }
 
+/// `partlens dataset …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum DatasetCommand {
+    /// Images, regions per class, and skipped files with reasons.
+    Stats(StatsArgs),
+}
+
+/// `partlens dataset stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Dataset folder or file (any format `ingest` reads).
+    pub dataset: PathBuf,
+    /// Dataset format (default: detected).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Smallest region counted, in pixels.
+    #[arg(long, default_value_t = RegionSettings::default().min_area)]
+    pub min_area: u64,
+    /// Keypoint classes (keypoint datasets), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub keypoints: Option<Vec<String>>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(super) fn dataset_stats(a: &StatsArgs) -> Result<()> {
+    use rayon::prelude::*;
+    let settings = RegionSettings {
+        min_area: a.min_area,
+        ..RegionSettings::default()
+    };
+    let ds = crate::dataset::open(
+        &a.dataset,
+        &crate::dataset::OpenOptions {
+            format: a.format,
+            keypoints: KeypointSettings {
+                classes: a.keypoints.clone().unwrap_or_default(),
+                ..KeypointSettings::default()
+            },
+            margin: settings.margin,
+            part_level: 1,
+        },
+    )?;
+    // Images are read in parallel blocks and dropped after counting: memory stays flat.
+    let mut per_class: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut skipped: Vec<(String, String)> = ds.listing_problems().to_vec();
+    let mut images = 0u64;
+    for block in ds.items().chunks(64) {
+        let counted: Vec<_> = block
+            .par_iter()
+            .map(|item| {
+                ds.load(item, &settings).map(|r| {
+                    r.regions
+                        .into_iter()
+                        .map(|r| (r.kind.as_str().to_string(), r.label_name))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for (item, c) in block.iter().zip(counted) {
+            match c {
+                Ok(labels) => {
+                    images += 1;
+                    for l in labels {
+                        *per_class.entry(l).or_default() += 1;
+                    }
+                }
+                Err(e) => skipped.push((item.image.clone(), e.to_string())),
+            }
+        }
+    }
+    let regions: u64 = per_class.values().sum();
+    if a.json {
+        let classes: Vec<_> = per_class
+            .iter()
+            .map(|((k, n), c)| serde_json::json!({"kind": k, "label": n, "regions": c}))
+            .collect();
+        let skipped: Vec<_> = skipped
+            .iter()
+            .map(|(p, r)| serde_json::json!({"path": p, "reason": r}))
+            .collect();
+        return print_json(&serde_json::json!({
+            "format": ds.format(), "splits": ds.splits(), "images": images,
+            "regions": regions, "classes": classes, "skipped": skipped,
+        }));
+    }
+    println!(
+        "{} ({}): {images} images read, {regions} regions of ≥ {} px, splits {}",
+        a.dataset.display(),
+        ds.format(),
+        a.min_area,
+        ds.splits().join(", ")
+    );
+    for ((kind, name), n) in &per_class {
+        println!("  {n:>7}  {kind:<6} {name}");
+    }
+    for (p, r) in &skipped {
+        println!("skipped  {p}: {r}");
+    }
+    Ok(())
+}
+
 /// `partlens synth`.
 #[derive(Debug, Args)]
 pub struct SynthArgs {

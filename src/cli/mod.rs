@@ -47,6 +47,9 @@ pub enum Command {
     Info(commands::InfoArgs),
     /// Write a synthetic dataset (objects made of textured parts) for tests and scale runs.
     Synth(commands::SynthArgs),
+    /// Look at a dataset without embedding it.
+    #[command(subcommand)]
+    Dataset(commands::DatasetCommand),
     /// Find the stored regions most similar to an image crop.
     Query(commands::QueryArgs),
 }
@@ -71,6 +74,7 @@ pub fn run(cli: Cli) -> crate::Result<()> {
         Command::Ingest(a) => commands::ingest(a, &enc, cli.quiet),
         Command::Info(a) => commands::info(a),
         Command::Synth(a) => commands::synth(a),
+        Command::Dataset(commands::DatasetCommand::Stats(a)) => commands::dataset_stats(a),
         Command::Query(a) => commands::query(a, &enc),
     }
 }

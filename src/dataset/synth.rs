@@ -291,8 +291,11 @@ fn draw(opts: &SynthOptions, index: usize) -> Drawn {
         let oi = rng.below(OBJECTS.len() as u64) as usize;
         let spec = &OBJECTS[oi];
         let side = cell as f32 * (0.55 + 0.35 * rng.unit());
-        let ox = (c % 2) as f32 * cell as f32 + rng.unit() * (cell as f32 - side);
-        let oy = (c / 2) as f32 * cell as f32 + rng.unit() * (cell as f32 - side);
+        // A 2-px moat inside each cell keeps objects (and their object-map regions) in
+        // neighbouring cells from touching.
+        let free = cell as f32 - side - 4.0;
+        let ox = (c % 2) as f32 * cell as f32 + 2.0 + rng.unit() * free;
+        let oy = (c / 2) as f32 * cell as f32 + 2.0 + rng.unit() * free;
         let phase = rng.below(8) as u32;
         let mut keypoints = Vec::new();
         for p in spec.parts {
@@ -320,8 +323,10 @@ fn draw(opts: &SynthOptions, index: usize) -> Drawn {
             // the 4 % gaps between parts: one connected region per object, inside its cell.
             let grow = (0.03 * side).ceil() as u32;
             let (cx0, cy0) = ((c % 2) * cell, (c / 2) * cell);
-            for y in y0.saturating_sub(grow).max(cy0)..(y1 + grow).min(cy0 + cell).min(s) {
-                for x in x0.saturating_sub(grow).max(cx0)..(x1 + grow).min(cx0 + cell).min(s) {
+            for y in y0.saturating_sub(grow).max(cy0 + 1)..(y1 + grow).min(cy0 + cell - 1).min(s) {
+                for x in
+                    x0.saturating_sub(grow).max(cx0 + 1)..(x1 + grow).min(cx0 + cell - 1).min(s)
+                {
                     objects.put_pixel(x, y, Luma([oi as u8 + 1]));
                 }
             }
