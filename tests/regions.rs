@@ -248,3 +248,75 @@ fn own_listings_and_bare_folders() {
         .collect();
     assert_eq!(labels, vec!["image", "cars", "image"]);
 }
+
+#[test]
+fn pascal_part_mat_reader_agrees_with_the_scipy_conversion() {
+    use partlens::dataset::PascalPartDataset;
+    use std::collections::BTreeMap;
+    // Our MAT-file reader on the raw release vs the mmseg reader on the scipy conversion
+    // (scripts/data/pascal_part_to_mmseg.py): the same regions, image by image.
+    let raw = PascalPartDataset::open(common::sample("pascal_part_raw"), None).unwrap();
+    let conv = MmsegDataset::open(common::sample("pascal_part")).unwrap();
+    assert_eq!(raw.items().len(), 18);
+    assert!(raw.listing_problems().is_empty());
+    assert_eq!(&raw.part_classes()[..], conv.part_classes().unwrap());
+    type Key = (String, String, Option<String>, [i64; 4], u64);
+    let collect = |ds: &dyn Dataset| -> BTreeMap<String, Vec<Key>> {
+        let settings = RegionSettings {
+            min_area: 1,
+            ..RegionSettings::default()
+        };
+        ds.items()
+            .iter()
+            .map(|item| {
+                let stem = item.image.rsplit('/').next().unwrap().to_string();
+                let mut v: Vec<Key> = ds
+                    .load(item, &settings)
+                    .unwrap()
+                    .regions
+                    .into_iter()
+                    .map(|r| {
+                        (
+                            r.kind.as_str().into(),
+                            r.label_name,
+                            r.object_name,
+                            r.bbox.to_array(),
+                            r.area,
+                        )
+                    })
+                    .collect();
+                v.sort();
+                (stem, v)
+            })
+            .collect()
+    };
+    let (a, b) = (collect(&raw), collect(&conv));
+    assert_eq!(a.len(), 18);
+    assert_eq!(a, b);
+    // 985 parts and 58 objects at area ≥ 1 (EXPECTED.json).
+    let parts: usize = a.values().flatten().filter(|k| k.0 == "part").count();
+    assert_eq!(parts, 985);
+}
+
+#[test]
+fn damaged_mat_files_are_errors_naming_the_file() {
+    use partlens::dataset::matfile;
+    let bytes = std::fs::read(common::sample("pascal_part_raw/2008_000652.mat")).unwrap();
+    let p = std::path::Path::new("x.mat");
+    assert!(matfile::read(&bytes, p).is_ok());
+    // A bare header is a MAT-file without variables (the Pascal-Part reader then says `anno`
+    // is missing); every other cut is an error.
+    assert!(matfile::read(&bytes[..128], p).unwrap().is_empty());
+    for cut in [0, 100, 129, 200, bytes.len() / 2, bytes.len() - 1] {
+        let err = matfile::read(&bytes[..cut], p).unwrap_err().to_string();
+        assert!(
+            err.contains("x.mat") && err.contains("MAT-file"),
+            "cut at {cut}: {err}"
+        );
+    }
+    let mut flipped = bytes.clone();
+    for i in (200..flipped.len()).step_by(97) {
+        flipped[i] ^= 0x5a;
+    }
+    assert!(matfile::read(&flipped, p).is_err());
+}

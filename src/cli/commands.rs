@@ -54,6 +54,9 @@ pub struct IngestArgs {
     /// ADE20K: deepest part level to index, 1 (parts) or 2 (also parts of parts).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
     pub part_level: u8,
+    /// Pascal-Part: a class map merging or renaming part classes (`old new`, `-` drops).
+    #[arg(long)]
+    pub class_map: Option<PathBuf>,
     /// ONNX encoder with a partlens spec (default: the MobileNetV2 installed by setup).
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -128,6 +131,7 @@ pub(super) fn dataset_stats(a: &StatsArgs) -> Result<()> {
             },
             margin: settings.margin,
             part_level: 1,
+            class_map: None,
         },
     )?;
     // Images are read in parallel blocks and dropped after counting: memory stays flat.
@@ -418,6 +422,7 @@ pub(super) fn ingest(a: &IngestArgs, enc: &EncoderOptions, quiet: bool) -> Resul
             keypoints,
             margin: a.margin,
             part_level: a.part_level,
+            class_map: a.class_map.clone(),
         },
     )?;
     let report = run_ingest(dataset.as_ref(), &model, &enc, &opts)?;

@@ -204,6 +204,50 @@ impl MmsegDataset {
     }
 }
 
+/// Regions of a part label map and an object label map (either may be absent): one per
+/// 4-connected component of a class; parts take the object class under most of their pixels.
+/// Object regions are emitted when `settings.objects`.
+pub(crate) fn map_regions(
+    item: &ImageItem,
+    parts: Option<(&LabelMap, Option<&[String]>)>,
+    objects: Option<(&LabelMap, Option<&[String]>)>,
+    settings: &RegionSettings,
+) -> Vec<Region> {
+    let obj_names = objects.and_then(|(_, n)| n);
+    let mut maps = Vec::new();
+    if let Some((m, names)) = parts {
+        maps.push((RegionKind::Part, m, names));
+    }
+    if let Some((m, names)) = objects.filter(|_| settings.objects) {
+        maps.push((RegionKind::Object, m, names));
+    }
+    let mut regions = Vec::new();
+    for (kind, map, names) in maps {
+        for c in components(map, settings.min_area) {
+            let object_label = match kind {
+                RegionKind::Object => Some(c.label),
+                RegionKind::Part => objects.and_then(|(m, _)| majority_label(m, &c)),
+            };
+            regions.push(Region {
+                id: 0,
+                image: item.image.clone(),
+                split: item.split.clone(),
+                kind,
+                label: u32::from(c.label),
+                label_name: class_name(names, c.label),
+                object_label: object_label.map(u32::from),
+                object_name: object_label.map(|l| class_name(obj_names, l)),
+                instance: c.instance,
+                bbox: c.bbox,
+                crop_box: c.bbox.square_crop(settings.margin),
+                area: c.area,
+                mask_rle: c.mask_rle,
+            });
+        }
+    }
+    regions
+}
+
 /// The most frequent labelled value of `map` under component `c`'s pixels.
 fn majority_label(map: &LabelMap, c: &super::Component) -> Option<u8> {
     let mask = super::labelmap::decode_rle(
@@ -257,57 +301,23 @@ impl Dataset for MmsegDataset {
 
     fn load(&self, item: &ImageItem, settings: &RegionSettings) -> Result<ImageRegions> {
         let image = decode_rgb(&item.image_path)?;
-        let mut maps = Vec::new();
-        if let Some(p) = &item.part_ann {
-            let names = self.part_classes.as_deref();
-            maps.push((RegionKind::Part, self.read_map(p, &image, names)?, names));
-        }
-        if settings.objects {
-            if let Some(p) = &item.object_ann {
-                let names = self.object_classes.as_deref();
-                maps.push((RegionKind::Object, self.read_map(p, &image, names)?, names));
-            }
-        }
-        let object_map = match (&item.object_ann, maps.is_empty()) {
-            // Parts learn their object from the object map even when object regions are off.
-            (Some(p), false) if !settings.objects => {
-                Some(self.read_map(p, &image, self.object_classes.as_deref())?)
-            }
-            _ => None,
+        let part_names = self.part_classes.as_deref();
+        let object_names = self.object_classes.as_deref();
+        let parts = match &item.part_ann {
+            Some(p) => Some(self.read_map(p, &image, part_names)?),
+            None => None,
         };
-        let obj_names = self.object_classes.as_deref();
-        let mut regions = Vec::new();
-        for (kind, map, names) in &maps {
-            let under = match kind {
-                RegionKind::Part => object_map.as_ref().or_else(|| {
-                    maps.iter()
-                        .find(|m| m.0 == RegionKind::Object)
-                        .map(|m| &m.1)
-                }),
-                RegionKind::Object => None,
-            };
-            for c in components(map, settings.min_area) {
-                let object_label = match kind {
-                    RegionKind::Object => Some(c.label),
-                    RegionKind::Part => under.and_then(|m| majority_label(m, &c)),
-                };
-                regions.push(Region {
-                    id: 0,
-                    image: item.image.clone(),
-                    split: item.split.clone(),
-                    kind: *kind,
-                    label: u32::from(c.label),
-                    label_name: class_name(*names, c.label),
-                    object_label: object_label.map(u32::from),
-                    object_name: object_label.map(|l| class_name(obj_names, l)),
-                    instance: c.instance,
-                    bbox: c.bbox,
-                    crop_box: c.bbox.square_crop(settings.margin),
-                    area: c.area,
-                    mask_rle: c.mask_rle,
-                });
-            }
-        }
+        // The object map is read even when object regions are off: parts learn their object.
+        let objects = match &item.object_ann {
+            Some(p) => Some(self.read_map(p, &image, object_names)?),
+            None => None,
+        };
+        let regions = map_regions(
+            item,
+            parts.as_ref().map(|m| (m, part_names)),
+            objects.as_ref().map(|m| (m, object_names)),
+            settings,
+        );
         Ok(ImageRegions { image, regions })
     }
 }

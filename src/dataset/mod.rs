@@ -6,7 +6,9 @@ pub mod cub;
 pub mod keypoints;
 pub mod labelmap;
 pub mod listing;
+pub mod matfile;
 pub mod mmseg;
+pub mod pascal_part;
 pub mod synth;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +25,7 @@ pub use keypoints::{CocoKeypoints, Distance, KeypointSettings};
 pub use labelmap::{components, Component, LabelMap};
 pub use listing::ListingDataset;
 pub use mmseg::MmsegDataset;
+pub use pascal_part::PascalPartDataset;
 
 /// How regions are cut from label maps.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -121,6 +124,8 @@ pub enum Format {
     Cub,
     /// The ADE20K full release (`X.jpg`, `X.json`, instance masks).
     Ade20k,
+    /// Pascal-Part as released: `X.jpg` + `X.mat`.
+    PascalPart,
     /// Your own regions listed in a `.jsonl` or `.csv` file.
     Listing,
     /// A bare folder of images: each whole image is a region, labelled by its sub-folder.
@@ -158,6 +163,13 @@ pub fn detect(path: &Path) -> Result<(Format, PathBuf)> {
     {
         return Ok((Format::Ade20k, path.to_path_buf()));
     }
+    let has_mat = std::fs::read_dir(path)
+        .map_err(|e| Error::io(path, e))?
+        .filter_map(|e| e.ok())
+        .any(|e| e.path().extension().is_some_and(|x| x == "mat"));
+    if has_mat {
+        return Ok((Format::PascalPart, path.to_path_buf()));
+    }
     let mut jsons: Vec<PathBuf> = std::fs::read_dir(path)
         .map_err(|e| Error::io(path, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -190,6 +202,8 @@ pub struct OpenOptions {
     pub margin: f32,
     /// Deepest ADE20K part level to index: 1 (parts) or 2 (also parts of parts).
     pub part_level: u8,
+    /// Pascal-Part class map (`old new` per line, `-` drops a class).
+    pub class_map: Option<PathBuf>,
 }
 
 /// Opens the dataset at `path`.
@@ -210,6 +224,7 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn Dataset>> {
         }
         Format::Cub => Box::new(CubDataset::open(path, &opts.keypoints, opts.margin)?),
         Format::Ade20k => Box::new(Ade20kDataset::open(path, opts.part_level.max(1))?),
+        Format::PascalPart => Box::new(PascalPartDataset::open(path, opts.class_map.as_deref())?),
         Format::Listing => Box::new(ListingDataset::listing(path)?),
         Format::Folder => Box::new(ListingDataset::folder(path)?),
     })
