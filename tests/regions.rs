@@ -259,7 +259,7 @@ fn pascal_part_mat_reader_agrees_with_the_scipy_conversion() {
     let conv = MmsegDataset::open(common::sample("pascal_part")).unwrap();
     assert_eq!(raw.items().len(), 18);
     assert!(raw.listing_problems().is_empty());
-    assert_eq!(&raw.part_classes()[..], conv.part_classes().unwrap());
+    assert_eq!(raw.part_classes(), conv.part_classes().unwrap());
     type Key = (String, String, Option<String>, [i64; 4], u64);
     let collect = |ds: &dyn Dataset| -> BTreeMap<String, Vec<Key>> {
         let settings = RegionSettings {
