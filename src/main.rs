@@ -2,6 +2,13 @@ use clap::Parser;
 use partlens::cli::{run, Cli};
 
 fn main() {
+    // Like other command-line tools, stop quietly when the reader of our output goes away
+    // (`partlens info … | head`) instead of panicking on a broken pipe.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "warn",

@@ -320,3 +320,36 @@ fn damaged_mat_files_are_errors_naming_the_file() {
     }
     assert!(matfile::read(&flipped, p).is_err());
 }
+
+#[test]
+fn convert_pascal_part_writes_the_same_maps_as_the_scipy_converter() {
+    use partlens::dataset::convert::pascal_part_to_mmseg;
+    use partlens::dataset::{LabelMap, PascalPartDataset};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mmseg");
+    let raw = PascalPartDataset::open(common::sample("pascal_part_raw"), None).unwrap();
+    let s = pascal_part_to_mmseg(&raw, &out, "all").unwrap();
+    assert_eq!((s.images, s.skipped.len()), (18, 0));
+    let reference = common::sample("pascal_part");
+    assert_eq!(
+        std::fs::read_to_string(out.join("classes.txt")).unwrap(),
+        std::fs::read_to_string(reference.join("classes.txt")).unwrap()
+    );
+    for item in MmsegDataset::open(&reference).unwrap().items() {
+        let stem = item
+            .image
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .replace(".jpg", ".png");
+        for dir_name in ["ann", "obj"] {
+            let mine = LabelMap::read_png(&out.join(dir_name).join("all").join(&stem)).unwrap();
+            let theirs =
+                LabelMap::read_png(&reference.join(dir_name).join(&item.split).join(&stem))
+                    .unwrap();
+            assert_eq!(mine, theirs, "{dir_name}/{stem}");
+        }
+    }
+    // Refuses to write into a folder with files.
+    assert!(pascal_part_to_mmseg(&raw, &out, "all").is_err());
+}

@@ -89,6 +89,59 @@ pub struct IngestArgs {
     pub json: bool,
 }
 
+/// `partlens convert`.
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// Source format (label-map formats; only pascal-part so far).
+    #[arg(long, value_enum)]
+    pub from: ConvertFrom,
+    /// Target layout.
+    #[arg(long, value_enum, default_value_t = ConvertTo::Mmseg)]
+    pub to: ConvertTo,
+    /// Source dataset.
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// Output folder (must not exist or be empty).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Split name to file the images under.
+    #[arg(long, default_value = "all")]
+    pub split: String,
+    /// Pascal-Part class map (`old new`, `-` drops).
+    #[arg(long)]
+    pub class_map: Option<PathBuf>,
+}
+
+/// `convert --from` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConvertFrom {
+    /// Pascal-Part `.mat` annotations.
+    PascalPart,
+}
+
+/// `convert --to` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConvertTo {
+    /// `img/`, `ann/`, `obj/`, `classes.txt`, `object_classes.txt`.
+    Mmseg,
+}
+
+pub(super) fn convert(a: &ConvertArgs) -> Result<()> {
+    let (ConvertFrom::PascalPart, ConvertTo::Mmseg) = (a.from, a.to);
+    let ds = crate::dataset::PascalPartDataset::open(&a.dataset, a.class_map.as_deref())?;
+    let s = crate::dataset::convert::pascal_part_to_mmseg(&ds, &a.out, &a.split)?;
+    println!(
+        "wrote {} images ({} part classes) to {} in the mmseg layout",
+        s.images,
+        ds.part_classes().len() - 1,
+        a.out.display()
+    );
+    for (p, r) in &s.skipped {
+        println!("skipped  {p}: {r}");
+    }
+    Ok(())
+}
+
 /// `partlens dataset …`.
 #[derive(Debug, clap::Subcommand)]
 pub enum DatasetCommand {

@@ -47,6 +47,8 @@ pub enum Command {
     Info(commands::InfoArgs),
     /// Write a synthetic dataset (objects made of textured parts) for tests and scale runs.
     Synth(commands::SynthArgs),
+    /// Write a dataset's label maps in the mmseg layout, for other tools.
+    Convert(commands::ConvertArgs),
     /// Look at a dataset without embedding it.
     #[command(subcommand)]
     Dataset(commands::DatasetCommand),
@@ -74,6 +76,7 @@ pub fn run(cli: Cli) -> crate::Result<()> {
         Command::Ingest(a) => commands::ingest(a, &enc, cli.quiet),
         Command::Info(a) => commands::info(a),
         Command::Synth(a) => commands::synth(a),
+        Command::Convert(a) => commands::convert(a),
         Command::Dataset(commands::DatasetCommand::Stats(a)) => commands::dataset_stats(a),
         Command::Query(a) => commands::query(a, &enc),
     }

@@ -2,6 +2,7 @@
 //! its regions ([`ImageRegions`]); everything downstream is format-agnostic.
 
 pub mod ade20k;
+pub mod convert;
 pub mod cub;
 pub mod keypoints;
 pub mod labelmap;

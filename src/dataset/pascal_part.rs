@@ -271,38 +271,12 @@ impl PascalPartDataset {
     pub fn part_classes(&self) -> &[String] {
         &self.part_classes
     }
-}
 
-impl Dataset for PascalPartDataset {
-    fn format(&self) -> &'static str {
-        "pascal-part"
-    }
-
-    fn root(&self) -> &Path {
-        &self.root
-    }
-
-    fn splits(&self) -> Vec<String> {
-        vec!["all".into()]
-    }
-
-    fn items(&self) -> &[ImageItem] {
-        &self.items
-    }
-
-    fn listing_problems(&self) -> &[(String, String)] {
-        &self.problems
-    }
-
-    fn options(&self) -> serde_json::Value {
-        serde_json::json!({ "part_classes": self.part_classes.len() - 1, "class_map": self.class_map })
-    }
-
-    fn load(&self, item: &ImageItem, settings: &RegionSettings) -> Result<ImageRegions> {
+    /// The part and object label maps of one image of `w × h` pixels (part ids index
+    /// [`Self::part_classes`], object ids are VOC class ids).
+    pub fn label_maps(&self, item: &ImageItem, w: usize, h: usize) -> Result<(LabelMap, LabelMap)> {
         let path = item.part_ann.as_ref().expect("set by open");
         let objects = read_objects(path)?;
-        let image = decode_rgb(&item.image_path)?;
-        let (w, h) = (image.width() as usize, image.height() as usize);
         let mut parts = LabelMap {
             width: w,
             height: h,
@@ -342,6 +316,39 @@ impl Dataset for PascalPartDataset {
                 }
             }
         }
+        Ok((parts, objs))
+    }
+}
+
+impl Dataset for PascalPartDataset {
+    fn format(&self) -> &'static str {
+        "pascal-part"
+    }
+
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn splits(&self) -> Vec<String> {
+        vec!["all".into()]
+    }
+
+    fn items(&self) -> &[ImageItem] {
+        &self.items
+    }
+
+    fn listing_problems(&self) -> &[(String, String)] {
+        &self.problems
+    }
+
+    fn options(&self) -> serde_json::Value {
+        serde_json::json!({ "part_classes": self.part_classes.len() - 1, "class_map": self.class_map })
+    }
+
+    fn load(&self, item: &ImageItem, settings: &RegionSettings) -> Result<ImageRegions> {
+        let image = decode_rgb(&item.image_path)?;
+        let (parts, objs) =
+            self.label_maps(item, image.width() as usize, image.height() as usize)?;
         let voc: Vec<String> = std::iter::once("background")
             .chain(VOC_CLASSES)
             .map(str::to_string)
