@@ -7,6 +7,9 @@ use crate::region::PixelBox;
 
 /// The label value that means "ignore this pixel" (mmseg convention).
 pub const IGNORE: u8 = 255;
+/// Largest label map accepted, in pixels (16k × 16k).
+pub const MAX_PIXELS: u64 = 1 << 28;
+
 /// The label value that means background; never a region (mmseg's `reduce_zero_label`).
 pub const BACKGROUND: u8 = 0;
 
@@ -50,6 +53,13 @@ impl LabelMap {
         if bits == 0 {
             return Err(bad(format!(
                 "label maps must be 8-bit greyscale or palette PNGs, this one is {ct:?} {depth:?}"
+            )));
+        }
+        // A header can claim any size: refuse before allocating (found by fuzzing).
+        let (hw, hh) = (reader.info().width as u64, reader.info().height as u64);
+        if hw * hh > MAX_PIXELS {
+            return Err(bad(format!(
+                "label map of {hw}×{hh} pixels is larger than the {MAX_PIXELS}-pixel limit"
             )));
         }
         let size = reader
@@ -266,6 +276,14 @@ mod tests {
         let m = LabelMap::from_png_bytes(&buf, Path::new("p.png")).unwrap();
         assert_eq!((m.width, m.height), (3, 2));
         assert_eq!(m.data, vec![0, 1, 2, 3, 4, 0]);
+    }
+
+    #[test]
+    fn huge_header_is_refused_before_allocating() {
+        // A fuzzer-found PNG whose header claims gigapixels (data/fuzz-regressions/).
+        let bytes = include_bytes!("../../data/fuzz-regressions/labelmap_png-huge-header.png");
+        let err = LabelMap::from_png_bytes(bytes, Path::new("h.png")).unwrap_err();
+        assert!(err.to_string().contains("h.png"), "{err}");
     }
 
     #[test]
