@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::labelmap::{components, LabelMap};
+use super::labelmap::{whole_region, LabelMap};
 use super::{Dataset, ImageItem, ImageRegions, RegionSettings};
 use crate::error::{Error, IoContext, Result};
 use crate::preprocess::decode_rgb;
@@ -51,22 +51,6 @@ pub struct Ade20kDataset {
     max_part_level: u8,
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .at(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else if p.extension().is_some_and(|e| e == "json") && p.with_extension("jpg").is_file() {
-            out.push(p);
-        }
-    }
-    Ok(())
-}
-
 /// The first of a WordNet-style synonym list: "car, auto, automobile" → "car".
 fn short_name(name: &str) -> String {
     name.split(',').next().unwrap_or(name).trim().to_string()
@@ -77,8 +61,9 @@ impl Ade20kDataset {
     /// (also parts of parts).
     pub fn open(root: impl AsRef<Path>, max_part_level: u8) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
-        let mut jsons = Vec::new();
-        walk(&root, &mut jsons)?;
+        let jsons = super::find_files(&root, &|p| {
+            p.extension().is_some_and(|e| e == "json") && p.with_extension("jpg").is_file()
+        })?;
         if jsons.is_empty() {
             return Err(Error::Dataset {
                 path: root,
@@ -128,10 +113,7 @@ impl Dataset for Ade20kDataset {
     }
 
     fn splits(&self) -> Vec<String> {
-        let mut s: Vec<String> = self.items.iter().map(|i| i.split.clone()).collect();
-        s.sort();
-        s.dedup();
-        s
+        super::splits_of(&self.items)
     }
 
     fn items(&self) -> &[ImageItem] {
@@ -178,14 +160,13 @@ impl Dataset for Ade20kDataset {
                     ),
                 ));
             }
-            // One region per instance: visible pixels (255) become label 1, all else 0, and the
-            // instance's pieces are merged into one region below.
+            // One region per instance: its visible pixels (255), all pieces together.
             let visible = LabelMap {
                 width: mask.width,
                 height: mask.height,
                 data: mask.data.iter().map(|&v| u8::from(v == 255)).collect(),
             };
-            let Some(region) = instance_region(&visible) else {
+            let Some(region) = whole_region(&visible) else {
                 continue;
             };
             if region.area < settings.min_area {
@@ -226,40 +207,4 @@ fn top<'a>(o: &'a AdeObject, by_id: &BTreeMap<u64, &'a AdeObject>) -> Option<&'a
         cur = by_id.get(&cur.parts.ispartof.as_u64()?)?;
     }
     None
-}
-
-/// The whole visible instance as one region (its pieces together), or `None` if it has no
-/// visible pixel.
-fn instance_region(visible: &LabelMap) -> Option<super::Component> {
-    let pieces = components(visible, 1);
-    let first = pieces.first()?;
-    let mut bbox = first.bbox;
-    for p in &pieces[1..] {
-        bbox.x0 = bbox.x0.min(p.bbox.x0);
-        bbox.y0 = bbox.y0.min(p.bbox.y0);
-        bbox.x1 = bbox.x1.max(p.bbox.x1);
-        bbox.y1 = bbox.y1.max(p.bbox.y1);
-    }
-    let mut mask_rle = Vec::new();
-    let mut inside = false;
-    let mut run = 0u32;
-    for y in bbox.y0 as usize..bbox.y1 as usize {
-        for x in bbox.x0 as usize..bbox.x1 as usize {
-            let v = visible.data[y * visible.width + x] == 1;
-            if v != inside {
-                mask_rle.push(run);
-                run = 0;
-                inside = v;
-            }
-            run += 1;
-        }
-    }
-    mask_rle.push(run);
-    Some(super::Component {
-        label: 1,
-        instance: 0,
-        bbox,
-        area: pieces.iter().map(|p| p.area).sum(),
-        mask_rle,
-    })
 }

@@ -246,10 +246,7 @@ impl Dataset for CubDataset {
     }
 
     fn splits(&self) -> Vec<String> {
-        let mut s: Vec<String> = self.items.iter().map(|i| i.split.clone()).collect();
-        s.sort();
-        s.dedup();
-        s
+        super::splits_of(&self.items)
     }
 
     fn items(&self) -> &[ImageItem] {

@@ -174,7 +174,7 @@ pub fn components(map: &LabelMap, min_area: u64) -> Vec<Component> {
             x1: x1 as i64 + 1,
             y1: y1 as i64 + 1,
         };
-        let mask_rle = rle(&comp, w, bbox, id);
+        let mask_rle = rle_where(w, bbox, |i| comp[i] == id);
         out.push((
             area >= min_area,
             Component {
@@ -196,23 +196,56 @@ pub fn components(map: &LabelMap, min_area: u64) -> Vec<Component> {
         .collect()
 }
 
-fn rle(comp: &[u32], w: usize, b: PixelBox, id: u32) -> Vec<u32> {
+/// Run-length encodes the pixels of box `b` (row-major, image width `w`) for which `inside`
+/// holds: alternating outside / inside runs, starting with an outside run.
+fn rle_where(w: usize, b: PixelBox, inside: impl Fn(usize) -> bool) -> Vec<u32> {
     let mut runs = Vec::new();
-    let mut inside = false;
+    let mut state = false;
     let mut run = 0u32;
     for y in b.y0 as usize..b.y1 as usize {
         for x in b.x0 as usize..b.x1 as usize {
-            let v = comp[y * w + x] == id;
-            if v != inside {
+            let v = inside(y * w + x);
+            if v != state {
                 runs.push(run);
                 run = 0;
-                inside = v;
+                state = v;
             }
             run += 1;
         }
     }
     runs.push(run);
     runs
+}
+
+/// Every pixel of value 1 as one region, however many pieces it has (an annotated instance, a
+/// listed polygon): tight box, area and RLE mask. `None` when there is no such pixel.
+pub fn whole_region(map: &LabelMap) -> Option<Component> {
+    let w = map.width;
+    let (mut x0, mut y0, mut x1, mut y1, mut area) = (usize::MAX, usize::MAX, 0, 0, 0u64);
+    for (i, _) in map.data.iter().enumerate().filter(|(_, &v)| v == 1) {
+        let (x, y) = (i % w, i / w);
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+        area += 1;
+    }
+    if area == 0 {
+        return None;
+    }
+    let bbox = PixelBox {
+        x0: x0 as i64,
+        y0: y0 as i64,
+        x1: x1 as i64 + 1,
+        y1: y1 as i64 + 1,
+    };
+    Some(Component {
+        label: 1,
+        instance: 0,
+        bbox,
+        area,
+        mask_rle: rle_where(w, bbox, |i| map.data[i] == 1),
+    })
 }
 
 /// Expands a mask from [`Component::mask_rle`] into `width × height` booleans.

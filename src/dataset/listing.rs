@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::labelmap::{components, LabelMap};
+use super::labelmap::{whole_region, LabelMap};
 use super::{Dataset, ImageItem, ImageRegions, RegionSettings};
 use crate::error::{Error, IoContext, Result};
 use crate::preprocess::decode_rgb;
-use crate::region::{PixelBox, Region, RegionKind};
+use crate::region::{Region, RegionKind};
 
 const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png"];
 
@@ -50,26 +50,6 @@ pub struct ListingDataset {
     problems: Vec<(String, String)>,
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .at(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else if p
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-        {
-            out.push(p);
-        }
-    }
-    Ok(())
-}
-
 fn ids(names: impl Iterator<Item = String>) -> BTreeMap<String, u32> {
     let mut v: Vec<String> = names.collect();
     v.sort();
@@ -82,8 +62,11 @@ impl ListingDataset {
     /// (`image` at the top level).
     pub fn folder(root: impl AsRef<Path>) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
-        let mut files = Vec::new();
-        walk(&root, &mut files)?;
+        let files = super::find_files(&root, &|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        })?;
         if files.is_empty() {
             return Err(Error::Dataset {
                 path: root,
@@ -295,10 +278,7 @@ impl Dataset for ListingDataset {
     }
 
     fn splits(&self) -> Vec<String> {
-        let mut s: Vec<String> = self.items.iter().map(|i| i.split.clone()).collect();
-        s.sort();
-        s.dedup();
-        s
+        super::splits_of(&self.items)
     }
 
     fn items(&self) -> &[ImageItem] {
@@ -357,38 +337,14 @@ impl Dataset for ListingDataset {
                     data: vec![1; w * h],
                 },
             };
-            let pieces = components(&map, 1);
-            if pieces.is_empty() {
-                continue;
-            }
             // All pieces of a listed region form one region.
-            let mut bbox = pieces[0].bbox;
-            for p in &pieces[1..] {
-                bbox = PixelBox {
-                    x0: bbox.x0.min(p.bbox.x0),
-                    y0: bbox.y0.min(p.bbox.y0),
-                    x1: bbox.x1.max(p.bbox.x1),
-                    y1: bbox.y1.max(p.bbox.y1),
-                };
-            }
-            let area: u64 = pieces.iter().map(|p| p.area).sum();
-            if area < settings.min_area && self.format != "folder" {
+            let Some(region) = whole_region(&map) else {
+                continue;
+            };
+            if region.area < settings.min_area && self.format != "folder" {
                 continue;
             }
-            let mut mask_rle = Vec::new();
-            let (mut inside, mut run) = (false, 0u32);
-            for y in bbox.y0 as usize..bbox.y1 as usize {
-                for x in bbox.x0 as usize..bbox.x1 as usize {
-                    let v = map.data[y * w + x] == 1;
-                    if v != inside {
-                        mask_rle.push(run);
-                        run = 0;
-                        inside = v;
-                    }
-                    run += 1;
-                }
-            }
-            mask_rle.push(run);
+            let (bbox, area, mask_rle) = (region.bbox, region.area, region.mask_rle);
             let margin = if self.format == "folder" {
                 0.0
             } else {

@@ -112,6 +112,36 @@ pub trait Dataset: Sync {
     }
 }
 
+/// Files below `dir` (recursively, sorted) for which `keep` holds.
+pub(crate) fn find_files(dir: &Path, keep: &dyn Fn(&Path) -> bool) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(&d)
+            .map_err(|e| Error::io(&d, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for p in entries.into_iter().rev() {
+            if p.is_dir() {
+                stack.push(p);
+            } else if keep(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The distinct splits of `items`, sorted.
+pub(crate) fn splits_of(items: &[ImageItem]) -> Vec<String> {
+    let mut s: Vec<String> = items.iter().map(|i| i.split.clone()).collect();
+    s.sort();
+    s.dedup();
+    s
+}
+
 /// The on-disk formats partlens reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]

@@ -155,29 +155,12 @@ fn read_objects(path: &Path) -> Result<Vec<Object>> {
     Ok(out)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .at(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else if p.extension().is_some_and(|e| e == "mat") {
-            out.push(p);
-        }
-    }
-    Ok(())
-}
-
 impl PascalPartDataset {
     /// Lists `root` and reads every annotation once to fix the part class list (sorted names,
     /// after the optional class map), so class ids do not depend on reading order.
     pub fn open(root: impl AsRef<Path>, class_map: Option<&Path>) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
-        let mut mats = Vec::new();
-        walk(&root, &mut mats)?;
+        let mats = super::find_files(&root, &|p| p.extension().is_some_and(|e| e == "mat"))?;
         if mats.is_empty() {
             return Err(Error::Dataset {
                 path: root,
