@@ -88,6 +88,25 @@ fn prepare(
     pre: &crate::preprocess::Preprocessor,
 ) -> Prepared {
     let loaded = dataset.load(item, settings)?;
+    // Annotations can claim any box; a crop far larger than its image is a wrong annotation
+    // (and would need gigabytes), not a region.
+    let limit = 16 * i64::from(loaded.image.width().max(loaded.image.height()));
+    if let Some(r) = loaded
+        .regions
+        .iter()
+        .find(|r| r.crop_box.width() > limit || r.crop_box.height() > limit)
+    {
+        return Err(Error::annotation(
+            &item.image_path,
+            format!(
+                "region {:?} has box {:?}, far outside its {}×{} image",
+                r.label_name,
+                r.bbox.to_array(),
+                loaded.image.width(),
+                loaded.image.height()
+            ),
+        ));
+    }
     let len = pre.tensor_len();
     let mut tensors = vec![0f32; loaded.regions.len() * len];
     tensors

@@ -324,3 +324,31 @@ fn cub_crops_match_the_reference() {
     assert_eq!(mine, want);
     assert_eq!(objects, 200);
 }
+
+#[test]
+fn absurd_object_boxes_skip_the_image_instead_of_exhausting_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("coco");
+    common::copy_dir(&common::sample("keypoints/coco"), &root);
+    let json = root.join("test_coco.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    v["annotations"][0]["bbox"] = serde_json::json!([0, 0, 1e9, 1e9]);
+    std::fs::write(&json, v.to_string()).unwrap();
+    let out = dir.path().join("idx");
+    let o = common::bin()
+        .args(["--device", "cpu", "ingest", "--json", "--dataset"])
+        .arg(&json)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let skipped = m["manifest"]["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(skipped[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("far outside"));
+    assert_eq!(m["manifest"]["counts"]["images"], 3);
+}

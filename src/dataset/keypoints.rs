@@ -336,7 +336,13 @@ fn image_regions(
                 meta.push((k, c, ai));
             }
         }
-        let valid = |b: &&Vec<f64>| b.len() == 4 && b[2] > 0.0 && b[3] > 0.0 && a.iscrowd == 0;
+        let valid = |b: &&Vec<f64>| {
+            b.len() == 4
+                && b.iter().all(|v| v.is_finite())
+                && b[2] > 0.0
+                && b[3] > 0.0
+                && a.iscrowd == 0
+        };
         if let Some(b) = a.bbox.as_ref().filter(valid) {
             let bb = PixelBox::new(
                 b[0].floor() as i64,
