@@ -15,8 +15,11 @@ fn expected() -> Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
+/// A part crop: (image file name, label, box).
+type Crop = (String, String, [i64; 4]);
+
 /// (file name, label, box) of every part crop, in reading order.
-fn crops(json: &str, classes: &[&str], distance: Distance) -> Vec<(String, String, [i64; 4])> {
+fn crops(json: &str, classes: &[&str], distance: Distance) -> Vec<Crop> {
     let settings = KeypointSettings {
         classes: classes.iter().map(|s| s.to_string()).collect(),
         distance,
@@ -42,10 +45,16 @@ fn crops(json: &str, classes: &[&str], distance: Distance) -> Vec<(String, Strin
     out
 }
 
-fn expected_crops(e: &Value, json: &str, variant: &str) -> Vec<(String, String, [i64; 4])> {
+fn expected_crops(e: &Value, json: &str, variant: &str) -> Vec<Crop> {
     let file: Value =
         serde_json::from_str(&std::fs::read_to_string(common::sample(json)).unwrap()).unwrap();
-    let names: BTreeMap<u64, String> = file["images"]
+    let names = file_names(&file["images"]);
+    reference_crops(&e["variants"][variant]["crops"], |id| names[&id].clone())
+}
+
+/// Image id → file name, from a COCO-style `images` list.
+fn file_names(images: &Value) -> BTreeMap<u64, String> {
+    images
         .as_array()
         .unwrap()
         .iter()
@@ -55,14 +64,17 @@ fn expected_crops(e: &Value, json: &str, variant: &str) -> Vec<(String, String, 
                 i["file_name"].as_str().unwrap().to_string(),
             )
         })
-        .collect();
-    e["variants"][variant]["crops"]
-        .as_array()
+        .collect()
+}
+
+/// The reference's `[image_id, ann_id, label, box, d]` rows as (file name, label, box).
+fn reference_crops(rows: &Value, name: impl Fn(u64) -> String) -> Vec<Crop> {
+    rows.as_array()
         .unwrap()
         .iter()
         .map(|row| {
             (
-                names[&row[0].as_u64().unwrap()].clone(),
+                name(row[0].as_u64().unwrap()),
                 row[2].as_str().unwrap().to_string(),
                 serde_json::from_value(row[3].clone()).unwrap(),
             )
@@ -210,17 +222,7 @@ fn synthetic_edge_cases_match_the_reference() {
             .unwrap();
         std::fs::write(dir.path().join(img["file_name"].as_str().unwrap()), bytes).unwrap();
     }
-    let names: BTreeMap<u64, String> = e["input"]["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| {
-            (
-                i["id"].as_u64().unwrap(),
-                i["file_name"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let names = file_names(&e["input"]["images"]);
     for (variant, distance) in [("quirk", Distance::SeedQuirk), ("plain", Distance::Plain)] {
         let settings = KeypointSettings {
             classes: vec!["a".into(), "b".into(), "c".into()],
@@ -237,18 +239,7 @@ fn synthetic_edge_cases_match_the_reference() {
                 }
             }
         }
-        let want: Vec<(String, String, [i64; 4])> = e["variants"][variant]["crops"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|row| {
-                (
-                    names[&row[0].as_u64().unwrap()].clone(),
-                    row[2].as_str().unwrap().to_string(),
-                    serde_json::from_value(row[3].clone()).unwrap(),
-                )
-            })
-            .collect();
+        let want = reference_crops(&e["variants"][variant]["crops"], |id| names[&id].clone());
         assert_eq!(mine, want, "{variant}");
         assert_eq!(
             objects as u64,
@@ -308,18 +299,9 @@ fn cub_crops_match_the_reference() {
             }
         }
     }
-    let want: Vec<(String, String, [i64; 4])> = e["variants"]["plain"]["crops"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| {
-            (
-                format!("images/birds/{:04}.jpg", row[0].as_u64().unwrap()),
-                row[2].as_str().unwrap().to_string(),
-                serde_json::from_value(row[3].clone()).unwrap(),
-            )
-        })
-        .collect();
+    let want = reference_crops(&e["variants"]["plain"]["crops"], |id| {
+        format!("images/birds/{id:04}.jpg")
+    });
     assert_eq!(mine.len(), 445);
     assert_eq!(mine, want);
     assert_eq!(objects, 200);

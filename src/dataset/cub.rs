@@ -6,11 +6,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::keypoints::{crop_boxes, keypoint_region, Distance, Keypoint, KeypointSettings};
+use super::keypoints::{
+    crop_boxes, keypoint_region, object_box_region, Distance, Keypoint, KeypointSettings,
+};
 use super::{Dataset, ImageItem, ImageRegions, RegionSettings};
 use crate::error::{Error, IoContext, Result};
 use crate::preprocess::decode_rgb;
-use crate::region::{PixelBox, Region, RegionKind};
+use crate::region::{Region, RegionKind};
 
 /// The paper's CUB parts.
 pub const PAPER_BIRD_PARTS: [&str; 4] = ["right eye", "right leg", "left wing", "tail"];
@@ -193,29 +195,10 @@ impl CubDataset {
                     .iter()
                     .map(|s| number(&root.join("bounding_boxes.txt"), s))
                     .collect::<Result<_>>()?;
-                if let Some(bb) = PixelBox::new(
-                    v[0].floor() as i64,
-                    v[1].floor() as i64,
-                    (v[0] + v[2]).ceil() as i64,
-                    (v[1] + v[3]).ceil() as i64,
-                ) {
-                    let area = (bb.width() * bb.height()) as u64;
-                    rs.push(Region {
-                        id: 0,
-                        image: rel.clone(),
-                        split: split_name.clone(),
-                        kind: RegionKind::Object,
-                        label: object,
-                        label_name: object_name.clone(),
-                        object_label: Some(object),
-                        object_name: Some(object_name.clone()),
-                        instance: 0,
-                        bbox: bb,
-                        crop_box: bb.square_crop(margin),
-                        area,
-                        mask_rle: vec![0, area as u32],
-                    });
-                }
+                let xywh = [v[0], v[1], v[2], v[3]];
+                let r =
+                    object_box_region(&rel, &split_name, (object, &object_name), 0, xywh, margin);
+                rs.extend(r);
             }
             items.push(ImageItem {
                 image: rel.clone(),

@@ -344,15 +344,7 @@ fn image_regions(
                 && a.iscrowd == 0
         };
         if let Some(b) = a.bbox.as_ref().filter(valid) {
-            let bb = PixelBox::new(
-                b[0].floor() as i64,
-                b[1].floor() as i64,
-                (b[0] + b[2]).ceil() as i64,
-                (b[1] + b[3]).ceil() as i64,
-            );
-            if let Some(bb) = bb {
-                objects.push((bb, *cat, ai));
-            }
+            objects.push(([b[0], b[1], b[2], b[3]], *cat, ai));
         }
     }
     let boxes = crop_boxes(&points, settings.distance);
@@ -368,25 +360,53 @@ fn image_regions(
             b,
         ));
     }
-    for (bb, cat, ai) in objects {
-        let area = (bb.width() * bb.height()) as u64;
-        out.push(Region {
-            id: 0,
-            image: rel.to_string(),
-            split: split.to_string(),
-            kind: RegionKind::Object,
-            label: cat.id as u32,
-            label_name: cat.name.clone(),
-            object_label: Some(cat.id as u32),
-            object_name: Some(cat.name.clone()),
-            instance: ai as u32,
-            bbox: bb,
-            crop_box: bb.square_crop(margin),
-            area,
-            mask_rle: vec![0, area as u32],
-        });
+    for (xywh, cat, ai) in objects {
+        let r = object_box_region(
+            rel,
+            split,
+            (cat.id as u32, &cat.name),
+            ai as u32,
+            xywh,
+            margin,
+        );
+        out.extend(r);
     }
     Ok(out)
+}
+
+/// An object region for a box given as `[x, y, w, h]` (COCO, CUB): pixels from floor(x) to
+/// ceil(x + w), mask the whole box, crop the square around it with `margin`. `None` for an
+/// empty box.
+pub(crate) fn object_box_region(
+    image: &str,
+    split: &str,
+    (label, name): (u32, &str),
+    instance: u32,
+    [x, y, w, h]: [f64; 4],
+    margin: f32,
+) -> Option<Region> {
+    let bb = PixelBox::new(
+        x.floor() as i64,
+        y.floor() as i64,
+        (x + w).ceil() as i64,
+        (y + h).ceil() as i64,
+    )?;
+    let area = (bb.width() * bb.height()) as u64;
+    Some(Region {
+        id: 0,
+        image: image.to_string(),
+        split: split.to_string(),
+        kind: RegionKind::Object,
+        label,
+        label_name: name.to_string(),
+        object_label: Some(label),
+        object_name: Some(name.to_string()),
+        instance,
+        bbox: bb,
+        crop_box: bb.square_crop(margin),
+        area,
+        mask_rle: vec![0, area as u32],
+    })
 }
 
 /// A part region for a keypoint crop `b`: its box is the crop, its mask the whole box.
