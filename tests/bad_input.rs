@@ -84,6 +84,23 @@ fn truncated_jpeg_is_skipped_and_reported() {
 }
 
 #[test]
+fn image_claiming_more_pixels_than_pillow_opens_is_skipped_before_decoding() {
+    // The real JPEG with its frame header (SOF0) patched to claim 60000×60000 pixels: refused
+    // from the header, not after allocating 10 GB (the fuzzer's decompression-bomb case).
+    skipped_and_strict(
+        |r| {
+            let p = r.join(BROKEN);
+            let mut bytes = std::fs::read(&p).unwrap();
+            let sof = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+            bytes[sof + 5..sof + 9].copy_from_slice(&[0xEA, 0x60, 0xEA, 0x60]);
+            std::fs::write(&p, bytes).unwrap();
+        },
+        BROKEN,
+        "60000×60000 pixels is over the 178956970 limit",
+    );
+}
+
+#[test]
 fn label_map_of_the_wrong_size_is_skipped() {
     skipped_and_strict(
         |r| {

@@ -39,6 +39,13 @@ pub(super) fn decode(bytes: &[u8], path: &Path) -> Result<Option<RgbImage>> {
     // libjpeg reports fatal errors by unwinding out of the C code.
     let res = std::panic::catch_unwind(|| -> std::io::Result<Option<(usize, usize, Vec<u8>)>> {
         let d = Decompress::new_mem(bytes)?;
+        let (w, h) = d.size();
+        if (w as u64) * (h as u64) > super::MAX_IMAGE_PIXELS {
+            return Err(std::io::Error::other(format!(
+                "{w}×{h} pixels is over the {} limit (Pillow's decompression-bomb limit)",
+                super::MAX_IMAGE_PIXELS
+            )));
+        }
         if matches!(d.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK) {
             return Ok(None);
         }

@@ -12,6 +12,11 @@ use image::RgbImage;
 use crate::error::{Error, Result};
 use crate::region::PixelBox;
 
+/// Largest image decoded, in pixels: Pillow's decompression-bomb limit (twice its
+/// `MAX_IMAGE_PIXELS`), above which `Image.open` refuses a file, so the paper's pipeline could not
+/// have read it either. Checked against the header before any pixel buffer is allocated.
+pub const MAX_IMAGE_PIXELS: u64 = 178_956_970;
+
 /// Decodes an image file into RGB8 (greyscale and palette images are expanded, like PIL's
 /// `convert("RGB")`). Corrupt and truncated files give [`Error::Image`] naming the file.
 pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
@@ -31,11 +36,27 @@ pub fn decode_rgb_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
             return Ok(img);
         }
     }
-    let img = image::load_from_memory(bytes).map_err(|e| Error::Image {
+    let fail = |e: image::ImageError| Error::Image {
         path: path.to_path_buf(),
         message: e.to_string(),
-    })?;
-    Ok(img.to_rgb8())
+    };
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .expect("reading from memory cannot fail")
+    };
+    // The header alone says how large the image claims to be; refuse before decoding.
+    let (w, h) = reader().into_dimensions().map_err(fail)?;
+    if w as u64 * h as u64 > MAX_IMAGE_PIXELS {
+        return Err(Error::Image {
+            path: path.to_path_buf(),
+            message: format!(
+                "{w}×{h} pixels is over the {MAX_IMAGE_PIXELS} limit (Pillow's \
+                 decompression-bomb limit)"
+            ),
+        });
+    }
+    Ok(reader().decode().map_err(fail)?.to_rgb8())
 }
 
 /// Cuts `b` out of `img` as an interleaved RGB8 buffer of `b.width() × b.height()` pixels;
