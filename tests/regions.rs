@@ -121,57 +121,6 @@ fn regions_carry_names_objects_and_consistent_geometry() {
 }
 
 #[test]
-fn ade20k_instances_match_independent_counts_and_know_their_objects() {
-    use partlens::dataset::Ade20kDataset;
-    // scripts/data/ade20k_counts.py → data/samples/ade20k_full/EXPECTED.json (PIL + numpy).
-    let e: Value = serde_json::from_str(
-        &std::fs::read_to_string(common::sample("ade20k_full/EXPECTED.json")).unwrap(),
-    )
-    .unwrap();
-    let total = &e["total"];
-    for level in [1u8, 2] {
-        let ds = Ade20kDataset::open(common::sample("ade20k_full"), level).unwrap();
-        assert_eq!(ds.items().len(), 3);
-        for a in [1u64, 64, 256] {
-            let settings = RegionSettings {
-                min_area: a,
-                margin: 0.1,
-                objects: true,
-            };
-            let (mut parts, mut objects) = (0, 0);
-            for item in ds.items() {
-                for r in ds.load(item, &settings).unwrap().regions {
-                    match r.kind {
-                        RegionKind::Part => {
-                            parts += 1;
-                            // Every part is linked to the object it belongs to.
-                            assert!(r.object_name.is_some(), "{} has no object", r.label_name);
-                        }
-                        RegionKind::Object => objects += 1,
-                    }
-                }
-            }
-            let n = |k: String| total[k].as_u64().unwrap_or(0);
-            let want_parts = n(format!("level1_area{a}"))
-                + if level == 2 {
-                    n(format!("level2_area{a}"))
-                } else {
-                    0
-                };
-            assert_eq!(parts, want_parts, "parts, level ≤ {level}, area ≥ {a}");
-            assert_eq!(objects, n(format!("level0_area{a}")), "objects, area ≥ {a}");
-        }
-    }
-    // "window" of "building": names are the first synonym, objects come through ispartof.
-    let ds = Ade20kDataset::open(common::sample("ade20k_full"), 1).unwrap();
-    let r = ds.load(&ds.items()[0], &RegionSettings::default()).unwrap();
-    assert!(r
-        .regions
-        .iter()
-        .any(|r| r.label_name == "window" && r.object_name.as_deref() == Some("building")));
-}
-
-#[test]
 fn own_listings_and_bare_folders() {
     use partlens::dataset::ListingDataset;
     let dir = tempfile::tempdir().unwrap();
@@ -352,4 +301,48 @@ fn convert_pascal_part_writes_the_same_maps_as_the_scipy_converter() {
     }
     // Refuses to write into a folder with files.
     assert!(pascal_part_to_mmseg(&raw, &out, "all").is_err());
+}
+
+#[test]
+fn every_sample_is_detected_as_its_format() {
+    use partlens::dataset::{detect, Format};
+    let street = "ade20k_full/dataset/ADE20K_2021_17_01/images/ADE/training/urban/street";
+    for (sample, want) in [
+        ("lip", Format::Mmseg),
+        ("pascal_part", Format::Mmseg),
+        ("ade20k_challenge", Format::Mmseg),
+        ("pascal_part_raw", Format::PascalPart),
+        ("ade20k_full", Format::Ade20k),
+        // Pointed at a folder deep inside the release, it still finds X.json + X_seg.png.
+        (street, Format::Ade20k),
+        ("keypoints/coco", Format::CocoKeypoints),
+        ("keypoints/ap10k", Format::CocoKeypoints),
+        ("keypoints/coco/test_coco.json", Format::CocoKeypoints),
+    ] {
+        let (format, _) = detect(&common::sample(sample)).unwrap();
+        assert_eq!(format, want, "{sample}");
+    }
+    // One ADE20K image's JSON is not a COCO file: say what to pass instead.
+    let one = common::sample(&format!("{street}/ADE_train_00016900.json"));
+    let err = detect(&one).unwrap_err().to_string();
+    assert!(err.contains("ADE20K image's annotation"), "{err}");
+    // Two COCO files: ambiguous, and the error names both.
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["a.json", "b.json"] {
+        std::fs::write(
+            dir.path().join(name),
+            r#"{"images": [], "annotations": []}"#,
+        )
+        .unwrap();
+    }
+    let err = detect(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("a.json, b.json"), "{err}");
+    // Only images: a bare folder.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        common::sample("lip/img/val/684_2150041.jpg"),
+        dir.path().join("x.jpg"),
+    )
+    .unwrap();
+    assert_eq!(detect(dir.path()).unwrap().0, Format::Folder);
 }

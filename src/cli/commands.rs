@@ -92,7 +92,7 @@ pub struct IngestArgs {
 /// `partlens convert`.
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
-    /// Source format (label-map formats; only pascal-part so far).
+    /// Source format.
     #[arg(long, value_enum)]
     pub from: ConvertFrom,
     /// Target layout.
@@ -104,12 +104,24 @@ pub struct ConvertArgs {
     /// Output folder (must not exist or be empty).
     #[arg(long)]
     pub out: PathBuf,
-    /// Split name to file the images under.
-    #[arg(long, default_value = "all")]
-    pub split: String,
+    /// Split name to file the images under (default: the dataset's own: `training` and
+    /// `validation` for ADE20K, `all` for Pascal-Part).
+    #[arg(long)]
+    pub split: Option<String>,
     /// Pascal-Part class map (`old new`, `-` drops).
     #[arg(long)]
     pub class_map: Option<PathBuf>,
+    /// ADE20K object classes: a `classes.txt`-style name list, or `target ade_id` lines
+    /// (SceneParsing's `mapFromADE.txt`). Default: every object class in the images.
+    #[arg(long)]
+    pub classes: Option<PathBuf>,
+    /// Names for an id map's classes: SceneParsing's `objectInfo150.csv` or a name per line.
+    #[arg(long, requires = "classes")]
+    pub class_names: Option<PathBuf>,
+    /// ADE20K part classes: a `classes.txt`-style list of `object/part` names. Default: every
+    /// object/part pair in the images.
+    #[arg(long)]
+    pub part_classes: Option<PathBuf>,
 }
 
 /// `convert --from` values.
@@ -117,6 +129,8 @@ pub struct ConvertArgs {
 pub enum ConvertFrom {
     /// Pascal-Part `.mat` annotations.
     PascalPart,
+    /// The ADE20K full release (`X.json`, `X_seg.png`, `X_parts_1.png`).
+    Ade20k,
 }
 
 /// `convert --to` values.
@@ -127,13 +141,47 @@ pub enum ConvertTo {
 }
 
 pub(super) fn convert(a: &ConvertArgs) -> Result<()> {
-    let (ConvertFrom::PascalPart, ConvertTo::Mmseg) = (a.from, a.to);
-    let ds = crate::dataset::PascalPartDataset::open(&a.dataset, a.class_map.as_deref())?;
-    let s = crate::dataset::convert::pascal_part_to_mmseg(&ds, &a.out, &a.split)?;
+    use crate::dataset::convert::{ade20k_to_mmseg, pascal_part_to_mmseg, ClassList};
+    let ConvertTo::Mmseg = a.to;
+    let list = |p: &Option<PathBuf>| p.as_deref().map(ClassList::read).transpose();
+    let s = match a.from {
+        ConvertFrom::PascalPart => {
+            if a.classes.is_some() || a.part_classes.is_some() {
+                return Err(Error::InvalidArgument(
+                    "--classes and --part-classes are for ADE20K; Pascal-Part takes --class-map"
+                        .into(),
+                ));
+            }
+            let ds = crate::dataset::PascalPartDataset::open(&a.dataset, a.class_map.as_deref())?;
+            pascal_part_to_mmseg(&ds, &a.out, a.split.as_deref().unwrap_or("all"))?
+        }
+        ConvertFrom::Ade20k => {
+            if a.class_map.is_some() {
+                return Err(Error::InvalidArgument(
+                    "--class-map is for Pascal-Part; ADE20K takes --classes and --part-classes"
+                        .into(),
+                ));
+            }
+            let ds = crate::dataset::Ade20kDataset::open(&a.dataset, 1)?;
+            let mut objects = list(&a.classes)?;
+            if let Some(names) = &a.class_names {
+                objects = objects.map(|o| o.with_names(names)).transpose()?;
+            }
+            let parts = list(&a.part_classes)?;
+            ade20k_to_mmseg(
+                &ds,
+                &a.out,
+                a.split.as_deref(),
+                objects.as_ref(),
+                parts.as_ref(),
+            )?
+        }
+    };
     println!(
-        "wrote {} images ({} part classes) to {} in the mmseg layout",
+        "wrote {} images ({} part classes, {} object classes) to {} in the mmseg layout",
         s.images,
-        ds.part_classes().len() - 1,
+        s.part_classes,
+        s.object_classes,
         a.out.display()
     );
     for (p, r) in &s.skipped {

@@ -25,18 +25,25 @@ struct AdeAnnotation {
     object: Vec<AdeObject>,
 }
 
+/// One annotated instance of an ADE20K image's JSON.
 #[derive(Debug, Deserialize)]
-struct AdeObject {
-    id: u64,
-    name: String,
-    name_ndx: u32,
-    parts: AdeParts,
+pub(crate) struct AdeObject {
+    /// Instance id within the image.
+    pub id: u64,
+    /// WordNet-style synonym list, e.g. "car, auto, automobile".
+    pub name: String,
+    /// Class id (= R/10·256 + G in the RGB maps).
+    pub name_ndx: u32,
+    /// Level and parent.
+    pub parts: AdeParts,
     instance_mask: String,
 }
 
+/// Where an instance sits in the part hierarchy.
 #[derive(Debug, Deserialize)]
-struct AdeParts {
-    part_level: u8,
+pub(crate) struct AdeParts {
+    /// 0 object, 1 part, 2 part of a part.
+    pub part_level: u8,
     /// The parent's id for parts; `[]` for objects.
     #[serde(default)]
     ispartof: serde_json::Value,
@@ -52,7 +59,7 @@ pub struct Ade20kDataset {
 }
 
 /// The first of a WordNet-style synonym list: "car, auto, automobile" → "car".
-fn short_name(name: &str) -> String {
+pub(crate) fn short_name(name: &str) -> String {
     name.split(',').next().unwrap_or(name).trim().to_string()
 }
 
@@ -130,15 +137,12 @@ impl Dataset for Ade20kDataset {
 
     fn load(&self, item: &ImageItem, settings: &RegionSettings) -> Result<ImageRegions> {
         let json = item.part_ann.as_ref().expect("set by open");
-        let text = std::fs::read_to_string(json).at(json)?;
-        let file: AdeFile = serde_json::from_str(&text)
-            .map_err(|e| Error::annotation(json, format!("not an ADE20K annotation: {e}")))?;
+        let objects = read_objects(json)?;
         let image = decode_rgb(&item.image_path)?;
         let folder = json.parent().unwrap_or(Path::new("."));
-        let by_id: BTreeMap<u64, &AdeObject> =
-            file.annotation.object.iter().map(|o| (o.id, o)).collect();
+        let by_id: BTreeMap<u64, &AdeObject> = objects.iter().map(|o| (o.id, o)).collect();
         let mut regions = Vec::new();
-        for o in &file.annotation.object {
+        for o in &objects {
             let level = o.parts.part_level;
             let kind = match level {
                 0 if settings.objects => RegionKind::Object,
@@ -197,8 +201,19 @@ impl Dataset for Ade20kDataset {
     }
 }
 
+/// The instances listed in one image's `X.json`.
+pub(crate) fn read_objects(json: &Path) -> Result<Vec<AdeObject>> {
+    let text = std::fs::read_to_string(json).at(json)?;
+    let file: AdeFile = serde_json::from_str(&text)
+        .map_err(|e| Error::annotation(json, format!("not an ADE20K annotation: {e}")))?;
+    Ok(file.annotation.object)
+}
+
 /// The top-level object above a part (following `ispartof` up through level 2).
-fn top<'a>(o: &'a AdeObject, by_id: &BTreeMap<u64, &'a AdeObject>) -> Option<&'a AdeObject> {
+pub(crate) fn top<'a>(
+    o: &'a AdeObject,
+    by_id: &BTreeMap<u64, &'a AdeObject>,
+) -> Option<&'a AdeObject> {
     let mut cur = o;
     for _ in 0..4 {
         if cur.parts.part_level == 0 {

@@ -7,6 +7,9 @@
 //! obj/<split>/<stem>.png         optional object label maps
 //! object_classes.txt             optional object class names
 //! ```
+//!
+//! ADEChallengeData2016 (SceneParsing, mmseg's `ADE20KDataset`) is read too: `images/[<split>/]`,
+//! `annotations/[<split>/]` holding object classes, named by `objectInfo150.csv`.
 
 use std::path::{Path, PathBuf};
 
@@ -61,89 +64,184 @@ fn sorted_dir(path: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
+/// Where a layout keeps its folders.
+struct Layout {
+    img: &'static str,
+    ann: &'static str,
+    /// Object maps beside part maps; `None` when `ann` already holds object classes.
+    obj: Option<&'static str>,
+}
+
+/// The mmseg layout proper: part maps in `ann/`, optional object maps in `obj/`.
+const MMSEG: Layout = Layout {
+    img: "img",
+    ann: "ann",
+    obj: Some("obj"),
+};
+
+/// ADEChallengeData2016 / SceneParsing: `images/`, `annotations/` holding object classes.
+const SCENE_PARSING: Layout = Layout {
+    img: "images",
+    ann: "annotations",
+    obj: None,
+};
+
+/// Class names from SceneParsing's `objectInfo150.csv` (`Idx,Ratio,Train,Val,Stuff,Name`):
+/// entry k is class k's first synonym ("building;edifice" → "building"), entry 0 is "other".
+pub(crate) fn read_object_info(path: &Path) -> Result<Option<Vec<String>>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).at(path)?;
+    let mut names = vec!["other".to_string()];
+    for (n, line) in text.lines().enumerate().skip(1) {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').collect();
+        let idx = fields.first().and_then(|f| f.trim().parse::<usize>().ok());
+        match (idx, fields.get(5)) {
+            (Some(i), Some(name)) if i == names.len() && i < 255 => {
+                names.push(name.split(';').next().unwrap_or(name).trim().to_string())
+            }
+            _ => {
+                return Err(Error::annotation(
+                    path,
+                    format!(
+                        "line {}: expected `{},<ratio>,<train>,<val>,<stuff>,<name>`",
+                        n + 1,
+                        names.len()
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(Some(names))
+}
+
+fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    Ok(sorted_dir(dir)?
+        .into_iter()
+        .filter(|f| {
+            let ext = f
+                .extension()
+                .map(|e| e.to_string_lossy().to_ascii_lowercase())
+                .unwrap_or_default();
+            IMAGE_EXTENSIONS.contains(&ext.as_str()) && f.is_file()
+        })
+        .collect())
+}
+
 impl MmsegDataset {
-    /// Lists the dataset at `root`. Fails if `img/` is missing or holds no split folders.
+    /// Lists the dataset at `root`: `img/<split>/` with `ann/<split>/` (the mmseg layout), or
+    /// `images/[<split>/]` with `annotations/[<split>/]` (ADEChallengeData2016, whose maps are
+    /// object classes named by `objectInfo150.csv`). Fails if neither holds any images.
     pub fn open(root: impl AsRef<Path>) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
-        let img_dir = root.join("img");
-        if !img_dir.is_dir() {
+        let layout = if root.join(MMSEG.img).is_dir() {
+            &MMSEG
+        } else if root.join(SCENE_PARSING.img).is_dir() && root.join(SCENE_PARSING.ann).is_dir() {
+            &SCENE_PARSING
+        } else {
             return Err(Error::Dataset {
                 path: root,
                 message: "no img/ folder: expected img/<split>/*.jpg and ann/<split>/*.png \
-                          (the mmseg layout)"
+                          (the mmseg layout) or images/ and annotations/ (ADEChallengeData2016)"
                     .into(),
             });
+        };
+        let mut part_classes = read_names(&root.join("classes.txt"))?;
+        let mut object_classes = read_names(&root.join("object_classes.txt"))?;
+        if layout.obj.is_none() {
+            // Its label maps are object classes.
+            object_classes = match part_classes.take() {
+                Some(names) => Some(names),
+                None => read_object_info(&root.join("objectInfo150.csv"))?,
+            };
         }
-        let part_classes = read_names(&root.join("classes.txt"))?;
-        let object_classes = read_names(&root.join("object_classes.txt"))?;
-        let has_obj = root.join("obj").is_dir();
+        let img_dir = root.join(layout.img);
+        // Split folders, or the images directly inside (one split, "all").
+        let mut split_dirs: Vec<(String, PathBuf)> = sorted_dir(&img_dir)?
+            .into_iter()
+            .filter(|d| d.is_dir())
+            .map(|d| {
+                (
+                    d.file_name().unwrap_or_default().to_string_lossy().into(),
+                    d,
+                )
+            })
+            .collect();
+        if split_dirs.is_empty() && !image_files(&img_dir)?.is_empty() {
+            split_dirs.push((String::new(), img_dir.clone()));
+        }
+        if split_dirs.is_empty() {
+            return Err(Error::Dataset {
+                path: root,
+                message: format!(
+                    "{}/ has no split folders (expected e.g. {0}/train, {0}/val) and no images",
+                    layout.img
+                ),
+            });
+        }
+        let has_obj = layout.obj.is_some_and(|o| root.join(o).is_dir());
         let mut splits = Vec::new();
         let mut items = Vec::new();
         let mut problems = Vec::new();
-        for split_dir in sorted_dir(&img_dir)? {
-            if !split_dir.is_dir() {
-                continue;
-            }
-            let split = split_dir
-                .file_name()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let mut stems = std::collections::BTreeSet::new();
-            for f in sorted_dir(&split_dir)? {
-                let ext = f
-                    .extension()
-                    .map(|e| e.to_string_lossy().to_ascii_lowercase())
-                    .unwrap_or_default();
-                if !IMAGE_EXTENSIONS.contains(&ext.as_str()) || !f.is_file() {
-                    continue;
+        for (split, split_dir) in split_dirs {
+            // Paths relative to the root: `img/val/x.jpg`, or `images/x.jpg` without splits.
+            let rel = |top: &str, file: &str| {
+                if split.is_empty() {
+                    format!("{top}/{file}")
+                } else {
+                    format!("{top}/{split}/{file}")
                 }
+            };
+            let split_name = if split.is_empty() { "all" } else { &split };
+            let mut stems = std::collections::BTreeSet::new();
+            for f in image_files(&split_dir)? {
                 let stem = f
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 let name = f.file_name().unwrap_or_default().to_string_lossy();
                 stems.insert(stem.clone());
-                let ann = root.join("ann").join(&split).join(format!("{stem}.png"));
-                let obj = root.join("obj").join(&split).join(format!("{stem}.png"));
-                // A missing object map costs only that image's object regions, not its parts.
-                let object_ann = if has_obj && obj.is_file() {
-                    Some(obj)
-                } else {
-                    if has_obj {
-                        problems.push((
-                            format!("obj/{split}/{stem}.png"),
-                            "object map missing: parts only for this image".to_string(),
-                        ));
+                let ann = root.join(rel(layout.ann, &format!("{stem}.png")));
+                let mut object_ann = None;
+                if let (Some(o), true) = (layout.obj, has_obj) {
+                    let obj = rel(o, &format!("{stem}.png"));
+                    // A missing object map costs only that image's object regions, not its parts.
+                    if root.join(&obj).is_file() {
+                        object_ann = Some(root.join(obj));
+                    } else {
+                        problems
+                            .push((obj, "object map missing: parts only for this image".into()));
                     }
-                    None
+                }
+                let (part_ann, object_ann) = match layout.obj {
+                    Some(_) => (Some(ann), object_ann),
+                    None => (None, Some(ann)),
                 };
                 items.push(ImageItem {
-                    image: format!("img/{split}/{name}"),
-                    split: split.clone(),
+                    image: rel(layout.img, &name),
+                    split: split_name.to_string(),
                     image_path: f.clone(),
-                    part_ann: Some(ann),
+                    part_ann,
                     object_ann,
                 });
             }
-            let ann_dir = root.join("ann").join(&split);
+            let ann_dir = root.join(rel(layout.ann, ""));
             if ann_dir.is_dir() {
                 for a in sorted_dir(&ann_dir)? {
                     let stem = a.file_stem().unwrap_or_default().to_string_lossy();
                     if a.extension().is_some_and(|e| e == "png") && !stems.contains(stem.as_ref()) {
                         problems.push((
-                            format!("ann/{split}/{stem}.png"),
+                            rel(layout.ann, &format!("{stem}.png")),
                             "annotation has no image".to_string(),
                         ));
                     }
                 }
             }
-            splits.push(split);
-        }
-        if splits.is_empty() {
-            return Err(Error::Dataset {
-                path: root,
-                message: "img/ has no split folders (expected e.g. img/train, img/val)".into(),
-            });
+            splits.push(split_name.to_string());
         }
         Ok(MmsegDataset {
             root,

@@ -163,8 +163,52 @@ pub enum Format {
     Folder,
 }
 
-/// Guesses the format of `path`: a `.json` file, or a folder holding exactly one keypoint JSON,
-/// is COCO keypoints; a folder with `img/` is mmseg; one with `parts/part_locs.txt` is CUB.
+/// Whether a `.json` file looks like one ADE20K image's annotation (`{"annotation": …}`)
+/// rather than a COCO-style file (`"images"`, `"annotations"`, …): only its start is read.
+fn is_ade_json(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(4096);
+    let ok = std::fs::File::open(path)
+        .and_then(|f| f.take(4096).read_to_end(&mut head))
+        .is_ok();
+    ok && String::from_utf8_lossy(&head).contains("\"annotation\"")
+}
+
+/// An ADE20K full-release image below `dir` (`X.json` beside `X.jpg` and `X_seg.png`), looked
+/// for depth-first through at most `budget` directory entries.
+fn find_ade_image(dir: &Path, budget: &mut usize) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let mut subdirs = Vec::new();
+    for e in entries.filter_map(|e| e.ok()) {
+        if *budget == 0 {
+            return false;
+        }
+        *budget -= 1;
+        let p = e.path();
+        if p.is_dir() {
+            subdirs.push(p);
+        } else if p.extension().is_some_and(|x| x == "json") {
+            let stem = p.with_extension("");
+            let seg = format!("{}_seg.png", stem.display());
+            if p.with_extension("jpg").is_file() && Path::new(&seg).is_file() {
+                return true;
+            }
+        }
+    }
+    subdirs.sort();
+    subdirs.into_iter().any(|d| find_ade_image(&d, budget))
+}
+
+/// Guesses the format of `path`:
+/// - a `.json` file is COCO-style keypoints, a `.jsonl`/`.csv` file a listing;
+/// - a folder with `img/`, or with `images/` and `annotations/`, is mmseg (the latter is
+///   ADEChallengeData2016); one with `parts/part_locs.txt` is CUB; one with `.mat` files is
+///   Pascal-Part;
+/// - a folder with ADE20K images (`X.json` + `X.jpg` + `X_seg.png`) somewhere below is the ADE20K
+///   full release;
+/// - a folder holding one COCO-style `.json` is that file; otherwise it is a bare image folder.
 pub fn detect(path: &Path) -> Result<(Format, PathBuf)> {
     let fail = |m: String| Error::Dataset {
         path: path.to_path_buf(),
@@ -172,6 +216,11 @@ pub fn detect(path: &Path) -> Result<(Format, PathBuf)> {
     };
     if path.is_file() {
         return match path.extension().and_then(|e| e.to_str()) {
+            Some("json") if is_ade_json(path) => Err(fail(
+                "this is one ADE20K image's annotation; pass the folder that holds the images \
+                 (or --format ade20k with that folder)"
+                    .into(),
+            )),
             Some("json") => Ok((Format::CocoKeypoints, path.to_path_buf())),
             Some("jsonl" | "csv") => Ok((Format::Listing, path.to_path_buf())),
             _ => Err(fail(
@@ -182,31 +231,40 @@ pub fn detect(path: &Path) -> Result<(Format, PathBuf)> {
     if !path.is_dir() {
         return Err(fail("no such file or folder".into()));
     }
-    if path.join("img").is_dir() {
+    if path.join("img").is_dir()
+        || (path.join("images").is_dir() && path.join("annotations").is_dir())
+    {
         return Ok((Format::Mmseg, path.to_path_buf()));
     }
     if path.join("parts").join("part_locs.txt").is_file() {
         return Ok((Format::Cub, path.to_path_buf()));
     }
+    let files: Vec<PathBuf> = {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| Error::io(path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        v.sort();
+        v
+    };
+    let has_ext = |p: &PathBuf, x: &str| p.extension().is_some_and(|e| e == x);
+    if files.iter().any(|p| has_ext(p, "mat")) {
+        return Ok((Format::PascalPart, path.to_path_buf()));
+    }
+    // The release's top folders, or its images anywhere below (checked within a budget, so a
+    // huge plain image folder is not walked twice).
     if path.join("ADE20K_2021_17_01").is_dir()
         || path.join("images").join("ADE").is_dir()
         || path.join("dataset").join("ADE20K_2021_17_01").is_dir()
+        || find_ade_image(path, &mut 20_000)
     {
         return Ok((Format::Ade20k, path.to_path_buf()));
     }
-    let has_mat = std::fs::read_dir(path)
-        .map_err(|e| Error::io(path, e))?
-        .filter_map(|e| e.ok())
-        .any(|e| e.path().extension().is_some_and(|x| x == "mat"));
-    if has_mat {
-        return Ok((Format::PascalPart, path.to_path_buf()));
-    }
-    let mut jsons: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(|e| Error::io(path, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+    let mut jsons: Vec<PathBuf> = files
+        .into_iter()
+        .filter(|p| has_ext(p, "json") && !is_ade_json(p))
         .collect();
-    jsons.sort();
     match jsons.len() {
         1 => Ok((Format::CocoKeypoints, jsons.remove(0))),
         // Nothing else matched: treat it as a bare folder of images.
