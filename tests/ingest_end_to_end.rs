@@ -148,6 +148,35 @@ fn mobilenet_embeddings_match_pil_and_onnxruntime() {
 }
 
 #[test]
+fn decoded_pixels_equal_pillows() {
+    // Greyscale (LIP), colour photos (Pascal-Part, ADE20K) and CMYK JPEGs made by Pillow.
+    let ade = "ade20k_full/dataset/ADE20K_2021_17_01/images/ADE/training/urban/street";
+    let files = [
+        common::sample("pascal_part/img/train/2008_000652.jpg"),
+        common::sample("lip/img/val/86_185913.jpg"),
+        common::sample("lip/img/val/684_2150041.jpg"),
+        common::sample(&format!("{ade}/ADE_train_00016900.jpg")),
+        common::sample("ade20k_challenge/images/ADE_val_00000003.jpg"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec![dir.path().as_os_str()];
+    args.extend(files.iter().map(|f| f.as_os_str()));
+    let listed: Vec<Value> =
+        serde_json::from_str(&common::run_python("pil_decode.py", &args)).unwrap();
+    assert_eq!(listed.len(), files.len() + 2);
+    for f in listed {
+        let path = Path::new(f["path"].as_str().unwrap());
+        let ours = partlens::preprocess::decode_rgb(path).unwrap();
+        let pil = std::fs::read(f["raw"].as_str().unwrap()).unwrap();
+        assert!(
+            ours.as_raw() == &pil,
+            "{} differs from Pillow",
+            path.display()
+        );
+    }
+}
+
+#[test]
 fn vit_embeddings_match_pil_and_onnxruntime() {
     compare_with_reference("lip", &common::vit_tiny(), &[Feature::Mean, Feature::Cls]);
 }

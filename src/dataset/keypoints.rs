@@ -169,7 +169,8 @@ impl CocoKeypoints {
         let settings = &settings;
         // Parsed from a buffered reader, not a string: COCO files run to hundreds of MB and the
         // text would double the peak memory.
-        let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(json).at(json)?);
+        let reader =
+            std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(json).at(json)?);
         let file: CocoFile = serde_json::from_reader(reader)
             .map_err(|e| Error::annotation(json, format!("not a COCO keypoint file: {e}")))?;
         let root = json.parent().unwrap_or(Path::new(".")).to_path_buf();

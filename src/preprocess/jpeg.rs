@@ -29,7 +29,25 @@ fn check_complete(bytes: &[u8], path: &Path) -> Result<()> {
     }
 }
 
-/// Decodes a JPEG to RGB8. `Ok(None)` for colour spaces libjpeg cannot convert to RGB.
+/// Pillow's CMYK JPEG → RGB: it reads CMYK as inverted (Adobe's convention, `CMYK;I`), then
+/// `convert("RGB")` computes `nk - nk·c/255` per channel with `nk = 255 - k`, rounding as its
+/// `MULDIV255`. With the inversion folded in: channel = K - round(K·(255 - C)/255).
+fn cmyk_to_rgb(cmyk: &[u8]) -> Vec<u8> {
+    let muldiv255 = |a: u32, b: u32| {
+        let t = a * b + 128;
+        ((t >> 8) + t) >> 8
+    };
+    cmyk.chunks_exact(4)
+        .flat_map(|p| {
+            let nk = u32::from(p[3]);
+            let ch = move |c: u8| (nk - muldiv255(255 - u32::from(c), nk)) as u8;
+            [ch(p[0]), ch(p[1]), ch(p[2])]
+        })
+        .collect()
+}
+
+/// Decodes a JPEG to RGB8 (CMYK and YCCK ones as Pillow converts them). `Ok(None)` never
+/// happens for a readable JPEG; it is kept for colour spaces a future libjpeg might add.
 pub(super) fn decode(bytes: &[u8], path: &Path) -> Result<Option<RgbImage>> {
     check_complete(bytes, path)?;
     let fail = |m: String| Error::Image {
@@ -46,14 +64,16 @@ pub(super) fn decode(bytes: &[u8], path: &Path) -> Result<Option<RgbImage>> {
                 super::MAX_IMAGE_PIXELS
             )));
         }
-        if matches!(d.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK) {
-            return Ok(None);
-        }
-        let mut s = d.rgb()?;
+        let cmyk = matches!(d.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK);
+        let mut s = if cmyk {
+            d.to_colorspace(ColorSpace::JCS_CMYK)?
+        } else {
+            d.rgb()?
+        };
         let (w, h) = (s.width(), s.height());
         let px = s.read_scanlines::<u8>()?;
         s.finish()?;
-        Ok(Some((w, h, px)))
+        Ok(Some((w, h, if cmyk { cmyk_to_rgb(&px) } else { px })))
     });
     match res {
         Ok(Ok(Some((w, h, px)))) => RgbImage::from_raw(w as u32, h as u32, px)
