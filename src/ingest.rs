@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use crate::dataset::{Dataset, ImageItem, RegionSettings};
 use crate::encoder::{Encoder, EncoderOptions, Feature, Features};
 use crate::error::{Error, IoContext, Result};
-use crate::index::{normalize_rows, HnswIndex, HnswParams};
+use crate::index::{HnswIndex, HnswParams};
 use crate::region::{Region, RegionKind};
 use crate::store::manifest::{Counts, DatasetInfo, EncoderInfo, HnswInfo, Manifest, Skipped};
 use crate::store::{feature_path, NpyMatrix, NpyWriter, RegionWriter};
@@ -416,8 +416,7 @@ fn build(
     if counts.regions > 0 {
         for (f, d) in &dims {
             let m = NpyMatrix::open(feature_path(stage, *f))?;
-            let normalized = normalize_rows(m.as_slice(), *d);
-            let graph = HnswIndex::build(&normalized, *d, opts.hnsw);
+            let graph = HnswIndex::build_normalizing(m.as_slice(), *d, opts.hnsw);
             let basename = graph.dump(&stage.join("hnsw"), f.as_str())?;
             hnsw.insert(
                 f.as_str().to_string(),
