@@ -115,13 +115,19 @@ fn convert_matches_python(extra: &[&str]) -> (tempfile::TempDir, std::path::Path
         .arg("--out")
         .arg(&ours);
     let mut py: Vec<std::ffi::OsString> = vec![src.into(), theirs.clone().into()];
-    if let [map, names] = extra {
-        let (map, names) = (common::sample(map), common::sample(names));
-        cmd.arg("--classes")
-            .arg(&map)
-            .arg("--class-names")
-            .arg(&names);
-        py.extend([map.into(), names.into()]);
+    match extra {
+        [] => {}
+        [map, names, parts] => {
+            let files = [map, names, parts].map(|f| common::sample(f));
+            for (flag, file) in ["--classes", "--class-names", "--part-classes"]
+                .iter()
+                .zip(&files)
+            {
+                cmd.arg(flag).arg(file);
+            }
+            py.extend(files.map(Into::into));
+        }
+        _ => panic!("give no class files, or map, names and parts"),
     }
     let out = cmd.output().unwrap();
     assert!(
@@ -175,10 +181,18 @@ fn convert_ade20k_to_the_scene_parsing_150_classes() {
     let (_dir, out) = convert_matches_python(&[
         "ade20k_challenge/mapFromADE.txt",
         "ade20k_challenge/objectInfo150.csv",
+        "ade20k_challenge/partInfo36.txt",
     ]);
     let names = std::fs::read_to_string(out.join("object_classes.txt")).unwrap();
     let names: Vec<&str> = names.lines().collect();
     assert_eq!((names.len(), names[2], names[21]), (151, "building", "car"));
+    // SceneParsing's 36 parts, "car/wheel" among them and present in these images.
+    let parts = std::fs::read_to_string(out.join("classes.txt")).unwrap();
+    let parts: Vec<&str> = parts.lines().collect();
+    assert_eq!(
+        (parts.len(), parts[1], parts[18]),
+        (37, "person/head", "car/wheel")
+    );
 }
 
 #[test]

@@ -118,8 +118,8 @@ pub struct ConvertArgs {
     /// Names for an id map's classes: SceneParsing's `objectInfo150.csv` or a name per line.
     #[arg(long, requires = "classes")]
     pub class_names: Option<PathBuf>,
-    /// ADE20K part classes: a `classes.txt`-style list of `object/part` names. Default: every
-    /// object/part pair in the images.
+    /// ADE20K part classes: a `classes.txt`-style list of `object/part` names, or SceneParsing's
+    /// `partInfo36.txt`. Default: every object/part pair in the images.
     #[arg(long)]
     pub part_classes: Option<PathBuf>,
 }

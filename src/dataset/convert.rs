@@ -179,11 +179,19 @@ impl ClassList {
         Ok(ClassList::AdeIds(map))
     }
 
-    /// Reads a class list; lines of two integers (and an optional name) make an id map,
-    /// anything else a name list.
+    /// Reads a class list: lines of two integers (and an optional name) make an id map;
+    /// SceneParsing's `partInfo36.txt` (`-- 13 person --` sections of `1 head` lines) makes
+    /// `object/part` names ("person/head"); anything else is a name list.
     pub fn read(path: &Path) -> Result<ClassList> {
         let text = std::fs::read_to_string(path).at(path)?;
         let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        if lines
+            .iter()
+            .find(|l| !l.is_empty())
+            .is_some_and(|l| l.starts_with("--"))
+        {
+            return Self::part_info(&lines, path);
+        }
         let ints = |l: &str| {
             let mut f = l.split_whitespace();
             let t = f.next()?.parse::<u32>().ok()?;
@@ -222,6 +230,38 @@ impl ClassList {
                 "{} lines; a class list has background on line 1, then 1 to {MAX_CLASSES} classes",
                 names.len()
             )));
+        }
+        Ok(ClassList::Names(names))
+    }
+
+    /// `partInfo36.txt`: a `-- <object id> <object name> --` header, then `<k> <part name>`
+    /// lines numbering the parts 1, 2, … across all sections.
+    fn part_info(lines: &[&str], path: &Path) -> Result<ClassList> {
+        let mut names = vec!["background".to_string()];
+        let mut object = None;
+        for (n, l) in lines.iter().enumerate().filter(|(_, l)| !l.is_empty()) {
+            let bad = |m: &str| Error::annotation(path, format!("line {}: {m}", n + 1));
+            if let Some(h) = l.strip_prefix("--") {
+                let h = h.trim_end_matches('-').trim();
+                let name = h.split_once(char::is_whitespace).map(|(_, n)| n.trim());
+                object = Some(name.ok_or_else(|| bad("expected `-- <id> <object> --`"))?);
+                continue;
+            }
+            let (k, part) = l
+                .split_once(char::is_whitespace)
+                .and_then(|(k, p)| Some((k.parse::<usize>().ok()?, p.trim())))
+                .ok_or_else(|| bad("expected `<id> <part name>`"))?;
+            let object = object.ok_or_else(|| bad("a part before any `-- <id> <object> --`"))?;
+            if k != names.len() || k > MAX_CLASSES {
+                return Err(bad(&format!(
+                    "part {k} out of order (expected {})",
+                    names.len()
+                )));
+            }
+            names.push(format!("{object}/{part}"));
+        }
+        if names.len() < 2 {
+            return Err(Error::annotation(path, "no parts listed"));
         }
         Ok(ClassList::Names(names))
     }
@@ -523,6 +563,17 @@ mod tests {
         assert!(err.contains("1 lines"), "{err}");
         let many: String = (0..300).map(|i| format!("c{i}\n")).collect();
         assert!(list(&many).is_err());
+        let parts = list("-- 13 person --\n1\thead\t\n2\tbody\n\n-- 21 car --\n3\tcar body\n");
+        assert_eq!(
+            parts.unwrap(),
+            ClassList::Names(
+                ["background", "person/head", "person/body", "car/car body"]
+                    .map(String::from)
+                    .to_vec()
+            )
+        );
+        let err = list("-- 13 person --\n2\thead\n").unwrap_err().to_string();
+        assert!(err.contains("line 2: part 2 out of order"), "{err}");
     }
 
     #[test]

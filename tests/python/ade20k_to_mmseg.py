@@ -7,9 +7,11 @@ instances, sorted; part classes are "object/part" for each level-1 instance, the
 the top of its `ispartof` chain. A part pixel takes the class of (object class under it in
 X_seg.png, its part class); pairs and ids not chosen become 0.
 
-    python ade20k_to_mmseg.py DATASET OUT [MAP_FROM_ADE OBJECT_INFO_CSV]
+    python ade20k_to_mmseg.py DATASET OUT [MAP_FROM_ADE OBJECT_INFO_CSV [PART_INFO]]
 
-With MAP_FROM_ADE (lines `target ade_id`), objects are those targets, named from the CSV.
+With MAP_FROM_ADE (lines `target ade_id`), objects are those targets, named from the CSV; with
+PART_INFO (`partInfo36.txt`: `-- 13 person --` sections of `1 head` lines), parts are those
+"person/head" names.
 """
 
 import csv
@@ -68,7 +70,15 @@ def main():
         obj_names = ["background"] + sorted(object_ids)
         obj_lut = {i: k for k, name in enumerate(obj_names) if k for i in object_ids[name]}
     part_names = ["background"] + sorted(pairs)
-    part_lut = {p: k for k, name in enumerate(part_names) if k for p in pairs[name]}
+    if len(sys.argv) > 5:
+        part_names = ["background"]
+        for line in open(sys.argv[5]):
+            line = line.strip()
+            if line.startswith("--"):
+                obj = line.strip("- ").split(None, 1)[1]
+            elif line:
+                part_names.append(obj + "/" + line.split(None, 1)[1].strip())
+    part_lut = {p: k for k, name in enumerate(part_names) if k for p in pairs.get(name, ())}
 
     os.makedirs(out)
     for fname, lines in (("classes.txt", part_names), ("object_classes.txt", obj_names)):
