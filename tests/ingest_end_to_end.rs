@@ -361,3 +361,54 @@ fn model_with_a_fixed_batch_size_is_fed_in_chunks() {
         assert!(cosine(fa.row(i), fb.row(i)) > 0.99999, "row {i}");
     }
 }
+
+#[test]
+fn every_reader_ingests_its_real_sample_end_to_end() {
+    // (sample, extra flags, parts, objects, format): counts from the independent scripts'
+    // EXPECTED.json files at the default --min-area 256 (keypoint crops have no area limit).
+    let street = "ade20k_full/dataset/ADE20K_2021_17_01/images/ADE/training/urban/street";
+    let cases: &[(&str, &[&str], u64, u64, &str)] = &[
+        ("ade20k_full", &[], 22, 109, "ade20k"),
+        (street, &["--part-level", "2"], 25, 109, "ade20k"),
+        ("ade20k_challenge", &[], 0, 39, "mmseg"),
+        ("pascal_part_raw", &[], 213, 41, "pascal-part"),
+        (
+            "keypoints/ap10k",
+            &["--keypoints", "nose,left_eye,right_eye"],
+            4,
+            2,
+            "coco-keypoints",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (sample, flags, parts, objects, format)) in cases.iter().enumerate() {
+        let out = dir.path().join(format!("idx{i}"));
+        let o = common::bin()
+            .args(["--device", "cpu", "ingest", "--json", "--dataset"])
+            .arg(common::sample(sample))
+            .args(*flags)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{sample}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let m = &v["manifest"];
+        assert_eq!(m["dataset"]["format"], *format, "{sample}");
+        assert_eq!(m["counts"]["parts"], *parts, "{sample} parts");
+        assert_eq!(m["counts"]["objects"], *objects, "{sample} objects");
+        assert_eq!(m["skipped"].as_array().unwrap().len(), 0, "{sample}: {m}");
+        // The index answers: its first region finds itself.
+        let idx = IndexDir::open(&out).unwrap();
+        assert_eq!(idx.regions().len() as u64, parts + objects);
+        let feats = idx.feature(Feature::Mean).unwrap();
+        let d = feats.cols();
+        let unit = partlens::index::normalize_rows(feats.row(0), d);
+        let all = partlens::index::normalize_rows(feats.as_slice(), d);
+        assert_eq!(exact_search(&all, d, &unit, 1, None)[0].id, 0, "{sample}");
+    }
+}
