@@ -268,6 +268,19 @@ fn damaged_mat_files_are_errors_naming_the_file() {
         flipped[i] ^= 0x5a;
     }
     assert!(matfile::read(&flipped, p).is_err());
+
+    // In a dataset: reported once, with the file, and the other 17 images still read.
+    let dir = tempfile::tempdir().unwrap();
+    common::copy_dir(&common::sample("pascal_part_raw"), dir.path());
+    let cut = dir.path().join("2008_000652.mat");
+    let writable = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644);
+    std::fs::set_permissions(&cut, writable).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let ds = partlens::dataset::PascalPartDataset::open(dir.path(), None).unwrap();
+    assert_eq!(ds.items().len(), 17);
+    let problems = ds.listing_problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].0 == "2008_000652.jpg" && problems[0].1.contains("2008_000652.mat"));
 }
 
 #[test]

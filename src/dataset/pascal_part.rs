@@ -219,13 +219,24 @@ impl PascalPartDataset {
                     .map_err(|e| (it.image.clone(), e.to_string()))
             })
             .collect();
+        // An unreadable annotation is reported here once and its image left out, rather than
+        // failing again (and being reported twice) when the image is loaded.
         let mut classes = Vec::new();
+        let mut keep = Vec::with_capacity(items.len());
         for n in names {
             match n {
-                Ok(v) => classes.extend(v),
-                Err(p) => problems.push(p),
+                Ok(v) => {
+                    classes.extend(v);
+                    keep.push(true);
+                }
+                Err(p) => {
+                    problems.push(p);
+                    keep.push(false);
+                }
             }
         }
+        let mut keep = keep.into_iter();
+        items.retain(|_| keep.next().expect("one flag per item"));
         let mapped = |n: &String| class_map.get(n).cloned().unwrap_or_else(|| n.clone());
         let mut part_classes: Vec<String> =
             classes.iter().map(mapped).filter(|n| n != "-").collect();
