@@ -121,17 +121,22 @@ fn to_hits(ns: Vec<hnsw_rs::prelude::Neighbour>) -> Vec<Hit> {
         .collect()
 }
 
+/// An empty graph sized for `n` points.
+fn empty_graph(n: usize, params: HnswParams) -> Hnsw<'static, f32, DistL2> {
+    Hnsw::new(
+        params.max_nb_connection,
+        n.max(1),
+        MAX_LAYER,
+        params.ef_construction,
+        DistL2 {},
+    )
+}
+
 impl HnswIndex {
     /// Builds a graph over `normalized` rows of width `dim`; row i gets id i.
     pub fn build(normalized: &[f32], dim: usize, params: HnswParams) -> HnswIndex {
         let n = normalized.len() / dim;
-        let graph = Hnsw::new(
-            params.max_nb_connection,
-            n.max(1),
-            MAX_LAYER,
-            params.ef_construction,
-            DistL2 {},
-        );
+        let graph = empty_graph(n, params);
         let rows: Vec<(&[f32], usize)> = normalized.chunks_exact(dim).zip(0..).collect();
         graph.parallel_insert_slice(&rows);
         HnswIndex {
@@ -146,13 +151,7 @@ impl HnswIndex {
     pub fn build_normalizing(raw: &[f32], dim: usize, params: HnswParams) -> HnswIndex {
         const BLOCK_ROWS: usize = 8192;
         let n = raw.len() / dim;
-        let graph = Hnsw::new(
-            params.max_nb_connection,
-            n.max(1),
-            MAX_LAYER,
-            params.ef_construction,
-            DistL2 {},
-        );
+        let graph = empty_graph(n, params);
         for (b, block) in raw.chunks(BLOCK_ROWS * dim).enumerate() {
             let normalized = normalize_rows(block, dim);
             let rows: Vec<(&[f32], usize)> =
