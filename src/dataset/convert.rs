@@ -332,10 +332,10 @@ struct AdeClasses {
     parts: HashMap<(u32, u32), u8>,
 }
 
-fn too_many(n: usize, what: &str, flag: &str) -> Error {
+fn too_many(n: usize, what: &str, flag: &str, example: &str) -> Error {
     Error::InvalidArgument(format!(
         "{n} {what} classes occur in these images; 8-bit label maps hold {MAX_CLASSES}. Pass \
-         {flag} FILE to choose them (e.g. SceneParsing's mapFromADE.txt for its 150 objects)"
+         {flag} FILE to choose them (e.g. SceneParsing's {example})"
     ))
 }
 
@@ -349,7 +349,12 @@ fn ade_classes(
     let (object_names, object_ids) = match objects {
         None => {
             if c.objects.len() > MAX_CLASSES {
-                return Err(too_many(c.objects.len(), "object", "--classes"));
+                return Err(too_many(
+                    c.objects.len(),
+                    "object",
+                    "--classes",
+                    "mapFromADE.txt for its 150 objects",
+                ));
             }
             let names: Vec<String> = bg().into_iter().chain(c.objects.keys().cloned()).collect();
             let ids = c
@@ -385,7 +390,12 @@ fn ade_classes(
     // Parts: `object/part` names, every pair that occurs or the given list.
     let part_names = match parts {
         None if c.pairs.len() > MAX_CLASSES => {
-            return Err(too_many(c.pairs.len(), "part", "--part-classes"))
+            return Err(too_many(
+                c.pairs.len(),
+                "part",
+                "--part-classes",
+                "partInfo36.txt",
+            ))
         }
         None => bg().into_iter().chain(c.pairs.keys().cloned()).collect(),
         Some(ClassList::Names(names)) => names.clone(),
