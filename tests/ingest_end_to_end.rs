@@ -383,20 +383,7 @@ fn every_reader_ingests_its_real_sample_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     for (i, (sample, flags, parts, objects, format)) in cases.iter().enumerate() {
         let out = dir.path().join(format!("idx{i}"));
-        let o = common::bin()
-            .args(["--device", "cpu", "ingest", "--json", "--dataset"])
-            .arg(common::sample(sample))
-            .args(*flags)
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{sample}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let v = common::ingest_json(&common::sample(sample), flags, &out);
         let m = &v["manifest"];
         assert_eq!(m["dataset"]["format"], *format, "{sample}");
         assert_eq!(m["counts"]["parts"], *parts, "{sample} parts");

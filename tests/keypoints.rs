@@ -137,15 +137,7 @@ fn coco_object_regions_are_the_non_crowd_person_boxes() {
 fn keypoint_dataset_ingests_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("coco");
-    let o = common::bin()
-        .args(["--device", "cpu", "ingest", "--json", "--dataset"])
-        .arg(common::sample("keypoints/coco/test_coco.json"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = common::ingest_json(&common::sample("keypoints/coco/test_coco.json"), &[], &out);
     assert_eq!(v["manifest"]["counts"]["parts"], 21);
     assert_eq!(v["manifest"]["counts"]["objects"], 14);
     assert_eq!(v["manifest"]["dataset"]["format"], "coco-keypoints");
@@ -317,15 +309,7 @@ fn absurd_object_boxes_skip_the_image_instead_of_exhausting_memory() {
     v["annotations"][0]["bbox"] = serde_json::json!([0, 0, 1e9, 1e9]);
     std::fs::write(&json, v.to_string()).unwrap();
     let out = dir.path().join("idx");
-    let o = common::bin()
-        .args(["--device", "cpu", "ingest", "--json", "--dataset"])
-        .arg(&json)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let m: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let m = common::ingest_json(&json, &[], &out);
     let skipped = m["manifest"]["skipped"].as_array().unwrap();
     assert_eq!(skipped.len(), 1, "{skipped:?}");
     assert!(skipped[0]["reason"]

@@ -93,3 +93,23 @@ pub fn bin() -> std::process::Command {
     ensure_setup();
     std::process::Command::new(env!("CARGO_BIN_EXE_partlens"))
 }
+
+/// Runs `partlens --device cpu ingest --json --dataset DATASET [FLAGS] --out OUT`, asserts it
+/// succeeded, and returns its JSON report (`{"manifest": …}`).
+pub fn ingest_json(dataset: &Path, flags: &[&str], out: &Path) -> serde_json::Value {
+    let o = bin()
+        .args(["--device", "cpu", "ingest", "--json", "--dataset"])
+        .arg(dataset)
+        .args(flags)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}: {}",
+        dataset.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
