@@ -1,9 +1,16 @@
 //! `partlens ingest`: dataset → regions → tensors → encoder → index directory.
 //!
-//! Decoding, region extraction and preprocessing run in parallel (rayon) on a producer thread,
-//! a few images ahead of inference, through a bounded channel; the encoder runs batches on the
-//! calling thread and streams rows into Parquet and `.npy`. The index is built in a temporary
-//! folder beside the target and renamed into place only when complete.
+//! The stages, in order ([`ingest_with_encoder`]):
+//! 1. **stage** — lock `--out`, clean up after killed runs, create `.NAME.partial-PID` beside
+//!    it ([`crate::files::StagedDir`]);
+//! 2. **embed** — decode, cut and preprocess images in parallel (rayon) on a producer thread a
+//!    few images ahead of inference, through a bounded channel; the encoder runs batches on
+//!    the calling thread and the [`Sink`] streams rows into Parquet and `.npy`;
+//! 3. **graphs** — one HNSW graph per feature from the memory-mapped `.npy`;
+//! 4. **seal** — sizes and SHA-256 of every file, the marker and the manifest (atomically);
+//! 5. **commit** — swap the staging folder into `--out` in one atomic step.
+//!
+//! A run that indexes no region fails, and `--out` is left as it was.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,13 +19,24 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use crate::dataset::{Dataset, ImageItem, RegionSettings};
+use crate::dataset::{Dataset, ImageItem, RegionSettings, Skipped};
 use crate::encoder::{Encoder, EncoderOptions, Feature, Features};
 use crate::error::{Error, IoContext, Result};
+use crate::files::StagedDir;
 use crate::index::{HnswIndex, HnswParams};
 use crate::region::{Region, RegionKind};
-use crate::store::manifest::{Counts, DatasetInfo, EncoderInfo, HnswInfo, Manifest, Skipped};
-use crate::store::{feature_path, NpyMatrix, NpyWriter, RegionWriter};
+use crate::store::manifest::{Counts, DatasetInfo, EncoderInfo, FileRecord, HnswInfo, Manifest};
+use crate::store::{feature_path, NpyMatrix, NpyWriter, RegionWriter, MARKER_FILE, MARKER_TEXT};
+
+/// Largest `--batch-size` accepted.
+pub const MAX_BATCH: usize = 4096;
+
+/// Largest input batch accepted, in bytes of float32 pixels (a 4096 × 224² batch is 2.5 GB).
+pub const MAX_BATCH_BYTES: usize = 4 << 30;
+
+/// A crop may extend this many times its image's longest side; past that the annotation is
+/// wrong (and the region is skipped and reported), not a region.
+pub const MAX_CROP_FACTOR: i64 = 16;
 
 /// Ingest settings.
 #[derive(Debug, Clone)]
@@ -52,6 +70,29 @@ impl IngestOptions {
             hnsw: HnswParams::default(),
         }
     }
+
+    /// Checks every setting that sizes memory or work, given the encoder's tensor length.
+    fn validate(&self, tensor_len: usize) -> Result<()> {
+        self.settings.validate()?;
+        let bytes = self.batch_size.saturating_mul(tensor_len).saturating_mul(4);
+        if self.batch_size == 0 || self.batch_size > MAX_BATCH || bytes > MAX_BATCH_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "batch size must be between 1 and {MAX_BATCH} and its input at most {} GB; \
+                 {} regions of this model's input would need {:.1} GB",
+                MAX_BATCH_BYTES >> 30,
+                self.batch_size,
+                bytes as f64 / 1e9
+            )));
+        }
+        if !(1..=4096).contains(&self.hnsw.max_nb_connection)
+            || !(1..=1 << 20).contains(&self.hnsw.ef_construction)
+        {
+            return Err(Error::InvalidArgument(
+                "HNSW parameters out of range (M 1..=4096, ef_construction 1..=2^20)".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What an ingest did.
@@ -69,6 +110,8 @@ pub struct IngestReport {
     pub hnsw_seconds: f64,
     /// Seconds inference waited for preprocessed regions (high: input-bound).
     pub wait_seconds: f64,
+    /// Leftovers of killed runs for the same `--out` that were cleaned up first.
+    pub cleaned: Vec<String>,
 }
 
 impl IngestReport {
@@ -78,26 +121,32 @@ impl IngestReport {
     }
 }
 
-/// One image's outcome from the producer.
-type Prepared = std::result::Result<(Vec<Region>, Vec<f32>), Error>;
+/// One image's regions, their tensors (`regions.len() × tensor_len` floats), and the regions
+/// of it that were skipped.
+struct Prepared {
+    regions: Vec<Region>,
+    tensors: Vec<f32>,
+    skipped: Vec<Skipped>,
+}
 
 fn prepare(
     dataset: &dyn Dataset,
     item: &ImageItem,
     settings: &RegionSettings,
     pre: &crate::preprocess::Preprocessor,
-) -> Prepared {
+) -> Result<Prepared> {
     let loaded = dataset.load(item, settings)?;
-    // Annotations can claim any box; a crop far larger than its image is a wrong annotation
-    // (and would need gigabytes), not a region.
-    let limit = 16 * i64::from(loaded.image.width().max(loaded.image.height()));
-    if let Some(r) = loaded
+    let mut skipped = loaded.skipped;
+    // Annotations can claim any box; a crop far larger than its image is a wrong annotation,
+    // not a region: skip it, keep the image's other regions.
+    let limit = MAX_CROP_FACTOR * i64::from(loaded.image.width().max(loaded.image.height()));
+    let (regions, far): (Vec<Region>, Vec<Region>) = loaded
         .regions
-        .iter()
-        .find(|r| r.crop_box.width() > limit || r.crop_box.height() > limit)
-    {
-        return Err(Error::annotation(
-            &item.image_path,
+        .into_iter()
+        .partition(|r| r.crop_box.width() <= limit && r.crop_box.height() <= limit);
+    for r in far {
+        skipped.push(Skipped::new(
+            &item.image,
             format!(
                 "region {:?} has box {:?}, far outside its {}×{} image",
                 r.label_name,
@@ -108,12 +157,16 @@ fn prepare(
         ));
     }
     let len = pre.tensor_len();
-    let mut tensors = vec![0f32; loaded.regions.len() * len];
+    let mut tensors = vec![0f32; regions.len() * len];
     tensors
         .par_chunks_mut(len)
-        .zip(&loaded.regions)
+        .zip(&regions)
         .for_each(|(out, r)| pre.region_tensor(&loaded.image, r.crop_box, out));
-    Ok((loaded.regions, tensors))
+    Ok(Prepared {
+        regions,
+        tensors,
+        skipped,
+    })
 }
 
 /// Regions waiting for inference and their tensors, `regions.len() × tlen` floats.
@@ -122,15 +175,12 @@ struct Batch {
     tensors: Vec<f32>,
 }
 
-impl Batch {
-    fn new(size: usize, tlen: usize) -> Self {
-        Batch {
-            regions: Vec::with_capacity(size),
-            tensors: Vec::with_capacity(size * tlen),
-        }
-    }
-}
-
+/// Where embedded regions go, and the one place region ids are assigned.
+///
+/// **The id contract:** regions get ids 0, 1, 2, … in the order they are written here, and
+/// each is written at once to all its files, so region id = Parquet row = row of every
+/// `features/<feature>.npy` = point id in every HNSW graph (built from those `.npy` files in
+/// row order). Readers rely on it ([`crate::IndexDir::open`] checks ids are 0..N in order).
 struct Sink {
     parquet: RegionWriter,
     npy: BTreeMap<Feature, NpyWriter>,
@@ -139,6 +189,22 @@ struct Sink {
 }
 
 impl Sink {
+    /// Creates the region file and one `.npy` per feature in `dir`.
+    fn create(dir: &Path, shard: &str, dims: &BTreeMap<Feature, usize>) -> Result<Sink> {
+        for sub in ["regions", "features", "hnsw"] {
+            std::fs::create_dir_all(dir.join(sub)).at(dir.join(sub))?;
+        }
+        Ok(Sink {
+            parquet: RegionWriter::create(dir.join(shard), dims)?,
+            npy: dims
+                .iter()
+                .map(|(f, d)| Ok((*f, NpyWriter::create(feature_path(dir, *f), *d)?)))
+                .collect::<Result<_>>()?,
+            next_id: 0,
+            counts: Counts::default(),
+        })
+    }
+
     fn write(&mut self, mut regions: Vec<Region>, features: &Features) -> Result<()> {
         for r in &mut regions {
             r.id = self.next_id;
@@ -155,6 +221,15 @@ impl Sink {
         }
         Ok(())
     }
+
+    /// Closes every file (footer, header, fsync) and returns the counts.
+    fn finish(self) -> Result<Counts> {
+        self.parquet.finish()?;
+        for w in self.npy.into_values() {
+            w.finish()?;
+        }
+        Ok(self.counts)
+    }
 }
 
 fn progress_bar(enabled: bool, len: usize) -> indicatif::ProgressBar {
@@ -169,23 +244,6 @@ fn progress_bar(enabled: bool, len: usize) -> indicatif::ProgressBar {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     pb
-}
-
-/// `<parent>/.<name>.<what>-<pid>`: a sibling of `out`, so renames stay on one file system.
-fn staging_dir(out: &Path, what: &str) -> Result<PathBuf> {
-    let name = out
-        .file_name()
-        .ok_or_else(|| Error::InvalidArgument(format!("{}: not a folder name", out.display())))?;
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).at(&parent)?;
-    Ok(parent.join(format!(
-        ".{}.{what}-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    )))
 }
 
 /// Loads the model and ingests `dataset` into `opts.out`.
@@ -205,129 +263,180 @@ pub fn ingest_with_encoder(
     encoder: &Encoder,
     opts: &IngestOptions,
 ) -> Result<IngestReport> {
+    let t0 = Instant::now();
+    opts.validate(encoder.preprocessor().tensor_len())?;
+    tracing::info!(
+        "ingesting {} images from {} ({}) with {} ({}) on {}",
+        dataset.items().len(),
+        dataset.root().display(),
+        dataset.format(),
+        encoder.spec().name,
+        encoder.path().display(),
+        encoder.provider()
+    );
     let out = &opts.out;
+    let staged = StagedDir::begin(out, "index")?;
     check_target(out, opts.overwrite)?;
-    opts.settings.validate()?;
-    if opts.batch_size == 0 {
-        return Err(Error::InvalidArgument(
-            "batch size must be at least 1".into(),
-        ));
+    let stage = staged.path().to_path_buf();
+
+    // Embed.
+    let dims = encoder.dims().clone();
+    let shard = "regions/part-00000.parquet".to_string();
+    let mut sink = Sink::create(&stage, &shard, &dims)?;
+    let mut skipped: Vec<Skipped> = dataset.listing_problems().to_vec();
+    if let (true, Some(s)) = (opts.strict, skipped.first()) {
+        return Err(Error::Dataset {
+            path: dataset.root().to_path_buf(),
+            message: format!("{}: {} (--strict)", s.path, s.reason),
+        });
     }
-    let stage = staging_dir(out, "partial")?;
-    if stage.exists() {
-        std::fs::remove_dir_all(&stage).at(&stage)?;
+    let timing = embed_all(dataset, encoder, opts, &mut sink, &mut skipped)?;
+    let counts = sink.finish()?;
+    if counts.regions == 0 {
+        return Err(nothing_indexed(dataset, &counts, &skipped, &opts.settings));
     }
-    let result = build(dataset, encoder, opts, &stage).and_then(|mut report| {
-        replace_dir(&stage, out)?;
-        report.path = out.clone();
-        Ok(report)
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&stage);
-    }
-    result
+
+    // Graphs.
+    let th = Instant::now();
+    let hnsw = build_graphs(&stage, &dims, opts.hnsw)?;
+    let hnsw_seconds = th.elapsed().as_secs_f64();
+
+    // Seal.
+    let manifest = Manifest {
+        schema_version: crate::store::manifest::SCHEMA_VERSION,
+        partlens_version: env!("CARGO_PKG_VERSION").to_string(),
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        encoder: EncoderInfo {
+            file: std::fs::canonicalize(encoder.path())
+                .unwrap_or(encoder.path().into())
+                .display()
+                .to_string(),
+            sha256: encoder.sha256().to_string(),
+            spec: encoder.spec().clone(),
+            provider: encoder.provider().to_string(),
+            dims: dims
+                .iter()
+                .map(|(f, d)| (f.as_str().to_string(), *d))
+                .collect(),
+        },
+        dataset: DatasetInfo {
+            path: dataset.listing().root.canonical().display().to_string(),
+            format: dataset.format().to_string(),
+            splits: dataset.splits(),
+            options: dataset.options(),
+        },
+        settings: opts.settings,
+        counts,
+        features: dims.keys().map(|f| f.as_str().to_string()).collect(),
+        shards: vec![shard],
+        hnsw,
+        skipped,
+        files: record_files(&stage)?,
+    };
+    let marker = stage.join(MARKER_FILE);
+    std::fs::write(&marker, MARKER_TEXT).at(&marker)?;
+    manifest.write_atomic(&stage)?;
+
+    // Commit.
+    let cleaned = staged.cleaned.clone();
+    staged.commit()?;
+    Ok(IngestReport {
+        path: out.clone(),
+        manifest,
+        seconds: t0.elapsed().as_secs_f64(),
+        encode_seconds: timing.encode_seconds,
+        hnsw_seconds,
+        wait_seconds: timing.wait_seconds,
+        cleaned,
+    })
 }
 
-/// Refuses to write over anything but an existing partlens index, and over that only with
-/// `overwrite`: `--out ~/photos --overwrite` must never delete photos.
+/// Refuses to write over anything but an empty folder or a partlens index, and over an index
+/// only with `overwrite`: `--out webapp --overwrite` must never delete a web app.
 fn check_target(out: &Path, overwrite: bool) -> Result<()> {
-    if !out.exists() {
+    if std::fs::symlink_metadata(out).is_err() {
         return Ok(());
     }
-    let is_index = out.join("manifest.json").is_file();
-    let is_empty_dir = out.is_dir() && std::fs::read_dir(out).at(out)?.next().is_none();
-    if !out.is_dir() || !(is_index || is_empty_dir) {
-        return Err(Error::InvalidArgument(format!(
-            "{} exists and is not a partlens index; refusing to replace it",
-            out.display()
-        )));
-    }
-    if is_index && !overwrite {
-        return Err(Error::InvalidArgument(format!(
+    match crate::store::replaceable(out) {
+        Ok(false) => Ok(()),
+        Ok(true) if overwrite => Ok(()),
+        Ok(true) => Err(Error::InvalidArgument(format!(
             "{} already exists; pass --overwrite to replace it",
             out.display()
-        )));
+        ))),
+        Err(why) => Err(Error::InvalidArgument(format!(
+            "{} exists and is not a partlens index ({why}); refusing to replace it",
+            out.display()
+        ))),
     }
-    Ok(())
 }
 
-/// Moves the finished `stage` to `out`. An old index is renamed aside first and deleted only
-/// after the new one is in place; if the final rename fails, the old one is put back.
-fn replace_dir(stage: &Path, out: &Path) -> Result<()> {
-    let old = staging_dir(out, "old")?;
-    let had_old = out.exists();
-    if had_old {
-        std::fs::rename(out, &old).at(out)?;
+/// The error of a run that indexed nothing: what was skipped, most common reason first, and
+/// what to change.
+fn nothing_indexed(
+    dataset: &dyn Dataset,
+    counts: &Counts,
+    skipped: &[Skipped],
+    settings: &RegionSettings,
+) -> Error {
+    let mut message = format!(
+        "no region was indexed: {} of {} images were read, {} inputs skipped",
+        counts.images,
+        dataset.items().len(),
+        skipped.len()
+    );
+    if skipped.is_empty() {
+        message.push_str(&format!(
+            "; no region has at least {} px (lower --min-area?)",
+            settings.min_area
+        ));
     }
-    if let Err(e) = std::fs::rename(stage, out) {
-        if had_old {
-            let _ = std::fs::rename(&old, out);
-        }
-        return Err(Error::io(out, e));
+    for s in skipped.iter().take(3) {
+        message.push_str(&format!("\n  {}: {}", s.path, s.reason));
     }
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if let Ok(d) = std::fs::File::open(parent) {
-            let _ = d.sync_all();
-        }
+    if skipped.len() > 3 {
+        message.push_str(&format!("\n  … and {} more", skipped.len() - 3));
     }
-    if had_old {
-        std::fs::remove_dir_all(&old).at(&old)?;
+    Error::Dataset {
+        path: dataset.root().to_path_buf(),
+        message,
     }
-    Ok(())
 }
 
-fn build(
+/// Time spent in the encoder and waiting for input.
+struct Timing {
+    encode_seconds: f64,
+    wait_seconds: f64,
+}
+
+/// Streams every image of `dataset` through preprocessing and the encoder into `sink`;
+/// unreadable inputs go to `skipped` (or, with `strict`, end the run).
+fn embed_all(
     dataset: &dyn Dataset,
     encoder: &Encoder,
     opts: &IngestOptions,
-    stage: &Path,
-) -> Result<IngestReport> {
+    sink: &mut Sink,
+    skipped: &mut Vec<Skipped>,
+) -> Result<Timing> {
     let t0 = Instant::now();
-    for sub in ["regions", "features", "hnsw"] {
-        std::fs::create_dir_all(stage.join(sub)).at(stage.join(sub))?;
-    }
-    let dims = encoder.dims().clone();
-    let shard = "regions/part-00000.parquet".to_string();
-    let mut sink = Sink {
-        parquet: RegionWriter::create(stage.join(&shard), &dims)?,
-        npy: dims
-            .iter()
-            .map(|(f, d)| Ok((*f, NpyWriter::create(feature_path(stage, *f), *d)?)))
-            .collect::<Result<_>>()?,
-        next_id: 0,
-        counts: Counts::default(),
-    };
-    let mut skipped: Vec<Skipped> = dataset
-        .listing_problems()
-        .iter()
-        .map(|(p, r)| Skipped {
-            path: p.clone(),
-            reason: r.clone(),
-        })
-        .collect();
-    if opts.strict {
-        if let Some(s) = skipped.first() {
-            return Err(Error::Dataset {
-                path: dataset.root().to_path_buf(),
-                message: format!("{}: {} (--strict)", s.path, s.reason),
-            });
-        }
-    }
-
     let items = dataset.items();
     let pre = encoder.preprocessor();
     let tlen = pre.tensor_len();
     let settings = opts.settings;
     let pb = progress_bar(opts.progress, items.len());
     let chunk = (rayon::current_num_threads() * 2).max(4);
-    let (tx, rx) = sync_channel::<Vec<(usize, Prepared)>>(2);
-    let mut encode_seconds = 0.0;
-    let mut wait_seconds = 0.0;
-
-    let consumed: Result<()> = std::thread::scope(|scope| {
+    let (tx, rx) = sync_channel::<Vec<(usize, Result<Prepared>)>>(2);
+    let mut timing = Timing {
+        encode_seconds: 0.0,
+        wait_seconds: 0.0,
+    };
+    std::thread::scope(|scope| -> Result<()> {
         scope.spawn(move || {
             for (ci, block) in items.chunks(chunk).enumerate() {
-                let prepared: Vec<(usize, Prepared)> = block
+                let prepared: Vec<(usize, Result<Prepared>)> = block
                     .par_iter()
                     .enumerate()
                     .map(|(i, item)| (ci * chunk + i, prepare(dataset, item, &settings, &pre)))
@@ -340,11 +449,14 @@ fn build(
         // Owning the receiver here means an early return drops it, which unblocks the
         // producer's `send` and lets the scope end.
         let rx = rx;
-        let mut batch = Batch::new(opts.batch_size, tlen);
+        let mut batch = Batch {
+            regions: Vec::with_capacity(opts.batch_size),
+            tensors: Vec::with_capacity(opts.batch_size * tlen),
+        };
         let mut run = |batch: &mut Batch, sink: &mut Sink| -> Result<()> {
             let te = Instant::now();
             let feats = encoder.embed(&batch.tensors, batch.regions.len())?;
-            encode_seconds += te.elapsed().as_secs_f64();
+            timing.encode_seconds += te.elapsed().as_secs_f64();
             sink.write(std::mem::take(&mut batch.regions), &feats)?;
             batch.tensors.clear();
             Ok(())
@@ -352,17 +464,24 @@ fn build(
         loop {
             let tw = Instant::now();
             let Ok(block) = rx.recv() else { break };
-            wait_seconds += tw.elapsed().as_secs_f64();
+            timing.wait_seconds += tw.elapsed().as_secs_f64();
             for (idx, outcome) in block {
                 let item = &items[idx];
                 match outcome {
-                    Ok((regions, tensors)) => {
+                    Ok(p) => {
                         sink.counts.images += 1;
-                        for (r, t) in regions.into_iter().zip(tensors.chunks_exact(tlen)) {
+                        if let (true, Some(s)) = (opts.strict, p.skipped.first()) {
+                            return Err(Error::Dataset {
+                                path: dataset.root().to_path_buf(),
+                                message: format!("{}: {} (--strict)", s.path, s.reason),
+                            });
+                        }
+                        skipped.extend(p.skipped);
+                        for (r, t) in p.regions.into_iter().zip(p.tensors.chunks_exact(tlen)) {
                             batch.regions.push(r);
                             batch.tensors.extend_from_slice(t);
                             if batch.regions.len() == opts.batch_size {
-                                run(&mut batch, &mut sink)?;
+                                run(&mut batch, sink)?;
                             }
                         }
                     }
@@ -372,10 +491,7 @@ fn build(
                         }
                         tracing::warn!("skipping {}: {e}", item.image);
                         sink.counts.images_skipped += 1;
-                        skipped.push(Skipped {
-                            path: item.image.clone(),
-                            reason: e.to_string(),
-                        });
+                        skipped.push(Skipped::new(&item.image, e.to_string()));
                     }
                 }
                 pb.inc(1);
@@ -388,87 +504,55 @@ fn build(
             ));
         }
         if !batch.regions.is_empty() {
-            run(&mut batch, &mut sink)?;
+            run(&mut batch, sink)?;
         }
         Ok(())
-    });
-    consumed?;
+    })?;
     pb.finish_and_clear();
+    Ok(timing)
+}
 
-    let Sink {
-        parquet,
-        npy,
-        counts,
-        ..
-    } = sink;
-    let tf = Instant::now();
-    parquet.finish()?;
-    for w in npy.into_values() {
-        w.finish()?;
-    }
-    tracing::debug!(
-        "closing the region files took {:.3} s",
-        tf.elapsed().as_secs_f64()
-    );
-
-    let th = Instant::now();
+/// One HNSW graph per feature, built from the finished `.npy` files (so graph point id = row).
+fn build_graphs(
+    dir: &Path,
+    dims: &BTreeMap<Feature, usize>,
+    params: HnswParams,
+) -> Result<BTreeMap<String, HnswInfo>> {
     let mut hnsw = BTreeMap::new();
-    if counts.regions > 0 {
-        for (f, d) in &dims {
-            let m = NpyMatrix::open(feature_path(stage, *f))?;
-            let graph = HnswIndex::build_normalizing(m.as_slice(), *d, opts.hnsw);
-            let basename = graph.dump(&stage.join("hnsw"), f.as_str())?;
-            hnsw.insert(
-                f.as_str().to_string(),
-                HnswInfo {
-                    basename,
-                    max_nb_connection: opts.hnsw.max_nb_connection,
-                    ef_construction: opts.hnsw.ef_construction,
-                },
-            );
+    for (f, d) in dims {
+        let m = NpyMatrix::open(feature_path(dir, *f))?;
+        let graph = HnswIndex::build_normalizing(m.as_slice(), *d, params);
+        let basename = graph.dump(&dir.join("hnsw"), f.as_str())?;
+        hnsw.insert(
+            f.as_str().to_string(),
+            HnswInfo {
+                basename,
+                max_nb_connection: params.max_nb_connection,
+                ef_construction: params.ef_construction,
+            },
+        );
+    }
+    Ok(hnsw)
+}
+
+/// Length and SHA-256 of every file under `regions/`, `features/` and `hnsw/`.
+fn record_files(dir: &Path) -> Result<BTreeMap<String, FileRecord>> {
+    let mut files = BTreeMap::new();
+    for sub in ["regions", "features", "hnsw"] {
+        let d = dir.join(sub);
+        let mut names: Vec<_> = std::fs::read_dir(&d)
+            .at(&d)?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for n in names {
+            let p = d.join(&n);
+            let bytes = std::fs::metadata(&p).at(&p)?.len();
+            let sha256 = crate::encoder::sha256_file(&p)?;
+            files.insert(format!("{sub}/{n}"), FileRecord { bytes, sha256 });
         }
     }
-    let hnsw_seconds = th.elapsed().as_secs_f64();
-
-    let model_abs = std::fs::canonicalize(encoder.path()).unwrap_or(encoder.path().into());
-    let root_abs = std::fs::canonicalize(dataset.root()).unwrap_or(dataset.root().into());
-    let manifest = Manifest {
-        schema_version: crate::store::manifest::SCHEMA_VERSION,
-        partlens_version: env!("CARGO_PKG_VERSION").to_string(),
-        created_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        encoder: EncoderInfo {
-            file: model_abs.display().to_string(),
-            sha256: encoder.sha256().to_string(),
-            spec: encoder.spec().clone(),
-            provider: encoder.provider().to_string(),
-            dims: dims
-                .iter()
-                .map(|(f, d)| (f.as_str().to_string(), *d))
-                .collect(),
-        },
-        dataset: DatasetInfo {
-            path: root_abs.display().to_string(),
-            format: dataset.format().to_string(),
-            splits: dataset.splits(),
-            options: dataset.options(),
-        },
-        settings: opts.settings,
-        counts,
-        features: dims.keys().map(|f| f.as_str().to_string()).collect(),
-        shards: vec![shard],
-        hnsw,
-        skipped,
-    };
-    manifest.write_atomic(stage)?;
-    Ok(IngestReport {
-        path: stage.to_path_buf(),
-        manifest,
-        seconds: t0.elapsed().as_secs_f64(),
-        encode_seconds,
-        hnsw_seconds,
-        wait_seconds,
-    })
+    Ok(files)
 }

@@ -24,10 +24,10 @@
 //! ```
 #![warn(missing_docs)]
 
-pub mod cli;
 pub mod dataset;
 pub mod encoder;
 pub mod error;
+pub mod files;
 pub mod index;
 pub mod ingest;
 pub mod preprocess;

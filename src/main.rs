@@ -1,5 +1,12 @@
+//! The `partlens` binary: a shell around the library. It parses the command line (`cli/`),
+//! sets up logging, calls the library and prints.
+
+mod cli;
+
+use std::io::IsTerminal;
+
 use clap::Parser;
-use partlens::cli::{run, Cli};
+use cli::{run, Cli};
 
 fn main() {
     // Like other command-line tools, stop quietly when the reader of our output goes away
@@ -18,9 +25,13 @@ fn main() {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("PARTLENS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("partlens={level},warn")));
+    // Colour only on a terminal, and never when NO_COLOR is set: escape codes in a log file
+    // or a pipe are noise.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(false)
         .without_time()
         .init();

@@ -85,12 +85,46 @@ pub struct QueryHit {
     pub score: f32,
 }
 
+/// Unit-norm rows of one feature for exact search, and the rows that hold NaN or infinity.
+struct Normalized {
+    rows: Vec<f32>,
+    damaged: Vec<usize>,
+}
+
 /// An opened index with its encoder, ready to answer queries.
 pub struct QueryEngine {
     index: IndexDir,
     encoder: Encoder,
     hnsw: BTreeMap<Feature, HnswIndex>,
-    normalized: BTreeMap<Feature, OnceLock<Vec<f32>>>,
+    normalized: BTreeMap<Feature, OnceLock<Normalized>>,
+}
+
+/// Levenshtein distance in characters (for "did you mean").
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The candidate closest to `want` (case-insensitive edit distance), if any is close enough
+/// to be a likely typo.
+pub fn closest<'a>(want: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let w = want.to_lowercase();
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(&w, &c.to_lowercase()), c))
+        .filter(|(d, c)| *d <= (c.chars().count().max(w.chars().count()) / 2).max(1))
+        .min_by_key(|(d, c)| (*d, *c))
+        .map(|(_, c)| c)
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -215,6 +249,56 @@ impl QueryEngine {
         self.search_vector(v, opts)
     }
 
+    /// Refuses a filter value no stored region has, naming the closest one and the values
+    /// that exist.
+    fn check_filters(&self, opts: &SearchOptions) -> Result<()> {
+        type Getter = fn(&crate::region::Region) -> (Option<&str>, Option<u32>);
+        let filters: [(&str, &str, &Option<String>, Getter); 3] = [
+            ("label", "--label", &opts.label, |r| {
+                (Some(&r.label_name), Some(r.label))
+            }),
+            ("object", "--object", &opts.object, |r| {
+                (r.object_name.as_deref(), r.object_label)
+            }),
+            ("split", "--split", &opts.split, |r| (Some(&r.split), None)),
+        ];
+        for (what, flag, want, get) in filters {
+            let Some(want) = want else { continue };
+            let regions = self.index.regions();
+            let hit = regions.iter().any(|r| {
+                let (name, id) = get(r);
+                name == Some(want.as_str()) || id.is_some_and(|i| want.parse() == Ok(i))
+            });
+            if hit {
+                continue;
+            }
+            let mut names: Vec<&str> = regions.iter().filter_map(|r| get(r).0).collect();
+            names.sort_unstable();
+            names.dedup();
+            let hint = closest(want, names.iter().copied())
+                .map(|c| format!(" Did you mean {c:?}?"))
+                .unwrap_or_default();
+            let shown: Vec<String> = names.iter().take(30).map(|n| format!("{n:?}")).collect();
+            let values = if names.is_empty() {
+                format!("no region of this index has an {what}")
+            } else {
+                format!(
+                    "{what}s in this index: {}{}",
+                    shown.join(", "),
+                    if names.len() > 30 {
+                        format!(" … ({} in all; `partlens info` lists them)", names.len())
+                    } else {
+                        String::new()
+                    }
+                )
+            };
+            return Err(Error::InvalidArgument(format!(
+                "{flag} {want:?} matches no region.{hint} {values}"
+            )));
+        }
+        Ok(())
+    }
+
     fn allowed(&self, opts: &SearchOptions) -> Option<Vec<usize>> {
         let matches = |filter: &Option<String>, name: Option<&str>, id: Option<u32>| {
             filter.as_ref().is_none_or(|want| {
@@ -243,8 +327,40 @@ impl QueryEngine {
         )
     }
 
+    /// Rows of `f` that hold NaN or infinity (a damaged index file; ingest never stores one).
+    /// They are never returned by a search. Computed on the first exact search of `f`.
+    pub fn damaged_rows(&self, f: Feature) -> &[usize] {
+        self.normalized
+            .get(&f)
+            .and_then(|n| n.get())
+            .map_or(&[], |n| n.damaged.as_slice())
+    }
+
+    fn normalized(&self, f: Feature, m: &crate::store::NpyMatrix) -> &Normalized {
+        self.normalized[&f].get_or_init(|| {
+            let rows = normalize_rows(m.as_slice(), m.cols());
+            let damaged: Vec<usize> = rows
+                .chunks_exact(m.cols())
+                .enumerate()
+                .filter(|(_, r)| r.iter().any(|v| !v.is_finite()))
+                .map(|(i, _)| i)
+                .collect();
+            if !damaged.is_empty() {
+                tracing::warn!(
+                    "{} rows of {} hold NaN or infinity (damaged index file): never returned; \
+                     `partlens info {}` lists them",
+                    damaged.len(),
+                    feature_path_display(self.index.path(), f),
+                    self.index.path().display()
+                );
+            }
+            Normalized { rows, damaged }
+        })
+    }
+
     /// Searches stored regions for the `opts.k` nearest to `vector` (a raw, unnormalised
-    /// feature of `opts.feature`).
+    /// feature of `opts.feature`). A filter value that no region has is an error naming the
+    /// closest existing one; filters that each match but match nothing together give no hits.
     pub fn search_vector(&self, vector: &[f32], opts: &SearchOptions) -> Result<Vec<QueryHit>> {
         if opts.k == 0 {
             return Err(Error::InvalidArgument("k must be at least 1".into()));
@@ -263,20 +379,35 @@ impl QueryEngine {
                 m.cols()
             )));
         }
+        if vector.iter().any(|v| !v.is_finite()) {
+            return Err(Error::InvalidArgument(
+                "the query vector holds NaN or infinity".into(),
+            ));
+        }
+        self.check_filters(opts)?;
         let q = normalize_rows(vector, m.cols());
         let allowed = self.allowed(opts);
         let candidates = allowed.as_ref().map_or(m.rows(), Vec::len);
         let exact = || {
-            let norm = self.normalized[&f].get_or_init(|| normalize_rows(m.as_slice(), m.cols()));
+            let norm = self.normalized(f, m);
             let keep = allowed
                 .as_ref()
                 .map(|ids| move |i: usize| ids.binary_search(&i).is_ok());
             let keep_ref = keep.as_ref().map(|k| k as &dyn Fn(usize) -> bool);
-            exact_search(norm, m.cols(), &q, opts.k, keep_ref)
+            exact_search(&norm.rows, m.cols(), &q, opts.k, keep_ref)
         };
         let hits: Vec<Hit> = match self.hnsw.get(&f) {
             Some(g) if !opts.exact && candidates >= opts.exact_below => {
-                let hits = g.search(&q, opts.k, opts.ef, allowed.as_ref());
+                // A damaged stored row has no rank, whatever the graph's copy says.
+                let hits: Vec<Hit> = g
+                    .search(&q, opts.k, opts.ef, allowed.as_ref())
+                    .into_iter()
+                    .filter(|h| {
+                        h.score.is_finite()
+                            && h.id < m.rows()
+                            && m.row(h.id).iter().all(|v| v.is_finite())
+                    })
+                    .collect();
                 // A selective filter can starve the graph walk; never return fewer hits than
                 // exist.
                 if hits.len() < opts.k.min(candidates) {
@@ -287,11 +418,19 @@ impl QueryEngine {
             }
             _ => exact(),
         };
-        Ok(hits
-            .into_iter()
+        hits.into_iter()
             .map(|h| {
-                let r = &self.index.regions()[h.id];
-                QueryHit {
+                let r = self.index.regions().get(h.id).ok_or_else(|| {
+                    Error::corrupt(
+                        self.index.path(),
+                        format!(
+                            "search returned region {} of {}",
+                            h.id,
+                            self.index.regions().len()
+                        ),
+                    )
+                })?;
+                Ok(QueryHit {
                     id: r.id,
                     image: r.image.clone(),
                     split: r.split.clone(),
@@ -303,8 +442,26 @@ impl QueryEngine {
                     crop_box: r.crop_box.to_array(),
                     area: r.area,
                     score: h.score,
-                }
+                })
             })
-            .collect())
+            .collect()
+    }
+}
+
+fn feature_path_display(dir: &Path, f: Feature) -> String {
+    crate::store::feature_path(dir, f).display().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closest_names_typos_only() {
+        let names = ["wheel", "window", "head", "torso"];
+        assert_eq!(closest("whel", names), Some("wheel"));
+        assert_eq!(closest("Head", names), Some("head"));
+        assert_eq!(closest("xyzzy", names), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 }

@@ -17,9 +17,17 @@ pub struct PixelBox {
 }
 
 impl PixelBox {
-    /// A box from its corners; `None` unless `x1 > x0` and `y1 > y0`.
+    /// Largest coordinate magnitude [`PixelBox::new`] accepts (2^40 pixels): far past any
+    /// image, small enough that widths, areas of crops and centres never overflow `i64`.
+    pub const MAX_COORD: i64 = 1 << 40;
+
+    /// A box from its corners; `None` unless `x1 > x0`, `y1 > y0` and every coordinate is
+    /// within ±[`PixelBox::MAX_COORD`].
     pub fn new(x0: i64, y0: i64, x1: i64, y1: i64) -> Option<Self> {
-        (x1 > x0 && y1 > y0).then_some(PixelBox { x0, y0, x1, y1 })
+        let sane = [x0, y0, x1, y1]
+            .iter()
+            .all(|v| v.unsigned_abs() <= Self::MAX_COORD as u64);
+        (sane && x1 > x0 && y1 > y0).then_some(PixelBox { x0, y0, x1, y1 })
     }
 
     /// Width in pixels.
@@ -72,7 +80,7 @@ impl PixelBox {
 }
 
 /// Whether a region is an object part or a whole object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RegionKind {
     /// A part of an object (a wheel, a head, a left arm).

@@ -4,6 +4,13 @@
 
 mod common;
 
+fn level_opts(part_level: u8) -> partlens::dataset::OpenOptions {
+    partlens::dataset::OpenOptions {
+        part_level,
+        ..Default::default()
+    }
+}
+
 use partlens::dataset::{Ade20kDataset, Dataset, MmsegDataset, RegionSettings};
 use partlens::RegionKind;
 use serde_json::Value;
@@ -18,6 +25,7 @@ fn settings(min_area: u64) -> RegionSettings {
         min_area,
         margin: 0.1,
         objects: true,
+        ..RegionSettings::default()
     }
 }
 
@@ -26,7 +34,7 @@ fn ade20k_instances_match_independent_counts_and_know_their_objects() {
     let e = expected("ade20k_full");
     let total = &e["total"];
     for level in [1u8, 2] {
-        let ds = Ade20kDataset::open(common::sample("ade20k_full"), level).unwrap();
+        let ds = Ade20kDataset::open(common::sample("ade20k_full"), &level_opts(level)).unwrap();
         assert_eq!(ds.items().len(), 3);
         for a in [1u64, 64, 256] {
             let settings = settings(a);
@@ -55,7 +63,7 @@ fn ade20k_instances_match_independent_counts_and_know_their_objects() {
         }
     }
     // "window" of "building": names are the first synonym, objects come through ispartof.
-    let ds = Ade20kDataset::open(common::sample("ade20k_full"), 1).unwrap();
+    let ds = Ade20kDataset::open(common::sample("ade20k_full"), &level_opts(1)).unwrap();
     let r = ds.load(&ds.items()[0], &RegionSettings::default()).unwrap();
     assert!(r
         .regions
@@ -202,15 +210,20 @@ fn convert_ade20k_skips_and_reports_an_image_with_a_missing_or_wrong_map() {
     common::copy_dir(&common::sample("ade20k_full"), &src);
     let street = src.join("dataset/ADE20K_2021_17_01/images/ADE/training/urban/street");
     std::fs::remove_file(street.join("ADE_train_00016900_seg.png")).unwrap();
-    // A greyscale map where an RGB class map belongs.
-    image::GrayImage::new(4, 4)
+    // A greyscale map where an RGB class map belongs (of the image's size: a map of another
+    // size is refused from its header, before its colour type is looked at).
+    image::GrayImage::new(2200, 1467)
         .save(street.join("ADE_train_00016964_parts_1.png"))
         .unwrap();
-    let ds = Ade20kDataset::open(&src, 1).unwrap();
+    let ds = Ade20kDataset::open(&src, &level_opts(1)).unwrap();
     let out = dir.path().join("out");
     let s = partlens::dataset::convert::ade20k_to_mmseg(&ds, &out, None, None, None).unwrap();
     assert_eq!(s.images, 1);
-    let reasons: Vec<String> = s.skipped.iter().map(|(p, r)| format!("{p}: {r}")).collect();
+    let reasons: Vec<String> = s
+        .skipped
+        .iter()
+        .map(|p| format!("{}: {}", p.path, p.reason))
+        .collect();
     assert_eq!(reasons.len(), 2, "{reasons:?}");
     assert!(
         reasons[0].contains("ADE_train_00016900_seg.png"),

@@ -4,6 +4,15 @@
 
 mod common;
 
+/// Reader options with these keypoint settings and the default 0.1 margin.
+fn kp(k: &KeypointSettings) -> partlens::dataset::OpenOptions {
+    partlens::dataset::OpenOptions {
+        keypoints: k.clone(),
+        margin: 0.1,
+        ..Default::default()
+    }
+}
+
 use std::collections::BTreeMap;
 
 use partlens::dataset::{CocoKeypoints, Dataset, Distance, KeypointSettings, RegionSettings};
@@ -24,7 +33,7 @@ fn crops(json: &str, classes: &[&str], distance: Distance) -> Vec<Crop> {
         classes: classes.iter().map(|s| s.to_string()).collect(),
         distance,
     };
-    let ds = CocoKeypoints::open(common::sample(json), &settings, 0.1).unwrap();
+    let ds = CocoKeypoints::open(common::sample(json), &kp(&settings)).unwrap();
     assert!(
         ds.listing_problems().is_empty(),
         "{:?}",
@@ -113,8 +122,7 @@ fn coco_object_regions_are_the_non_crowd_person_boxes() {
     let e = &expected()["coco"];
     let ds = CocoKeypoints::open(
         common::sample("keypoints/coco/test_coco.json"),
-        &KeypointSettings::default(),
-        0.1,
+        &kp(&KeypointSettings::default()),
     )
     .unwrap();
     let mut n = 0;
@@ -160,21 +168,21 @@ fn keypoint_files_with_problems_are_refused_or_reported() {
     // A missing image file is reported.
     std::fs::remove_file(root.join("000000197388.jpg")).unwrap();
     std::fs::write(&json, v.to_string()).unwrap();
-    let ds = CocoKeypoints::open(&json, &KeypointSettings::default(), 0.1).unwrap();
+    let ds = CocoKeypoints::open(&json, &kp(&KeypointSettings::default())).unwrap();
     let problems = ds.listing_problems();
     assert!(problems
         .iter()
-        .any(|(p, r)| p == "000000197388.jpg" && r.contains("missing")));
+        .any(|p| p.path == "000000197388.jpg" && p.reason.contains("missing")));
     assert!(problems
         .iter()
-        .any(|(_, r)| r.contains("lies outside the image")));
+        .any(|p| p.reason.contains("lies outside the image")));
     // A field missing altogether is an error naming the file and the field.
     v["annotations"][0]
         .as_object_mut()
         .unwrap()
         .remove("image_id");
     std::fs::write(&json, v.to_string()).unwrap();
-    let err = CocoKeypoints::open(&json, &KeypointSettings::default(), 0.1).unwrap_err();
+    let err = CocoKeypoints::open(&json, &kp(&KeypointSettings::default())).unwrap_err();
     assert!(
         err.to_string().contains("test_coco.json") && err.to_string().contains("image_id"),
         "{err}"
@@ -188,7 +196,7 @@ fn keypoint_files_with_problems_are_refused_or_reported() {
         .unwrap()
         .pop();
     std::fs::write(&json, v.to_string()).unwrap();
-    let err = CocoKeypoints::open(&json, &KeypointSettings::default(), 0.1).unwrap_err();
+    let err = CocoKeypoints::open(&json, &kp(&KeypointSettings::default())).unwrap_err();
     assert!(err.to_string().contains("keypoint values"), "{err}");
 }
 
@@ -220,7 +228,7 @@ fn synthetic_edge_cases_match_the_reference() {
             classes: vec!["a".into(), "b".into(), "c".into()],
             distance,
         };
-        let ds = CocoKeypoints::open(&json, &settings, 0.1).unwrap();
+        let ds = CocoKeypoints::open(&json, &kp(&settings)).unwrap();
         let mut mine = Vec::new();
         let mut objects = 0;
         for item in ds.items() {
@@ -245,8 +253,7 @@ fn cub_without_images_names_the_missing_files() {
     let e = &expected()["cub"];
     let err = partlens::dataset::CubDataset::open(
         common::sample("keypoints/cub_meta"),
-        &KeypointSettings::default(),
-        0.1,
+        &kp(&KeypointSettings::default()),
     )
     .unwrap_err()
     .to_string();
@@ -277,7 +284,7 @@ fn cub_crops_match_the_reference() {
     std::fs::write(root.join("images.txt"), listing).unwrap();
     let (format, _) = partlens::dataset::detect(&root).unwrap();
     assert_eq!(format, partlens::dataset::Format::Cub);
-    let ds = partlens::dataset::CubDataset::open(&root, &KeypointSettings::default(), 0.1).unwrap();
+    let ds = partlens::dataset::CubDataset::open(&root, &kp(&KeypointSettings::default())).unwrap();
     let mut mine = Vec::new();
     let mut objects = 0;
     for item in ds.items() {
@@ -300,7 +307,7 @@ fn cub_crops_match_the_reference() {
 }
 
 #[test]
-fn absurd_object_boxes_skip_the_image_instead_of_exhausting_memory() {
+fn absurd_object_boxes_skip_that_region_instead_of_exhausting_memory() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("coco");
     common::copy_dir(&common::sample("keypoints/coco"), &root);
@@ -316,5 +323,29 @@ fn absurd_object_boxes_skip_the_image_instead_of_exhausting_memory() {
         .as_str()
         .unwrap()
         .contains("far outside"));
-    assert_eq!(m["manifest"]["counts"]["images"], 3);
+    // Only that region is left out: its image and the image's keypoint crops stay.
+    let c = &m["manifest"]["counts"];
+    assert_eq!(
+        (c["images"].as_u64(), c["images_skipped"].as_u64()),
+        (Some(4), Some(0))
+    );
+    let clean = common::ingest_json(
+        &common::sample("keypoints/coco/test_coco.json"),
+        &[],
+        &dir.path().join("clean"),
+    );
+    let regions = |m: &Value| m["manifest"]["counts"]["regions"].as_u64().unwrap();
+    assert_eq!(regions(&m), regions(&clean) - 1);
+
+    // Boxes beyond what coordinates can hold (1e10, 1e300, NaN-like strings aside) are
+    // reported at listing time, never overflow.
+    for (i, huge) in [1e10, 1e300, -1e18].into_iter().enumerate() {
+        v["annotations"][0]["bbox"] = serde_json::json!([huge, 0, 10, 10]);
+        std::fs::write(&json, v.to_string()).unwrap();
+        let out = dir.path().join(format!("idx{i}"));
+        let m = common::ingest_json(&json, &[], &out);
+        let s = m["manifest"]["skipped"].to_string();
+        assert!(s.contains("beyond"), "{huge}: {s}");
+        assert_eq!(regions(&m), regions(&clean) - 1);
+    }
 }

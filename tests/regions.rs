@@ -17,6 +17,7 @@ fn count(ds: &MmsegDataset, min_area: u64, split: Option<&str>) -> (u64, u64) {
         min_area,
         margin: 0.1,
         objects: true,
+        ..RegionSettings::default()
     };
     let (mut parts, mut objects) = (0, 0);
     for item in ds.items() {
@@ -148,14 +149,15 @@ fn own_listings_and_bare_folders() {
         ),
     )
     .unwrap();
-    let ds = ListingDataset::listing(root.join("photos/regions.jsonl")).unwrap();
+    let no = partlens::dataset::OpenOptions::default();
+    let ds = ListingDataset::listing(root.join("photos/regions.jsonl"), &no).unwrap();
     let problems: Vec<String> = ds
         .listing_problems()
         .iter()
-        .map(|(p, r)| format!("{p}: {r}"))
+        .map(|p| format!("{}: {}", p.path, p.reason))
         .collect();
     assert_eq!(problems.len(), 2, "{problems:?}");
-    assert!(problems[0].contains(":4") && problems[0].contains("exactly one of"));
+    assert!(problems[0].contains("regions.jsonl:4") && problems[0].contains("exactly one of"));
     assert!(problems[1].contains("gone.jpg") && problems[1].contains("missing"));
     let settings = RegionSettings {
         min_area: 1,
@@ -172,19 +174,22 @@ fn own_listings_and_bare_folders() {
     assert_eq!((r[2].kind, r[2].area), (RegionKind::Object, 40 * 20));
     assert_eq!(ds.items()[0].split, "val");
 
+    // A malformed CSV row is skipped and reported with its line; the good row stays.
     std::fs::write(
         root.join("photos/regions.csv"),
         "image,x0,y0,x1,y1,label,object\na.jpg,0,0,10,10,corner,\na.jpg,0,0,x,10,bad,\n",
     )
     .unwrap();
-    let err = ListingDataset::listing(root.join("photos/regions.csv")).unwrap_err();
+    let ds = ListingDataset::listing(root.join("photos/regions.csv"), &no).unwrap();
+    let p = &ds.listing_problems()[0];
     assert!(
-        err.to_string().contains("line 3") && err.to_string().contains("x1"),
-        "{err}"
+        p.path.ends_with("regions.csv:3") && p.reason.contains("x1"),
+        "{p:?}"
     );
+    assert_eq!(ds.items().len(), 1);
 
     // A bare folder: every image is a region labelled by its sub-folder.
-    let ds = ListingDataset::folder(root.join("photos")).unwrap();
+    let ds = ListingDataset::folder(root.join("photos"), &no).unwrap();
     assert_eq!(ds.items().len(), 3); // a.jpg, cars/b.jpg, m.png
     let labels: Vec<String> = ds
         .items()
@@ -204,7 +209,8 @@ fn pascal_part_mat_reader_agrees_with_the_scipy_conversion() {
     use std::collections::BTreeMap;
     // Our MAT-file reader on the raw release vs the mmseg reader on the scipy conversion
     // (scripts/data/pascal_part_to_mmseg.py): the same regions, image by image.
-    let raw = PascalPartDataset::open(common::sample("pascal_part_raw"), None).unwrap();
+    let raw =
+        PascalPartDataset::open(common::sample("pascal_part_raw"), &Default::default()).unwrap();
     let conv = MmsegDataset::open(common::sample("pascal_part")).unwrap();
     assert_eq!(raw.items().len(), 18);
     assert!(raw.listing_problems().is_empty());
@@ -276,11 +282,13 @@ fn damaged_mat_files_are_errors_naming_the_file() {
     let writable = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644);
     std::fs::set_permissions(&cut, writable).unwrap();
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    let ds = partlens::dataset::PascalPartDataset::open(dir.path(), None).unwrap();
+    let ds = partlens::dataset::PascalPartDataset::open(dir.path(), &Default::default()).unwrap();
     assert_eq!(ds.items().len(), 17);
     let problems = ds.listing_problems();
     assert_eq!(problems.len(), 1, "{problems:?}");
-    assert!(problems[0].0 == "2008_000652.jpg" && problems[0].1.contains("2008_000652.mat"));
+    assert!(
+        problems[0].path == "2008_000652.jpg" && problems[0].reason.contains("2008_000652.mat")
+    );
 }
 
 #[test]
@@ -289,7 +297,8 @@ fn convert_pascal_part_writes_the_same_maps_as_the_scipy_converter() {
     use partlens::dataset::{LabelMap, PascalPartDataset};
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("mmseg");
-    let raw = PascalPartDataset::open(common::sample("pascal_part_raw"), None).unwrap();
+    let raw =
+        PascalPartDataset::open(common::sample("pascal_part_raw"), &Default::default()).unwrap();
     let s = pascal_part_to_mmseg(&raw, &out, "all").unwrap();
     assert_eq!((s.images, s.skipped.len()), (18, 0));
     let reference = common::sample("pascal_part");

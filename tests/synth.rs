@@ -84,11 +84,14 @@ fn readers_find_what_the_generator_drew() {
     assert_eq!((parts, objects), (s.parts, s.objects));
     let kp = CocoKeypoints::open(
         root.join("keypoints.json"),
-        &KeypointSettings {
-            classes: vec!["head".into(), "body".into(), "wheel".into()],
-            ..KeypointSettings::default()
+        &partlens::dataset::OpenOptions {
+            keypoints: KeypointSettings {
+                classes: vec!["head".into(), "body".into(), "wheel".into()],
+                ..KeypointSettings::default()
+            },
+            margin: 0.1,
+            ..Default::default()
         },
-        0.1,
     )
     .unwrap();
     assert!(

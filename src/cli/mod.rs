@@ -1,12 +1,31 @@
-//! The `partlens` command line: parse, call the library, print.
+//! The `partlens` command line: parse, call the library, print. No engine logic lives here:
+//! every command is a library call (`partlens::ingest`, `partlens::dataset::stats`,
+//! `partlens::query::QueryEngine`, …) that a Rust program or the HTTP server can make too.
 
-mod commands;
+mod data;
+mod index;
+mod print;
 
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
 
-use crate::encoder::{Device, EncoderOptions};
+use partlens::encoder::{Device, EncoderOptions};
+
+/// A clap parser for one of a fixed set of library values, named by `name` (the help lists
+/// the names; the library types stay free of clap).
+pub(crate) fn one_of<T: Copy + Send + Sync + 'static>(
+    all: &'static [T],
+    name: fn(&T) -> &'static str,
+) -> impl TypedValueParser<Value = T> {
+    PossibleValuesParser::new(all.iter().map(name)).try_map(move |s| {
+        all.iter()
+            .copied()
+            .find(|v| name(v) == s)
+            .ok_or_else(|| format!("unknown value {s:?}"))
+    })
+}
 
 /// Part-aware image search: index the parts and objects of annotated images with an ONNX
 /// encoder, and find the regions most like a crop.
@@ -18,9 +37,10 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub ort_lib: Option<PathBuf>,
     /// Execution provider: cpu, cuda (fails if CUDA cannot run) or auto.
-    #[arg(long, global = true, value_enum, default_value_t = Device::Auto)]
+    #[arg(long, global = true, default_value = "auto",
+          value_parser = one_of(&Device::ALL, Device::as_str))]
     pub device: Device,
-    /// ONNX Runtime intra-op threads (default: all cores).
+    /// ONNX Runtime intra-op threads (default: all cores; at most 4 per core).
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
     /// More logging (-v debug, -vv trace).
@@ -38,22 +58,22 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Install ONNX Runtime and the default models into the per-user data folder.
-    Setup(commands::SetupArgs),
+    Setup(data::SetupArgs),
     /// Set up, ingest the bundled sample dataset, run a sample query, print where things are.
-    Demo(commands::DemoArgs),
+    Demo(data::DemoArgs),
     /// Embed every part and object region of a dataset into a new index directory.
-    Ingest(commands::IngestArgs),
-    /// Describe an index directory.
-    Info(commands::InfoArgs),
+    Ingest(data::IngestArgs),
+    /// Describe an index directory (and check its files with --verify).
+    Info(index::InfoArgs),
     /// Write a synthetic dataset (objects made of textured parts) for tests and scale runs.
-    Synth(commands::SynthArgs),
+    Synth(data::SynthArgs),
     /// Write a dataset's label maps in the mmseg layout, for other tools.
-    Convert(commands::ConvertArgs),
+    Convert(data::ConvertArgs),
     /// Look at a dataset without embedding it.
     #[command(subcommand)]
-    Dataset(commands::DatasetCommand),
+    Dataset(data::DatasetCommand),
     /// Find the stored regions most similar to an image crop.
-    Query(commands::QueryArgs),
+    Query(index::QueryArgs),
 }
 
 impl Cli {
@@ -68,16 +88,16 @@ impl Cli {
 }
 
 /// Runs the parsed command line.
-pub fn run(cli: Cli) -> crate::Result<()> {
+pub fn run(cli: Cli) -> partlens::Result<()> {
     let enc = cli.encoder_options();
     match &cli.command {
-        Command::Setup(a) => commands::setup(a),
-        Command::Demo(a) => commands::demo(a, &enc),
-        Command::Ingest(a) => commands::ingest(a, &enc, cli.quiet),
-        Command::Info(a) => commands::info(a),
-        Command::Synth(a) => commands::synth(a),
-        Command::Convert(a) => commands::convert(a),
-        Command::Dataset(commands::DatasetCommand::Stats(a)) => commands::dataset_stats(a),
-        Command::Query(a) => commands::query(a, &enc),
+        Command::Setup(a) => data::setup(a),
+        Command::Demo(a) => data::demo(a, &enc),
+        Command::Ingest(a) => data::ingest(a, &enc, cli.quiet),
+        Command::Info(a) => index::info(a),
+        Command::Synth(a) => data::synth(a),
+        Command::Convert(a) => data::convert(a),
+        Command::Dataset(data::DatasetCommand::Stats(a)) => data::dataset_stats(a),
+        Command::Query(a) => index::query(a, &enc),
     }
 }

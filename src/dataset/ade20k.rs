@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::labelmap::{whole_region, LabelMap};
-use super::{Dataset, ImageItem, ImageRegions, RegionSettings};
-use crate::error::{Error, IoContext, Result};
+use super::{Dataset, DatasetRoot, ImageItem, ImageRegions, Listing, OpenOptions, RegionSettings};
+use crate::error::{Error, Result};
 use crate::preprocess::decode_rgb;
 use crate::region::{Region, RegionKind};
 
@@ -52,9 +52,7 @@ pub(crate) struct AdeParts {
 /// A folder holding ADE20K full-format images anywhere below it.
 #[derive(Debug)]
 pub struct Ade20kDataset {
-    root: PathBuf,
-    items: Vec<ImageItem>,
-    problems: Vec<(String, String)>,
+    listing: Listing,
     max_part_level: u8,
 }
 
@@ -64,13 +62,17 @@ pub(crate) fn short_name(name: &str) -> String {
 }
 
 impl Ade20kDataset {
-    /// Finds every `X.json` with its `X.jpg` below `root`. `max_part_level` is 1 (parts) or 2
+    /// Finds every `X.json` with its `X.jpg` below `root`. `opts.part_level` is 1 (parts) or 2
     /// (also parts of parts).
-    pub fn open(root: impl AsRef<Path>, max_part_level: u8) -> Result<Self> {
-        let root = root.as_ref().to_path_buf();
-        let jsons = super::find_files(&root, &|p| {
-            p.extension().is_some_and(|e| e == "json") && p.with_extension("jpg").is_file()
-        })?;
+    pub fn open(root: impl AsRef<Path>, opts: &OpenOptions) -> Result<Self> {
+        let root: PathBuf = root.as_ref().to_path_buf();
+        let droot = DatasetRoot::new(&root, opts.allow_outside_root)?;
+        let mut problems = Vec::new();
+        let jsons = droot.walk(
+            &root,
+            &|p| p.extension().is_some_and(|e| e == "json") && p.with_extension("jpg").is_file(),
+            &mut problems,
+        )?;
         if jsons.is_empty() {
             return Err(Error::Dataset {
                 path: root,
@@ -81,11 +83,7 @@ impl Ade20kDataset {
             .iter()
             .map(|j| {
                 let img = j.with_extension("jpg");
-                let rel = img
-                    .strip_prefix(&root)
-                    .unwrap_or(&img)
-                    .to_string_lossy()
-                    .replace('\\', "/");
+                let rel = droot.relative(&img);
                 // ADE/training/… and ADE/validation/… name the split.
                 let split = rel
                     .split('/')
@@ -102,10 +100,12 @@ impl Ade20kDataset {
             })
             .collect();
         Ok(Ade20kDataset {
-            root,
-            items,
-            problems: Vec::new(),
-            max_part_level: max_part_level.clamp(1, 2),
+            listing: Listing {
+                root: droot,
+                items,
+                problems,
+            },
+            max_part_level: opts.part_level.clamp(1, 2),
         })
     }
 }
@@ -115,20 +115,8 @@ impl Dataset for Ade20kDataset {
         "ade20k"
     }
 
-    fn root(&self) -> &Path {
-        &self.root
-    }
-
-    fn splits(&self) -> Vec<String> {
-        super::splits_of(&self.items)
-    }
-
-    fn items(&self) -> &[ImageItem] {
-        &self.items
-    }
-
-    fn listing_problems(&self) -> &[(String, String)] {
-        &self.problems
+    fn listing(&self) -> &Listing {
+        &self.listing
     }
 
     fn options(&self) -> serde_json::Value {
@@ -136,9 +124,10 @@ impl Dataset for Ade20kDataset {
     }
 
     fn load(&self, item: &ImageItem, settings: &RegionSettings) -> Result<ImageRegions> {
-        let json = item.part_ann.as_ref().expect("set by open");
+        let json = item.annotation("ADE20K annotation (X.json)")?;
         let objects = read_objects(json)?;
         let image = decode_rgb(&item.image_path)?;
+        let size = (image.width() as usize, image.height() as usize);
         let folder = json.parent().unwrap_or(Path::new("."));
         let by_id: BTreeMap<u64, &AdeObject> = objects.iter().map(|o| (o.id, o)).collect();
         let mut regions = Vec::new();
@@ -150,20 +139,15 @@ impl Dataset for Ade20kDataset {
                 2 if self.max_part_level >= 2 => RegionKind::Part,
                 _ => continue,
             };
-            let mask_path = folder.join(&o.instance_mask);
-            let mask = LabelMap::read_png(&mask_path)?;
-            if (mask.width, mask.height) != (image.width() as usize, image.height() as usize) {
-                return Err(Error::annotation(
-                    &mask_path,
-                    format!(
-                        "instance mask is {}×{} but its image is {}×{}",
-                        mask.width,
-                        mask.height,
-                        image.width(),
-                        image.height()
-                    ),
-                ));
-            }
+            let mask_path = self
+                .listing
+                .root
+                .join(folder, &o.instance_mask)
+                .map_err(|reason| {
+                    Error::annotation(json, format!("instance {} mask: {reason}", o.id))
+                })?;
+            let mask =
+                LabelMap::read_png_for(&mask_path, size, settings.resize_labels, "instance mask")?;
             // One region per instance: its visible pixels (255), all pieces together.
             let visible = LabelMap {
                 width: mask.width,
@@ -197,13 +181,13 @@ impl Dataset for Ade20kDataset {
                 mask_rle: region.mask_rle,
             });
         }
-        Ok(ImageRegions { image, regions })
+        Ok(ImageRegions::new(image, regions))
     }
 }
 
 /// The instances listed in one image's `X.json`.
 pub(crate) fn read_objects(json: &Path) -> Result<Vec<AdeObject>> {
-    let text = std::fs::read_to_string(json).at(json)?;
+    let text = crate::files::read_text_limited(json, crate::files::MAX_ANNOTATION_BYTES)?;
     let file: AdeFile = serde_json::from_str(&text)
         .map_err(|e| Error::annotation(json, format!("not an ADE20K annotation: {e}")))?;
     Ok(file.annotation.object)

@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use super::ade20k::{read_objects, short_name, top, Ade20kDataset};
+use super::labelmap::{check_size, LabelResize};
 use super::pascal_part::{PascalPartDataset, VOC_CLASSES};
-use super::{Dataset, ImageItem, LabelMap};
+use super::root::check_component;
+use super::{Dataset, ImageItem, LabelMap, Skipped};
 use crate::error::{Error, IoContext, Result};
 
 /// What a conversion wrote.
@@ -23,7 +25,7 @@ pub struct ConvertSummary {
     /// Object classes in `object_classes.txt`, without background.
     pub object_classes: usize,
     /// Images skipped, with reasons.
-    pub skipped: Vec<(String, String)>,
+    pub skipped: Vec<Skipped>,
 }
 
 /// Most classes one 8-bit map holds: 1..=254 (0 background, 255 ignore).
@@ -52,6 +54,30 @@ fn write_mmseg(
             out.display()
         )));
     }
+    // Split names become folder names: a name like `../../x` would write outside `out`.
+    if let Some(s) = split {
+        check_component(s, "split")?;
+    }
+    // Two images with one stem in one split would overwrite each other's files.
+    let mut taken = std::collections::HashSet::new();
+    let mut skipped = Vec::new();
+    let mut unique = Vec::with_capacity(items.len());
+    for item in items {
+        let split = split.unwrap_or(&item.split);
+        let stem = item.image_path.file_stem().unwrap_or_default().to_owned();
+        let reason = match check_component(split, "split") {
+            Err(e) => Some(e.to_string()),
+            Ok(()) if !taken.insert((split.to_string(), stem.clone())) => Some(format!(
+                "another image of split {split} is also named {}; it would be overwritten",
+                stem.to_string_lossy()
+            )),
+            Ok(()) => None,
+        };
+        match reason {
+            Some(r) => skipped.push(Skipped::new(&item.image, r)),
+            None => unique.push(item),
+        }
+    }
     let write_list = |name: &str, lines: &[String]| {
         let p = out.join(name);
         std::fs::create_dir_all(out).at(out)?;
@@ -62,9 +88,10 @@ fn write_mmseg(
     let mut summary = ConvertSummary {
         part_classes: names.0.len() - 1,
         object_classes: names.1.len() - 1,
+        skipped,
         ..ConvertSummary::default()
     };
-    for block in items.chunks(32) {
+    for block in unique.chunks(32) {
         let results: Vec<Result<()>> = block
             .par_iter()
             .map(|item| {
@@ -91,7 +118,9 @@ fn write_mmseg(
         for (item, r) in block.iter().zip(results) {
             match r {
                 Ok(()) => summary.images += 1,
-                Err(e) => summary.skipped.push((item.image.clone(), e.to_string())),
+                Err(e) => summary
+                    .skipped
+                    .push(Skipped::new(&item.image, e.to_string())),
             }
         }
     }
@@ -122,10 +151,7 @@ pub fn pascal_part_to_mmseg(
         ds.items(),
         Some(split),
         (ds.part_classes(), &objects),
-        &|item| {
-            let (w, h) = image_size(item)?;
-            ds.label_maps(item, w, h)
-        },
+        &|item| ds.label_maps(item, image_size(item)?, LabelResize::Never),
     )?;
     s.skipped
         .splice(0..0, ds.listing_problems().iter().cloned());
@@ -183,7 +209,7 @@ impl ClassList {
     /// SceneParsing's `partInfo36.txt` (`-- 13 person --` sections of `1 head` lines) makes
     /// `object/part` names ("person/head"); anything else is a name list.
     pub fn read(path: &Path) -> Result<ClassList> {
-        let text = std::fs::read_to_string(path).at(path)?;
+        let text = crate::files::read_text_limited(path, crate::files::MAX_ANNOTATION_BYTES)?;
         let lines: Vec<&str> = text.lines().map(str::trim).collect();
         if lines
             .iter()
@@ -278,14 +304,15 @@ struct AdeCensus {
     with_parts: BTreeSet<String>,
 }
 
-fn ade_census(ds: &Ade20kDataset) -> (AdeCensus, Vec<(String, String)>) {
+fn ade_census(ds: &Ade20kDataset) -> (AdeCensus, Vec<Skipped>) {
     let per_image: Vec<(&ImageItem, Result<_>)> = ds
         .items()
         .par_iter()
         .map(|item| {
             (
                 item,
-                read_objects(item.part_ann.as_ref().expect("set by open")),
+                item.annotation("ADE20K annotation (X.json)")
+                    .and_then(read_objects),
             )
         })
         .collect();
@@ -295,7 +322,7 @@ fn ade_census(ds: &Ade20kDataset) -> (AdeCensus, Vec<(String, String)>) {
         let objs = match objs {
             Ok(o) => o,
             Err(e) => {
-                problems.push((item.image.clone(), e.to_string()));
+                problems.push(Skipped::new(&item.image, e.to_string()));
                 continue;
             }
         };
@@ -430,6 +457,22 @@ fn ade_classes(
 /// Reads an ADE20K RGB class map (`X_seg.png`, `X_parts_N.png`) as ADE class ids per pixel:
 /// class = R/10·256 + G (0 = unlabelled). Must be 8-bit RGB(A) of the image's size.
 fn read_class_map(path: &Path, (w, h): (usize, usize)) -> Result<Vec<u32>> {
+    let unreadable =
+        |e: image::ImageError| Error::annotation(path, format!("unreadable class map: {e}"));
+    // The header's size first: a map of another size is refused before it is decoded.
+    let (mw, mh) = image::ImageReader::open(path)
+        .at(path)?
+        .with_guessed_format()
+        .at(path)?
+        .into_dimensions()
+        .map_err(unreadable)?;
+    check_size(
+        path,
+        "class map",
+        (mw as usize, mh as usize),
+        (w, h),
+        LabelResize::Never,
+    )?;
     let img = image::ImageReader::open(path)
         .at(path)?
         .decode()
@@ -447,16 +490,6 @@ fn read_class_map(path: &Path, (w, h): (usize, usize)) -> Result<Vec<u32>> {
             ))
         }
     };
-    if (rgb.width() as usize, rgb.height() as usize) != (w, h) {
-        return Err(Error::annotation(
-            path,
-            format!(
-                "class map is {}×{} but its image is {w}×{h}",
-                rgb.width(),
-                rgb.height()
-            ),
-        ));
-    }
     Ok(rgb
         .pixels()
         .map(|p| u32::from(p[0]) / 10 * 256 + u32::from(p[1]))
@@ -477,7 +510,7 @@ pub fn ade20k_to_mmseg(
 ) -> Result<ConvertSummary> {
     let (census, problems) = ade_census(ds);
     let classes = ade_classes(&census, objects, parts)?;
-    let bad: BTreeSet<&String> = problems.iter().map(|p| &p.0).collect();
+    let bad: BTreeSet<&String> = problems.iter().map(|p| &p.path).collect();
     let items: Vec<ImageItem> = ds
         .items()
         .iter()

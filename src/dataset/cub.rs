@@ -4,13 +4,15 @@
 //! (right eye, right leg, left wing, tail) over (x, y): each image holds one bird.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::keypoints::{
     crop_boxes, keypoint_region, object_box_region, Distance, Keypoint, KeypointSettings,
 };
-use super::{Dataset, ImageItem, ImageRegions, RegionSettings};
-use crate::error::{Error, IoContext, Result};
+use super::{
+    Dataset, DatasetRoot, ImageItem, ImageRegions, Listing, OpenOptions, RegionSettings, Skipped,
+};
+use crate::error::{Error, Result};
 use crate::preprocess::decode_rgb;
 use crate::region::{Region, RegionKind};
 
@@ -20,16 +22,14 @@ pub const PAPER_BIRD_PARTS: [&str; 4] = ["right eye", "right leg", "left wing", 
 /// A CUB-200-2011 folder.
 #[derive(Debug)]
 pub struct CubDataset {
-    root: PathBuf,
-    items: Vec<ImageItem>,
+    listing: Listing,
     regions: BTreeMap<String, Vec<Region>>,
-    problems: Vec<(String, String)>,
     classes: Vec<String>,
 }
 
 /// Reads `id rest…` lines into `(id, fields)`; errors name the file and line.
 fn table(path: &Path, fields: usize) -> Result<Vec<(u64, Vec<String>)>> {
-    let text = std::fs::read_to_string(path).at(path)?;
+    let text = crate::files::read_text_limited(path, crate::files::MAX_ANNOTATION_BYTES)?;
     let mut out = Vec::new();
     for (n, line) in text
         .lines()
@@ -70,8 +70,10 @@ fn number(path: &Path, s: &str) -> Result<f64> {
 
 impl CubDataset {
     /// Lists the dataset; names every required file that is missing.
-    pub fn open(root: impl AsRef<Path>, settings: &KeypointSettings, margin: f32) -> Result<Self> {
+    pub fn open(root: impl AsRef<Path>, opts: &OpenOptions) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
+        let settings: &KeypointSettings = &opts.keypoints;
+        let margin = opts.margin;
         let required = [
             "images.txt",
             "images",
@@ -93,6 +95,7 @@ impl CubDataset {
                 ),
             });
         }
+        let droot = DatasetRoot::new(&root, opts.allow_outside_root)?;
         let classes: Vec<String> = if settings.classes.is_empty() {
             PAPER_BIRD_PARTS.iter().map(|s| s.to_string()).collect()
         } else {
@@ -103,16 +106,18 @@ impl CubDataset {
             .into_iter()
             .map(|(id, f)| (id, f[0].clone()))
             .collect();
-        for c in &classes {
-            if !parts.values().any(|p| p == c) {
-                return Err(Error::annotation(
-                    &parts_path,
-                    format!(
-                        "no part named {c:?}; parts are {:?}",
-                        parts.values().collect::<Vec<_>>()
-                    ),
-                ));
-            }
+        let unknown: Vec<&String> = classes
+            .iter()
+            .filter(|c| !parts.values().any(|p| p == *c))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(Error::annotation(
+                &parts_path,
+                format!(
+                    "no part named {unknown:?}; parts are {:?} (choose with --keypoints)",
+                    parts.values().collect::<Vec<_>>()
+                ),
+            ));
         }
         let images = table(&root.join("images.txt"), 1)?;
         let optional = |name: &str, fields| -> Result<BTreeMap<u64, Vec<String>>> {
@@ -151,11 +156,17 @@ impl CubDataset {
         sorted.sort_by_key(|(id, _)| *id);
         for (id, f) in sorted {
             let rel = format!("images/{}", f[0]);
-            let path = root.join(&rel);
-            if !path.is_file() {
-                problems.push((rel, "image file missing".into()));
-                continue;
-            }
+            let path = match droot.join(&root.join("images"), &f[0]) {
+                Ok(p) if p.is_file() => p,
+                Ok(_) => {
+                    problems.push(Skipped::new(rel, "image file missing"));
+                    continue;
+                }
+                Err(reason) => {
+                    problems.push(Skipped::new(rel, reason));
+                    continue;
+                }
+            };
             let split_name = match split.get(&id).map(|s| s[0].as_str()) {
                 Some("1") => "train",
                 Some("0") => "test",
@@ -196,9 +207,14 @@ impl CubDataset {
                     .map(|s| number(&root.join("bounding_boxes.txt"), s))
                     .collect::<Result<_>>()?;
                 let xywh = [v[0], v[1], v[2], v[3]];
-                let r =
-                    object_box_region(&rel, &split_name, (object, &object_name), 0, xywh, margin);
-                rs.extend(r);
+                match object_box_region(&rel, &split_name, (object, &object_name), 0, xywh, margin)
+                {
+                    Ok(r) => rs.push(r),
+                    Err(reason) => problems.push(Skipped::new(
+                        format!("bounding_boxes.txt: image {id}"),
+                        reason,
+                    )),
+                }
             }
             items.push(ImageItem {
                 image: rel.clone(),
@@ -210,10 +226,12 @@ impl CubDataset {
             regions.insert(rel, rs);
         }
         Ok(CubDataset {
-            root,
-            items,
+            listing: Listing {
+                root: droot,
+                items,
+                problems,
+            },
             regions,
-            problems,
             classes,
         })
     }
@@ -224,20 +242,8 @@ impl Dataset for CubDataset {
         "cub"
     }
 
-    fn root(&self) -> &Path {
-        &self.root
-    }
-
-    fn splits(&self) -> Vec<String> {
-        super::splits_of(&self.items)
-    }
-
-    fn items(&self) -> &[ImageItem] {
-        &self.items
-    }
-
-    fn listing_problems(&self) -> &[(String, String)] {
-        &self.problems
+    fn listing(&self) -> &Listing {
+        &self.listing
     }
 
     fn options(&self) -> serde_json::Value {
@@ -254,6 +260,6 @@ impl Dataset for CubDataset {
             .into_iter()
             .filter(|r| settings.objects || r.kind == RegionKind::Part)
             .collect();
-        Ok(ImageRegions { image, regions })
+        Ok(ImageRegions::new(image, regions))
     }
 }

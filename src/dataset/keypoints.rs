@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{Dataset, ImageItem, ImageRegions, RegionSettings};
+use super::{
+    Dataset, DatasetRoot, ImageItem, ImageRegions, Listing, OpenOptions, RegionSettings, Skipped,
+};
 use crate::error::{Error, IoContext, Result};
 use crate::preprocess::decode_rgb;
 use crate::region::{PixelBox, Region, RegionKind};
@@ -30,6 +32,19 @@ pub enum Distance {
     SeedQuirk,
     /// Over (x, y).
     Plain,
+}
+
+impl Distance {
+    /// Both rules.
+    pub const ALL: [Distance; 2] = [Distance::SeedQuirk, Distance::Plain];
+
+    /// `seed-quirk` or `plain`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Distance::SeedQuirk => "seed-quirk",
+            Distance::Plain => "plain",
+        }
+    }
 }
 
 /// One kept keypoint.
@@ -53,12 +68,21 @@ pub fn round_half_even(x: f64) -> f64 {
     }
 }
 
-/// For each keypoint of one image, its crop box if it passes the paper's distance rule.
+/// For each keypoint of one image, its crop box if it passes the paper's distance rule. A
+/// keypoint that is not finite or lies beyond [`MAX_COORD`] gets no box.
 pub fn crop_boxes(points: &[Keypoint], distance: Distance) -> Vec<Option<PixelBox>> {
+    let sane = |p: &Keypoint| {
+        [p.x, p.y]
+            .iter()
+            .all(|v| v.is_finite() && v.abs() <= MAX_COORD)
+    };
     points
         .iter()
         .enumerate()
         .map(|(i, p)| {
+            if !sane(p) {
+                return None;
+            }
             let d = points
                 .iter()
                 .enumerate()
@@ -145,21 +169,19 @@ type ImageCrops = (Vec<Region>, Option<(u32, u32)>);
 /// A COCO-style keypoint file and the images beside it.
 #[derive(Debug)]
 pub struct CocoKeypoints {
-    root: PathBuf,
-    split: String,
-    items: Vec<ImageItem>,
+    listing: Listing,
     /// Per image: its regions and the size the file declares.
     regions: BTreeMap<String, ImageCrops>,
-    problems: Vec<(String, String)>,
     settings: KeypointSettings,
 }
 
 impl CocoKeypoints {
     /// Reads `json` and computes every image's crops. Images are looked up beside the file, then
-    /// in `images/`.
-    pub fn open(json: impl AsRef<Path>, settings: &KeypointSettings, margin: f32) -> Result<Self> {
+    /// in `images/`; both must stay inside that folder unless `opts.allow_outside_root`.
+    pub fn open(json: impl AsRef<Path>, opts: &OpenOptions) -> Result<Self> {
         let json = json.as_ref();
-        let mut settings = settings.clone();
+        let margin = opts.margin;
+        let mut settings = opts.keypoints.clone();
         if settings.classes.is_empty() {
             settings.classes = PAPER_PERSON_KEYPOINTS
                 .iter()
@@ -173,7 +195,8 @@ impl CocoKeypoints {
             std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(json).at(json)?);
         let file: CocoFile = serde_json::from_reader(reader)
             .map_err(|e| Error::annotation(json, format!("not a COCO keypoint file: {e}")))?;
-        let root = json.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let root: PathBuf = crate::files::parent_of(json);
+        let droot = DatasetRoot::new(&root, opts.allow_outside_root)?;
         let split = json
             .file_stem()
             .map(|s| {
@@ -184,13 +207,20 @@ impl CocoKeypoints {
             .unwrap_or_default();
         let cats: BTreeMap<u64, &CocoCategory> =
             file.categories.iter().map(|c| (c.id, c)).collect();
-        let known: Vec<&String> = file.categories.iter().flat_map(|c| &c.keypoints).collect();
-        if !settings.classes.iter().any(|c| known.contains(&c)) {
+        let mut known: Vec<&String> = file.categories.iter().flat_map(|c| &c.keypoints).collect();
+        known.sort();
+        known.dedup();
+        let unknown: Vec<&String> = settings
+            .classes
+            .iter()
+            .filter(|c| !known.contains(c))
+            .collect();
+        if !unknown.is_empty() {
             return Err(Error::annotation(
                 json,
                 format!(
-                    "none of the keypoint classes {:?} is in this file; it has {:?} (choose with --keypoints)",
-                    settings.classes, known
+                    "keypoint classes {unknown:?} are not in this file; its keypoints are {known:?} \
+                     (choose with --keypoints)"
                 ),
             ));
         }
@@ -206,12 +236,23 @@ impl CocoKeypoints {
         for img in images {
             let anns = by_image.remove(&img.id).unwrap_or_default();
             let rel = img.file_name.replace('\\', "/");
-            let path = [root.join(&rel), root.join("images").join(&rel)]
-                .into_iter()
-                .find(|p| p.is_file());
-            let Some(path) = path else {
-                problems.push((rel.clone(), "image file missing".into()));
-                continue;
+            let candidates = [
+                droot.join(&root, &rel),
+                droot.join(&root.join("images"), &rel),
+            ];
+            let path = match candidates
+                .iter()
+                .find(|c| c.as_ref().is_ok_and(|p| p.is_file()))
+            {
+                Some(Ok(p)) => p.clone(),
+                _ => {
+                    let reason = match &candidates[0] {
+                        Err(reason) => reason.clone(),
+                        Ok(_) => "image file missing".into(),
+                    };
+                    problems.push(Skipped::new(rel, reason));
+                    continue;
+                }
             };
             let rs = image_regions(
                 &rel,
@@ -234,7 +275,7 @@ impl CocoKeypoints {
             regions.insert(rel, (rs, img.width.zip(img.height)));
         }
         for (id, anns) in by_image {
-            problems.push((
+            problems.push(Skipped::new(
                 format!("image id {id}"),
                 format!(
                     "{} annotations refer to an image not in the file",
@@ -243,11 +284,12 @@ impl CocoKeypoints {
             ));
         }
         Ok(CocoKeypoints {
-            root,
-            split,
-            items,
+            listing: Listing {
+                root: droot,
+                items,
+                problems,
+            },
             regions,
-            problems,
             settings: settings.clone(),
         })
     }
@@ -263,7 +305,7 @@ fn image_regions(
     settings: &KeypointSettings,
     margin: f32,
     json: &Path,
-    problems: &mut Vec<(String, String)>,
+    problems: &mut Vec<Skipped>,
 ) -> Result<Vec<Region>> {
     // Kept keypoints in annotation order, then keypoint-class order.
     let mut points = Vec::new();
@@ -317,13 +359,18 @@ fn image_regions(
             if v != 2.0 {
                 continue;
             }
-            let outside = img
+            // Without a declared size, a keypoint is still bounded: images are at most
+            // MAX_COORD pixels wide, and larger values would overflow the crop arithmetic.
+            let (w, h) = img
                 .width
                 .zip(img.height)
-                .is_some_and(|(w, h)| x < 0.0 || y < 0.0 || x > f64::from(w) || y > f64::from(h));
-            if outside || !x.is_finite() || !y.is_finite() {
-                problems.push((
-                    rel.to_string(),
+                .map_or((MAX_COORD, MAX_COORD), |(w, h)| {
+                    (f64::from(w), f64::from(h))
+                });
+            let outside = !(0.0..=w).contains(&x) || !(0.0..=h).contains(&y);
+            if outside {
+                problems.push(Skipped::new(
+                    rel,
                     format!(
                         "annotation {}: keypoint {want} at ({x}, {y}) lies outside the image",
                         a.id
@@ -339,15 +386,16 @@ fn image_regions(
                 meta.push((k, c, ai));
             }
         }
-        let valid = |b: &&Vec<f64>| {
-            b.len() == 4
-                && b.iter().all(|v| v.is_finite())
-                && b[2] > 0.0
-                && b[3] > 0.0
-                && a.iscrowd == 0
-        };
-        if let Some(b) = a.bbox.as_ref().filter(valid) {
-            objects.push(([b[0], b[1], b[2], b[3]], *cat, ai));
+        match a.bbox.as_deref() {
+            Some(&[x, y, w, h]) if a.iscrowd == 0 => objects.push(([x, y, w, h], *cat, ai)),
+            Some(b) if a.iscrowd == 0 => problems.push(Skipped::new(
+                rel,
+                format!(
+                    "annotation {}: bbox {b:?} is not [x, y, width, height]",
+                    a.id
+                ),
+            )),
+            _ => {}
         }
     }
     let boxes = crop_boxes(&points, settings.distance);
@@ -364,22 +412,32 @@ fn image_regions(
         ));
     }
     for (xywh, cat, ai) in objects {
-        let r = object_box_region(
+        match object_box_region(
             rel,
             split,
             (cat.id as u32, &cat.name),
             ai as u32,
             xywh,
             margin,
-        );
-        out.extend(r);
+        ) {
+            Ok(r) => out.push(r),
+            Err(reason) => problems.push(Skipped::new(
+                rel,
+                format!("annotation {}: {reason}", anns[ai].id),
+            )),
+        }
     }
     Ok(out)
 }
 
+/// Largest coordinate accepted from an annotation, in pixels: well past any image partlens can
+/// decode (Pillow's limit allows at most ~179 M pixels), small enough that crop arithmetic on
+/// it never overflows.
+pub const MAX_COORD: f64 = (1u64 << 30) as f64;
+
 /// An object region for a box given as `[x, y, w, h]` (COCO, CUB): pixels from floor(x) to
-/// ceil(x + w), mask the whole box, crop the square around it with `margin`. `None` for an
-/// empty box.
+/// ceil(x + w), mask the whole box, crop the square around it with `margin`. A box that is
+/// empty, not finite or beyond [`MAX_COORD`] is an error (the reason), never a crash.
 pub(crate) fn object_box_region(
     image: &str,
     split: &str,
@@ -387,15 +445,22 @@ pub(crate) fn object_box_region(
     instance: u32,
     [x, y, w, h]: [f64; 4],
     margin: f32,
-) -> Option<Region> {
+) -> std::result::Result<Region, String> {
+    let values = [x, y, x + w, y + h];
+    if values.iter().any(|v| !v.is_finite() || v.abs() > MAX_COORD) {
+        return Err(format!(
+            "box [{x}, {y}, {w}, {h}] has coordinates beyond ±{MAX_COORD} pixels"
+        ));
+    }
     let bb = PixelBox::new(
         x.floor() as i64,
         y.floor() as i64,
         (x + w).ceil() as i64,
         (y + h).ceil() as i64,
-    )?;
+    )
+    .ok_or_else(|| format!("box [{x}, {y}, {w}, {h}] is empty or inverted"))?;
     let area = (bb.width() * bb.height()) as u64;
-    Some(Region {
+    Ok(Region {
         id: 0,
         image: image.to_string(),
         split: split.to_string(),
@@ -408,8 +473,24 @@ pub(crate) fn object_box_region(
         bbox: bb,
         crop_box: bb.square_crop(margin),
         area,
-        mask_rle: vec![0, area as u32],
+        mask_rle: whole_box_rle(area),
     })
+}
+
+/// The RLE mask of a whole box of `area` pixels (runs are `u32`: a larger box is split into
+/// runs joined by empty outside runs).
+fn whole_box_rle(area: u64) -> Vec<u32> {
+    let mut rle = vec![0u32];
+    let mut left = area;
+    while left > 0 {
+        let run = left.min(u64::from(u32::MAX));
+        if rle.len() > 1 {
+            rle.push(0);
+        }
+        rle.push(run as u32);
+        left -= run;
+    }
+    rle
 }
 
 /// A part region for a keypoint crop `b`: its box is the crop, its mask the whole box.
@@ -435,7 +516,7 @@ pub(crate) fn keypoint_region(
         bbox: b,
         crop_box: b,
         area,
-        mask_rle: vec![0, area as u32],
+        mask_rle: whole_box_rle(area),
     }
 }
 
@@ -444,20 +525,8 @@ impl Dataset for CocoKeypoints {
         "coco-keypoints"
     }
 
-    fn root(&self) -> &Path {
-        &self.root
-    }
-
-    fn splits(&self) -> Vec<String> {
-        vec![self.split.clone()]
-    }
-
-    fn items(&self) -> &[ImageItem] {
-        &self.items
-    }
-
-    fn listing_problems(&self) -> &[(String, String)] {
-        &self.problems
+    fn listing(&self) -> &Listing {
+        &self.listing
     }
 
     fn options(&self) -> serde_json::Value {
@@ -483,7 +552,7 @@ impl Dataset for CocoKeypoints {
             .into_iter()
             .filter(|r| settings.objects || r.kind == RegionKind::Part)
             .collect();
-        Ok(ImageRegions { image, regions })
+        Ok(ImageRegions::new(image, regions))
     }
 }
 

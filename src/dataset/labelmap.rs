@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
 use crate::region::PixelBox;
 
@@ -24,17 +26,147 @@ pub struct LabelMap {
     pub data: Vec<u8>,
 }
 
+/// Largest label-map or mask file read, in bytes: far above any real annotation, far below
+/// what would hurt (a file's length is input too).
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// What to do with a label map whose size differs from its image's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LabelResize {
+    /// Skip the image and say so (the default): a map of another size usually belongs to
+    /// another image, or to another release of the dataset.
+    #[default]
+    Never,
+    /// Scale the map to its image by nearest neighbour, exactly as Pillow's
+    /// `resize(size, Image.NEAREST)` does (CelebAMask-HQ's 512-px maps for 1024-px photos).
+    Nearest,
+}
+
+impl LabelResize {
+    /// Every choice.
+    pub const ALL: [LabelResize; 2] = [LabelResize::Never, LabelResize::Nearest];
+
+    /// `never` or `nearest`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LabelResize::Never => "never",
+            LabelResize::Nearest => "nearest",
+        }
+    }
+}
+
+/// The one size check for every label map, mask and class map against its image: `Ok(false)`
+/// when the sizes agree, `Ok(true)` when they differ and `resize` allows scaling, otherwise an
+/// error naming the file, both sizes and the flag that scales maps.
+pub fn check_size(
+    path: &Path,
+    what: &str,
+    (w, h): (usize, usize),
+    (iw, ih): (usize, usize),
+    resize: LabelResize,
+) -> Result<bool> {
+    if (w, h) == (iw, ih) {
+        return Ok(false);
+    }
+    match resize {
+        LabelResize::Nearest if w > 0 && h > 0 => Ok(true),
+        _ => Err(Error::annotation(
+            path,
+            format!(
+                "{what} is {w}×{h} but its image is {iw}×{ih}; if the maps are a scaled copy \
+                 of the annotation, pass --resize-labels nearest to scale them to their images"
+            ),
+        )),
+    }
+}
+
 impl LabelMap {
     /// Reads an 8-bit greyscale or palette PNG, keeping the raw values (palette indices are the
     /// class ids, as in mmseg's and LIP's annotations). Other bit depths and colour PNGs are
     /// refused: reading them as labels would give wrong classes.
     pub fn read_png(path: &Path) -> Result<LabelMap> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::files::read_limited(path, MAX_FILE_BYTES)?;
         Self::from_png_bytes(&bytes, path)
+    }
+
+    /// Reads the label map (or mask) of an image of `size` pixels. The size is checked against
+    /// the PNG header before anything is decoded; a map of another size is an error, or, with
+    /// [`LabelResize::Nearest`], decoded and scaled to `size`. `what` names the map in errors.
+    pub fn read_png_for(
+        path: &Path,
+        size: (usize, usize),
+        resize: LabelResize,
+        what: &str,
+    ) -> Result<LabelMap> {
+        let bytes = crate::files::read_limited(path, MAX_FILE_BYTES)?;
+        let map = Self::decode(&bytes, path, &|w, h| {
+            check_size(path, what, (w, h), size, resize).map(|_| ())
+        })?;
+        map.fit(size, resize, path, what)
     }
 
     /// [`LabelMap::read_png`] on bytes; `path` only names the file in errors.
     pub fn from_png_bytes(bytes: &[u8], path: &Path) -> Result<LabelMap> {
+        Self::decode(bytes, path, &|_, _| Ok(()))
+    }
+
+    /// This map at `size`: itself when the sizes agree, scaled by nearest neighbour when
+    /// `resize` allows, otherwise the size error.
+    pub fn fit(
+        self,
+        size: (usize, usize),
+        resize: LabelResize,
+        path: &Path,
+        what: &str,
+    ) -> Result<LabelMap> {
+        if check_size(path, what, (self.width, self.height), size, resize)? {
+            Ok(self.resize_nearest(size.0, size.1))
+        } else {
+            Ok(self)
+        }
+    }
+
+    /// Scales the map to `w × h` exactly as Pillow's `Image.resize((w, h), Image.NEAREST)`:
+    /// source column = ⌊x₀ + (x + ½)·sx⌋ accumulated in f64 step by step (Pillow's
+    /// `ImagingScaleAffine`), rows likewise.
+    pub fn resize_nearest(&self, w: usize, h: usize) -> LabelMap {
+        let coords = |out: usize, inp: usize| -> Vec<Option<usize>> {
+            let scale = inp as f64 / out as f64;
+            let mut pos = scale * 0.5;
+            (0..out)
+                .map(|_| {
+                    let c = if pos < 0.0 { None } else { Some(pos as usize) };
+                    pos += scale;
+                    c.filter(|&c| c < inp)
+                })
+                .collect()
+        };
+        let (xs, ys) = (coords(w, self.width), coords(h, self.height));
+        let mut data = vec![0u8; w * h];
+        for (row, sy) in data.chunks_exact_mut(w.max(1)).zip(&ys) {
+            let Some(sy) = sy else { continue };
+            let src = &self.data[sy * self.width..(sy + 1) * self.width];
+            for (o, sx) in row.iter_mut().zip(&xs) {
+                if let Some(sx) = sx {
+                    *o = src[*sx];
+                }
+            }
+        }
+        LabelMap {
+            width: w,
+            height: h,
+            data,
+        }
+    }
+
+    /// Decodes a label-map PNG; `check(width, height)` sees the header's size before any pixel
+    /// buffer is allocated.
+    fn decode(
+        bytes: &[u8],
+        path: &Path,
+        check: &dyn Fn(usize, usize) -> Result<()>,
+    ) -> Result<LabelMap> {
         let bad = |m: String| Error::annotation(path, m);
         let mut dec = png::Decoder::new(std::io::Cursor::new(bytes));
         dec.set_transformations(png::Transformations::IDENTITY);
@@ -62,6 +194,7 @@ impl LabelMap {
                 "label map of {hw}×{hh} pixels is larger than the {MAX_PIXELS}-pixel limit"
             )));
         }
+        check(hw as usize, hh as usize)?;
         let size = reader
             .output_buffer_size()
             .ok_or_else(|| bad("PNG too large".into()))?;

@@ -75,8 +75,12 @@ const MI_MATRIX: u32 = 14;
 const MI_COMPRESSED: u32 = 15;
 const MI_UTF8: u32 = 16;
 
-/// Largest decompressed element accepted (guards against zip bombs).
-const MAX_ELEMENT: usize = 1 << 30;
+/// Largest decompressed element accepted, in bytes (guards against zip bombs).
+const MAX_ELEMENT: usize = 1 << 28;
+
+/// Most numeric and character values decoded from one file (each becomes an 8-byte f64, so
+/// this bounds a file's memory at 1 GB; Pascal-Part's largest annotations hold ~25 M).
+const MAX_VALUES: usize = 1 << 27;
 
 struct Reader<'a> {
     buf: &'a [u8],
@@ -148,7 +152,15 @@ fn numbers(ty: u32, d: &[u8]) -> Parse<Vec<f64>> {
     })
 }
 
-fn matrix(d: &[u8], depth: usize) -> Parse<MatValue> {
+/// Takes `n` values from the file's budget.
+fn spend(budget: &mut usize, n: usize) -> Parse<()> {
+    *budget = budget
+        .checked_sub(n)
+        .ok_or_else(|| format!("more than {MAX_VALUES} values in one file"))?;
+    Ok(())
+}
+
+fn matrix(d: &[u8], depth: usize, budget: &mut usize) -> Parse<MatValue> {
     if depth > 32 {
         return Err("nesting deeper than 32 levels".into());
     }
@@ -178,16 +190,25 @@ fn matrix(d: &[u8], depth: usize) -> Parse<MatValue> {
         .filter(|&c| c <= MAX_ELEMENT)
         .ok_or("array too large")?;
     let _name = r.element()?;
+    // Every cell or struct-field element takes at least 8 bytes of the file: a count the
+    // remaining bytes cannot hold is a lie, refused before looping over it (a 208-byte file
+    // claimed 2^30 elements).
+    let fits =
+        |per: usize, remaining: usize| count.checked_mul(per).is_some_and(|b| b <= remaining + 8);
     match class {
         // mxCELL_CLASS
         1 => {
+            let remaining = d.len() - r.pos;
+            if !fits(8, remaining) {
+                return Err(format!("cell of {count} elements in {remaining} bytes"));
+            }
             let elements = (0..count)
                 .map(|_| {
                     let (ty, m) = r.element()?;
                     if ty != MI_MATRIX {
                         return Err(format!("cell element of type {ty}"));
                     }
-                    matrix(m, depth + 1)
+                    matrix(m, depth + 1, budget)
                 })
                 .collect::<Parse<_>>()?;
             Ok(MatValue::Cell { dims, elements })
@@ -210,6 +231,13 @@ fn matrix(d: &[u8], depth: usize) -> Parse<MatValue> {
                         .to_string()
                 })
                 .collect();
+            let remaining = d.len() - r.pos;
+            if !fits(8 * fields.len().max(1), remaining) {
+                return Err(format!(
+                    "struct of {count} elements × {} fields in {remaining} bytes",
+                    fields.len()
+                ));
+            }
             let mut elements = Vec::with_capacity(count.min(1 << 16));
             for _ in 0..count {
                 let mut map = BTreeMap::new();
@@ -218,7 +246,7 @@ fn matrix(d: &[u8], depth: usize) -> Parse<MatValue> {
                     if ty != MI_MATRIX {
                         return Err(format!("struct field {f:?} of type {ty}"));
                     }
-                    map.insert(f.clone(), matrix(m, depth + 1)?);
+                    map.insert(f.clone(), matrix(m, depth + 1, budget)?);
                 }
                 elements.push(map);
             }
@@ -227,6 +255,7 @@ fn matrix(d: &[u8], depth: usize) -> Parse<MatValue> {
         // mxCHAR_CLASS
         4 => {
             let (ty, data) = r.element()?;
+            spend(budget, data.len())?;
             let codes = numbers(ty, data)?;
             // Column-major; for the usual 1 × N names this is the string itself.
             let rows = dims.first().copied().unwrap_or(1).max(1);
@@ -240,6 +269,7 @@ fn matrix(d: &[u8], depth: usize) -> Parse<MatValue> {
         // numeric classes (double … uint64), logical arrays are uint8 with a flag
         6..=15 => {
             let (ty, data) = r.element()?;
+            spend(budget, count)?;
             let data = numbers(ty, data)?;
             if data.len() != count {
                 return Err(format!("{} values for dimensions {dims:?}", data.len()));
@@ -266,6 +296,7 @@ pub fn read(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, MatValue>> {
         pos: 128,
     };
     let mut vars = BTreeMap::new();
+    let mut budget = MAX_VALUES;
     while r.pos < bytes.len() {
         let (ty, data) = r.element().map_err(bad)?;
         let inflated;
@@ -297,7 +328,7 @@ pub fn read(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, MatValue>> {
                 .1
         };
         let name = String::from_utf8_lossy(name).to_string();
-        vars.insert(name, matrix(data, 0).map_err(bad)?);
+        vars.insert(name, matrix(data, 0, &mut budget).map_err(bad)?);
     }
     Ok(vars)
 }

@@ -14,7 +14,9 @@
 use std::path::{Path, PathBuf};
 
 use super::labelmap::{components, LabelMap, IGNORE};
-use super::{Dataset, ImageItem, ImageRegions, RegionSettings};
+use super::{
+    Dataset, DatasetRoot, ImageItem, ImageRegions, Listing, OpenOptions, RegionSettings, Skipped,
+};
 use crate::error::{Error, IoContext, Result};
 use crate::preprocess::decode_rgb;
 use crate::region::{Region, RegionKind};
@@ -24,19 +26,16 @@ const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png"];
 /// A dataset in the mmseg layout.
 #[derive(Debug, Clone)]
 pub struct MmsegDataset {
-    root: PathBuf,
-    splits: Vec<String>,
-    items: Vec<ImageItem>,
+    listing: Listing,
     part_classes: Option<Vec<String>>,
     object_classes: Option<Vec<String>>,
-    problems: Vec<(String, String)>,
 }
 
 fn read_names(path: &Path) -> Result<Option<Vec<String>>> {
     if !path.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).at(path)?;
+    let text = crate::files::read_text_limited(path, crate::files::MAX_ANNOTATION_BYTES)?;
     // Line k+1 names class k, so inner blank lines keep their place; only trailing ones go.
     let mut names: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
     while names.last().is_some_and(String::is_empty) {
@@ -92,7 +91,7 @@ pub(crate) fn read_object_info(path: &Path) -> Result<Option<Vec<String>>> {
     if !path.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).at(path)?;
+    let text = crate::files::read_text_limited(path, crate::files::MAX_ANNOTATION_BYTES)?;
     let mut names = vec!["other".to_string()];
     for (n, line) in text.lines().enumerate().skip(1) {
         if line.trim().is_empty() {
@@ -119,17 +118,28 @@ pub(crate) fn read_object_info(path: &Path) -> Result<Option<Vec<String>>> {
     Ok(Some(names))
 }
 
-fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    Ok(sorted_dir(dir)?
-        .into_iter()
-        .filter(|f| {
-            let ext = f
-                .extension()
-                .map(|e| e.to_string_lossy().to_ascii_lowercase())
-                .unwrap_or_default();
-            IMAGE_EXTENSIONS.contains(&ext.as_str()) && f.is_file()
-        })
-        .collect())
+fn is_image(f: &Path) -> bool {
+    let ext = f
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    IMAGE_EXTENSIONS.contains(&ext.as_str()) && f.is_file()
+}
+
+/// The images of a folder; links leading outside the root are reported and left out.
+fn image_files(
+    dir: &Path,
+    root: &DatasetRoot,
+    problems: &mut Vec<Skipped>,
+) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for f in sorted_dir(dir)?.into_iter().filter(|f| is_image(f)) {
+        match root.check(&f) {
+            Ok(()) => out.push(f),
+            Err(reason) => problems.push(Skipped::new(root.relative(&f), reason)),
+        }
+    }
+    Ok(out)
 }
 
 impl MmsegDataset {
@@ -137,7 +147,13 @@ impl MmsegDataset {
     /// `images/[<split>/]` with `annotations/[<split>/]` (ADEChallengeData2016, whose maps are
     /// object classes named by `objectInfo150.csv`). Fails if neither holds any images.
     pub fn open(root: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(root, &OpenOptions::default())
+    }
+
+    /// [`MmsegDataset::open`] with options (the policy for files outside the root).
+    pub fn open_with(root: impl AsRef<Path>, opts: &OpenOptions) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
+        let droot = DatasetRoot::new(&root, opts.allow_outside_root)?;
         let layout = if root.join(MMSEG.img).is_dir() {
             &MMSEG
         } else if root.join(SCENE_PARSING.img).is_dir() && root.join(SCENE_PARSING.ann).is_dir() {
@@ -171,7 +187,7 @@ impl MmsegDataset {
                 )
             })
             .collect();
-        if split_dirs.is_empty() && !image_files(&img_dir)?.is_empty() {
+        if split_dirs.is_empty() && sorted_dir(&img_dir)?.iter().any(|f| is_image(f)) {
             split_dirs.push((String::new(), img_dir.clone()));
         }
         if split_dirs.is_empty() {
@@ -184,7 +200,6 @@ impl MmsegDataset {
             });
         }
         let has_obj = layout.obj.is_some_and(|o| root.join(o).is_dir());
-        let mut splits = Vec::new();
         let mut items = Vec::new();
         let mut problems = Vec::new();
         for (split, split_dir) in split_dirs {
@@ -198,7 +213,7 @@ impl MmsegDataset {
             };
             let split_name = if split.is_empty() { "all" } else { &split };
             let mut stems = std::collections::BTreeSet::new();
-            for f in image_files(&split_dir)? {
+            for f in image_files(&split_dir, &droot, &mut problems)? {
                 let stem = f
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
@@ -213,8 +228,10 @@ impl MmsegDataset {
                     if root.join(&obj).is_file() {
                         object_ann = Some(root.join(obj));
                     } else {
-                        problems
-                            .push((obj, "object map missing: parts only for this image".into()));
+                        problems.push(Skipped::new(
+                            obj,
+                            "object map missing: parts only for this image",
+                        ));
                     }
                 }
                 let (part_ann, object_ann) = match layout.obj {
@@ -234,22 +251,22 @@ impl MmsegDataset {
                 for a in sorted_dir(&ann_dir)? {
                     let stem = a.file_stem().unwrap_or_default().to_string_lossy();
                     if a.extension().is_some_and(|e| e == "png") && !stems.contains(stem.as_ref()) {
-                        problems.push((
+                        problems.push(Skipped::new(
                             rel(layout.ann, &format!("{stem}.png")),
-                            "annotation has no image".to_string(),
+                            "annotation has no image",
                         ));
                     }
                 }
             }
-            splits.push(split_name.to_string());
         }
         Ok(MmsegDataset {
-            root,
-            splits,
-            items,
+            listing: Listing {
+                root: droot,
+                items,
+                problems,
+            },
             part_classes,
             object_classes,
-            problems,
         })
     }
 
@@ -268,23 +285,13 @@ impl MmsegDataset {
         path: &Path,
         image: &image::RgbImage,
         names: Option<&[String]>,
+        settings: &RegionSettings,
     ) -> Result<LabelMap> {
         if !path.exists() {
             return Err(Error::annotation(path, "annotation missing"));
         }
-        let map = LabelMap::read_png(path)?;
-        if (map.width, map.height) != (image.width() as usize, image.height() as usize) {
-            return Err(Error::annotation(
-                path,
-                format!(
-                    "label map is {}×{} but its image is {}×{}",
-                    map.width,
-                    map.height,
-                    image.width(),
-                    image.height()
-                ),
-            ));
-        }
+        let size = (image.width() as usize, image.height() as usize);
+        let map = LabelMap::read_png_for(path, size, settings.resize_labels, "label map")?;
         if let (Some(names), Some(max)) = (names, map.max_label()) {
             if max as usize >= names.len() {
                 return Err(Error::annotation(
@@ -381,20 +388,8 @@ impl Dataset for MmsegDataset {
         "mmseg"
     }
 
-    fn root(&self) -> &Path {
-        &self.root
-    }
-
-    fn splits(&self) -> Vec<String> {
-        self.splits.clone()
-    }
-
-    fn items(&self) -> &[ImageItem] {
-        &self.items
-    }
-
-    fn listing_problems(&self) -> &[(String, String)] {
-        &self.problems
+    fn listing(&self) -> &Listing {
+        &self.listing
     }
 
     fn load(&self, item: &ImageItem, settings: &RegionSettings) -> Result<ImageRegions> {
@@ -402,12 +397,12 @@ impl Dataset for MmsegDataset {
         let part_names = self.part_classes.as_deref();
         let object_names = self.object_classes.as_deref();
         let parts = match &item.part_ann {
-            Some(p) => Some(self.read_map(p, &image, part_names)?),
+            Some(p) => Some(self.read_map(p, &image, part_names, settings)?),
             None => None,
         };
         // The object map is read even when object regions are off: parts learn their object.
         let objects = match &item.object_ann {
-            Some(p) => Some(self.read_map(p, &image, object_names)?),
+            Some(p) => Some(self.read_map(p, &image, object_names, settings)?),
             None => None,
         };
         let regions = map_regions(
@@ -416,6 +411,6 @@ impl Dataset for MmsegDataset {
             objects.as_ref().map(|m| (m, object_names)),
             settings,
         );
-        Ok(ImageRegions { image, regions })
+        Ok(ImageRegions::new(image, regions))
     }
 }

@@ -10,6 +10,8 @@ pub mod listing;
 pub mod matfile;
 pub mod mmseg;
 pub mod pascal_part;
+pub mod root;
+pub mod stats;
 pub mod synth;
 
 use std::path::{Path, PathBuf};
@@ -23,10 +25,12 @@ use crate::region::Region;
 pub use ade20k::Ade20kDataset;
 pub use cub::CubDataset;
 pub use keypoints::{CocoKeypoints, Distance, KeypointSettings};
-pub use labelmap::{components, Component, LabelMap};
+pub use labelmap::{components, Component, LabelMap, LabelResize};
 pub use listing::ListingDataset;
 pub use mmseg::MmsegDataset;
 pub use pascal_part::PascalPartDataset;
+pub use root::DatasetRoot;
+pub use stats::{stats, ClassCount, DatasetStats};
 
 /// How regions are cut from label maps.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -39,13 +43,17 @@ pub struct RegionSettings {
     pub margin: f32,
     /// Whether to emit object regions where the dataset has object labels.
     pub objects: bool,
+    /// What to do with a label map whose size differs from its image's.
+    #[serde(default)]
+    pub resize_labels: LabelResize,
 }
 
 impl RegionSettings {
     /// Largest accepted margin: a crop 9× the region's longest side.
     pub const MAX_MARGIN: f32 = 4.0;
 
-    /// Checks the settings can produce sensible crops.
+    /// Checks the settings can produce sensible crops. Settings read back from a manifest are
+    /// checked again: a file can say anything.
     pub fn validate(&self) -> crate::Result<()> {
         if !self.margin.is_finite() || !(0.0..=Self::MAX_MARGIN).contains(&self.margin) {
             return Err(crate::Error::InvalidArgument(format!(
@@ -64,6 +72,26 @@ impl Default for RegionSettings {
             min_area: 256,
             margin: 0.1,
             objects: true,
+            resize_labels: LabelResize::default(),
+        }
+    }
+}
+
+/// An input (an image, an annotation file or one row of it) that was not ingested, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    /// File path relative to the dataset root where possible, `file:line` for a listing row.
+    pub path: String,
+    /// What was wrong.
+    pub reason: String,
+}
+
+impl Skipped {
+    /// A skipped input.
+    pub fn new(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        Skipped {
+            path: path.into(),
+            reason: reason.into(),
         }
     }
 }
@@ -77,10 +105,23 @@ pub struct ImageItem {
     pub split: String,
     /// Absolute or root-joined image path.
     pub image_path: PathBuf,
-    /// Part label map, if the dataset has one for this image.
+    /// Part label map (or the reader's per-image annotation file), if the dataset has one.
     pub part_ann: Option<PathBuf>,
     /// Object label map, if the dataset has one.
     pub object_ann: Option<PathBuf>,
+}
+
+impl ImageItem {
+    /// The per-image annotation file a reader needs (`part_ann`), or an error saying the item
+    /// did not come from that reader's [`Dataset::items`].
+    pub(crate) fn annotation(&self, what: &str) -> Result<&Path> {
+        self.part_ann.as_deref().ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{}: this item has no {what}; pass items from the dataset's own items()",
+                self.image
+            ))
+        })
+    }
 }
 
 /// An image decoded once, with all the regions to embed from it (ids not yet assigned).
@@ -90,60 +131,68 @@ pub struct ImageRegions {
     pub image: RgbImage,
     /// Its regions, in a stable order (parts then objects, each in raster order).
     pub regions: Vec<Region>,
+    /// Regions of this image that were left out (a bad listing row, a box far outside the
+    /// image), with reasons; the image's other regions are kept.
+    pub skipped: Vec<Skipped>,
+}
+
+impl ImageRegions {
+    /// An image with its regions and nothing skipped.
+    pub fn new(image: RgbImage, regions: Vec<Region>) -> Self {
+        ImageRegions {
+            image,
+            regions,
+            skipped: Vec::new(),
+        }
+    }
+}
+
+/// What every reader knows once it has listed a dataset, before any image is read.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    /// The root folder and the policy for files outside it.
+    pub root: DatasetRoot,
+    /// The images to ingest, in a deterministic order.
+    pub items: Vec<ImageItem>,
+    /// Problems found while listing (an annotation without its image, a link loop, …).
+    pub problems: Vec<Skipped>,
 }
 
 /// What a dataset reader offers the ingest pipeline.
 pub trait Dataset: Sync {
     /// Short format name stored in the manifest, e.g. `mmseg`.
     fn format(&self) -> &'static str;
-    /// The dataset root.
-    fn root(&self) -> &std::path::Path;
-    /// Split names present.
-    fn splits(&self) -> Vec<String>;
-    /// The images to ingest, in a deterministic order.
-    fn items(&self) -> &[ImageItem];
-    /// Problems found while listing (e.g. an annotation without its image), as `(path, reason)`.
-    fn listing_problems(&self) -> &[(String, String)];
+    /// The root, the images and the listing problems.
+    fn listing(&self) -> &Listing;
     /// Decodes one image and cuts its regions. Errors name the offending file.
     fn load(&self, item: &ImageItem, settings: &RegionSettings) -> Result<ImageRegions>;
     /// Reader options worth recording in the manifest (e.g. keypoint classes).
     fn options(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
-}
-
-/// Files below `dir` (recursively, sorted) for which `keep` holds.
-pub(crate) fn find_files(dir: &Path, keep: &dyn Fn(&Path) -> bool) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(&d)
-            .map_err(|e| Error::io(&d, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        entries.sort();
-        for p in entries.into_iter().rev() {
-            if p.is_dir() {
-                stack.push(p);
-            } else if keep(&p) {
-                out.push(p);
-            }
-        }
+    /// The dataset root.
+    fn root(&self) -> &Path {
+        self.listing().root.path()
     }
-    out.sort();
-    Ok(out)
-}
-
-/// The distinct splits of `items`, sorted.
-pub(crate) fn splits_of(items: &[ImageItem]) -> Vec<String> {
-    let mut s: Vec<String> = items.iter().map(|i| i.split.clone()).collect();
-    s.sort();
-    s.dedup();
-    s
+    /// The images to ingest, in a deterministic order.
+    fn items(&self) -> &[ImageItem] {
+        &self.listing().items
+    }
+    /// Problems found while listing.
+    fn listing_problems(&self) -> &[Skipped] {
+        &self.listing().problems
+    }
+    /// The distinct split names of the items, sorted.
+    fn splits(&self) -> Vec<String> {
+        let mut s: Vec<String> = self.items().iter().map(|i| i.split.clone()).collect();
+        s.sort();
+        s.dedup();
+        s
+    }
 }
 
 /// The on-disk formats partlens reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Format {
     /// `img/<split>/`, `ann/<split>/`, `classes.txt`, optional `obj/` (ADE20K-Part, Pascal-Part,
@@ -161,6 +210,51 @@ pub enum Format {
     Listing,
     /// A bare folder of images: each whole image is a region, labelled by its sub-folder.
     Folder,
+}
+
+impl Format {
+    /// Every format, in the order the help lists them.
+    pub const ALL: [Format; 7] = [
+        Format::Mmseg,
+        Format::CocoKeypoints,
+        Format::Cub,
+        Format::Ade20k,
+        Format::PascalPart,
+        Format::Listing,
+        Format::Folder,
+    ];
+
+    /// The name used on the command line and in manifests (`coco-keypoints`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Format::Mmseg => "mmseg",
+            Format::CocoKeypoints => "coco-keypoints",
+            Format::Cub => "cub",
+            Format::Ade20k => "ade20k",
+            Format::PascalPart => "pascal-part",
+            Format::Listing => "listing",
+            Format::Folder => "folder",
+        }
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Format::ALL
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Format::ALL.iter().map(Format::as_str).collect();
+                format!("unknown format {s:?}; formats: {}", names.join(", "))
+            })
+    }
 }
 
 /// Whether a `.json` file looks like one ADE20K image's annotation (`{"annotation": …}`)
@@ -293,6 +387,8 @@ pub struct OpenOptions {
     pub part_level: u8,
     /// Pascal-Part class map (`old new` per line, `-` drops a class).
     pub class_map: Option<PathBuf>,
+    /// Read files that annotations or links place outside the dataset folder.
+    pub allow_outside_root: bool,
 }
 
 /// Opens the dataset at `path`.
@@ -302,19 +398,19 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Box<dyn Dataset>> {
         None => detect(path)?,
     };
     Ok(match format {
-        Format::Mmseg => Box::new(MmsegDataset::open(path)?),
+        Format::Mmseg => Box::new(MmsegDataset::open_with(path, opts)?),
         Format::CocoKeypoints => {
             let json = if path.is_dir() {
                 detect(&path)?.1
             } else {
                 path
             };
-            Box::new(CocoKeypoints::open(json, &opts.keypoints, opts.margin)?)
+            Box::new(CocoKeypoints::open(json, opts)?)
         }
-        Format::Cub => Box::new(CubDataset::open(path, &opts.keypoints, opts.margin)?),
-        Format::Ade20k => Box::new(Ade20kDataset::open(path, opts.part_level.max(1))?),
-        Format::PascalPart => Box::new(PascalPartDataset::open(path, opts.class_map.as_deref())?),
-        Format::Listing => Box::new(ListingDataset::listing(path)?),
-        Format::Folder => Box::new(ListingDataset::folder(path)?),
+        Format::Cub => Box::new(CubDataset::open(path, opts)?),
+        Format::Ade20k => Box::new(Ade20kDataset::open(path, opts)?),
+        Format::PascalPart => Box::new(PascalPartDataset::open(path, opts)?),
+        Format::Listing => Box::new(ListingDataset::listing(path, opts)?),
+        Format::Folder => Box::new(ListingDataset::folder(path, opts)?),
     })
 }

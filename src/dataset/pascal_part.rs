@@ -7,15 +7,17 @@
 //! `scripts/data/pascal_part_to_mmseg.py`; objects come from their masks, VOC class ids 1–20.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rayon::prelude::*;
 
 use super::labelmap::LabelMap;
 use super::matfile::{self, MatValue};
 use super::mmseg::map_regions;
-use super::{Dataset, ImageItem, ImageRegions, RegionSettings};
-use crate::error::{Error, IoContext, Result};
+use super::{
+    Dataset, DatasetRoot, ImageItem, ImageRegions, Listing, OpenOptions, RegionSettings, Skipped,
+};
+use crate::error::{Error, Result};
 use crate::preprocess::decode_rgb;
 
 /// The 20 VOC classes; `class_ind` k names the (k-1)-th.
@@ -52,9 +54,7 @@ struct Object {
 /// A Pascal-Part folder (`*.mat` with their `*.jpg`, anywhere below it).
 #[derive(Debug)]
 pub struct PascalPartDataset {
-    root: PathBuf,
-    items: Vec<ImageItem>,
-    problems: Vec<(String, String)>,
+    listing: Listing,
     part_classes: Vec<String>,
     class_map: BTreeMap<String, String>,
 }
@@ -101,7 +101,7 @@ fn text(v: Option<&MatValue>, path: &Path, what: &str) -> Result<String> {
 }
 
 fn read_objects(path: &Path) -> Result<Vec<Object>> {
-    let bytes = std::fs::read(path).at(path)?;
+    let bytes = crate::files::read_limited(path, crate::files::MAX_ANNOTATION_BYTES)?;
     let vars = matfile::read(&bytes, path)?;
     let anno = vars
         .get("anno")
@@ -158,9 +158,16 @@ fn read_objects(path: &Path) -> Result<Vec<Object>> {
 impl PascalPartDataset {
     /// Lists `root` and reads every annotation once to fix the part class list (sorted names,
     /// after the optional class map), so class ids do not depend on reading order.
-    pub fn open(root: impl AsRef<Path>, class_map: Option<&Path>) -> Result<Self> {
+    pub fn open(root: impl AsRef<Path>, opts: &OpenOptions) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
-        let mats = super::find_files(&root, &|p| p.extension().is_some_and(|e| e == "mat"))?;
+        let droot = DatasetRoot::new(&root, opts.allow_outside_root)?;
+        let class_map = opts.class_map.as_deref();
+        let mut problems = Vec::new();
+        let mats = droot.walk(
+            &root,
+            &|p| p.extension().is_some_and(|e| e == "mat"),
+            &mut problems,
+        )?;
         if mats.is_empty() {
             return Err(Error::Dataset {
                 path: root,
@@ -168,8 +175,7 @@ impl PascalPartDataset {
             });
         }
         let class_map = match class_map {
-            Some(p) => std::fs::read_to_string(p)
-                .at(p)?
+            Some(p) => crate::files::read_text_limited(p, crate::files::MAX_ANNOTATION_BYTES)?
                 .lines()
                 .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
                 .map(|l| {
@@ -185,17 +191,16 @@ impl PascalPartDataset {
                 .collect::<Result<_>>()?,
             None => BTreeMap::new(),
         };
-        let mut problems = Vec::new();
         let mut items = Vec::new();
         for m in &mats {
             let img = m.with_extension("jpg");
-            let rel = img
-                .strip_prefix(&root)
-                .unwrap_or(&img)
-                .to_string_lossy()
-                .replace('\\', "/");
+            let rel = droot.relative(&img);
             if !img.is_file() {
-                problems.push((rel, "image file missing".into()));
+                problems.push(Skipped::new(rel, "image file missing"));
+                continue;
+            }
+            if let Err(reason) = droot.check(&img) {
+                problems.push(Skipped::new(rel, reason));
                 continue;
             }
             items.push(ImageItem {
@@ -206,17 +211,17 @@ impl PascalPartDataset {
                 object_ann: None,
             });
         }
-        let names: Vec<std::result::Result<Vec<String>, (String, String)>> = items
+        let names: Vec<std::result::Result<Vec<String>, Skipped>> = items
             .par_iter()
             .map(|it| {
-                let p = it.part_ann.as_ref().expect("set above");
-                read_objects(p)
+                it.annotation("Pascal-Part annotation (.mat)")
+                    .and_then(read_objects)
                     .map(|objs| {
                         objs.into_iter()
                             .flat_map(|o| o.parts.into_iter().map(|(n, _)| n))
                             .collect()
                     })
-                    .map_err(|e| (it.image.clone(), e.to_string()))
+                    .map_err(|e| Skipped::new(&it.image, e.to_string()))
             })
             .collect();
         // An unreadable annotation is reported here once and its image left out, rather than
@@ -253,9 +258,11 @@ impl PascalPartDataset {
         }
         part_classes.insert(0, "background".into());
         Ok(PascalPartDataset {
-            root,
-            items,
-            problems,
+            listing: Listing {
+                root: droot,
+                items,
+                problems,
+            },
             part_classes,
             class_map,
         })
@@ -267,9 +274,15 @@ impl PascalPartDataset {
     }
 
     /// The part and object label maps of one image of `w × h` pixels (part ids index
-    /// [`Self::part_classes`], object ids are VOC class ids).
-    pub fn label_maps(&self, item: &ImageItem, w: usize, h: usize) -> Result<(LabelMap, LabelMap)> {
-        let path = item.part_ann.as_ref().expect("set by open");
+    /// [`Self::part_classes`], object ids are VOC class ids). Masks of another size are an
+    /// error unless `resize` scales them.
+    pub fn label_maps(
+        &self,
+        item: &ImageItem,
+        (w, h): (usize, usize),
+        resize: super::LabelResize,
+    ) -> Result<(LabelMap, LabelMap)> {
+        let path = item.annotation("Pascal-Part annotation (.mat)")?;
         let objects = read_objects(path)?;
         let mut parts = LabelMap {
             width: w,
@@ -281,25 +294,16 @@ impl PascalPartDataset {
             height: h,
             data: vec![0; w * h],
         };
-        for o in &objects {
-            for m in std::iter::once(&o.mask).chain(o.parts.iter().map(|p| &p.1)) {
-                if (m.width, m.height) != (w, h) {
-                    return Err(Error::annotation(
-                        path,
-                        format!(
-                            "a mask is {}×{} but the image is {w}×{h}",
-                            m.width, m.height
-                        ),
-                    ));
-                }
-            }
-            for (i, v) in o.mask.data.iter().enumerate() {
+        for o in objects {
+            let mask = o.mask.fit((w, h), resize, path, "an object mask")?;
+            for (i, v) in mask.data.iter().enumerate() {
                 if *v != 0 {
                     objs.data[i] = o.class_ind;
                 }
             }
-            for (name, m) in &o.parts {
-                let name = self.class_map.get(name).unwrap_or(name);
+            for (name, m) in o.parts {
+                let m = m.fit((w, h), resize, path, "a part mask")?;
+                let name = self.class_map.get(&name).unwrap_or(&name);
                 let Some(id) = self.part_classes.iter().position(|c| c == name) else {
                     continue;
                 };
@@ -319,20 +323,8 @@ impl Dataset for PascalPartDataset {
         "pascal-part"
     }
 
-    fn root(&self) -> &Path {
-        &self.root
-    }
-
-    fn splits(&self) -> Vec<String> {
-        vec!["all".into()]
-    }
-
-    fn items(&self) -> &[ImageItem] {
-        &self.items
-    }
-
-    fn listing_problems(&self) -> &[(String, String)] {
-        &self.problems
+    fn listing(&self) -> &Listing {
+        &self.listing
     }
 
     fn options(&self) -> serde_json::Value {
@@ -341,8 +333,8 @@ impl Dataset for PascalPartDataset {
 
     fn load(&self, item: &ImageItem, settings: &RegionSettings) -> Result<ImageRegions> {
         let image = decode_rgb(&item.image_path)?;
-        let (parts, objs) =
-            self.label_maps(item, image.width() as usize, image.height() as usize)?;
+        let size = (image.width() as usize, image.height() as usize);
+        let (parts, objs) = self.label_maps(item, size, settings.resize_labels)?;
         let voc: Vec<String> = std::iter::once("background")
             .chain(VOC_CLASSES)
             .map(str::to_string)
@@ -353,6 +345,6 @@ impl Dataset for PascalPartDataset {
             Some((&objs, Some(&voc))),
             settings,
         );
-        Ok(ImageRegions { image, regions })
+        Ok(ImageRegions::new(image, regions))
     }
 }

@@ -350,20 +350,41 @@ fn draw(opts: &SynthOptions, index: usize) -> Drawn {
     }
 }
 
-/// Writes `opts.images` images and their annotations under `out` (which must not exist or be
-/// empty). Returns what was drawn.
+/// Largest image side accepted, in pixels (an 8192² image is 200 MB decoded).
+pub const MAX_SIZE: u32 = 8192;
+
+/// Most images accepted in one run.
+pub const MAX_IMAGES: usize = 10_000_000;
+
+/// Writes `opts.images` images and their annotations to `out` (which must not exist or be
+/// empty). They are written to a staging folder beside `out` and moved into place when
+/// complete, so a failed or killed run leaves no half-written dataset. Returns what was drawn.
 pub fn generate(out: &Path, opts: &SynthOptions) -> Result<SynthSummary> {
-    if opts.size < 64 {
-        return Err(Error::InvalidArgument(
-            "synthetic images must be at least 64 px".into(),
-        ));
+    if !(64..=MAX_SIZE).contains(&opts.size) {
+        return Err(Error::InvalidArgument(format!(
+            "synthetic images must be 64 to {MAX_SIZE} px on a side, got {}",
+            opts.size
+        )));
     }
+    if opts.images == 0 || opts.images > MAX_IMAGES {
+        return Err(Error::InvalidArgument(format!(
+            "--images must be between 1 and {MAX_IMAGES}, got {}",
+            opts.images
+        )));
+    }
+    let staged = crate::files::StagedDir::begin(out, "dataset")?;
     if out.exists() && std::fs::read_dir(out).at(out)?.next().is_some() {
         return Err(Error::InvalidArgument(format!(
             "{} exists and is not empty",
             out.display()
         )));
     }
+    let summary = write_all(staged.path(), opts)?;
+    staged.commit()?;
+    Ok(summary)
+}
+
+fn write_all(out: &Path, opts: &SynthOptions) -> Result<SynthSummary> {
     for sub in [
         "img/train",
         "img/val",

@@ -18,7 +18,7 @@ use crate::preprocess::Preprocessor;
 pub use spec::{ModelSpec, SpecOutputs};
 
 /// Where inference runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
     /// The CPU execution provider.
@@ -29,6 +29,24 @@ pub enum Device {
     #[default]
     Auto,
 }
+
+impl Device {
+    /// Every choice.
+    pub const ALL: [Device; 3] = [Device::Cpu, Device::Cuda, Device::Auto];
+
+    /// `cpu`, `cuda` or `auto`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+            Device::Auto => "auto",
+        }
+    }
+}
+
+/// Most intra-op threads accepted, as a multiple of the machine's cores: beyond a few per
+/// core, threads only add memory (each has its own stack and arena) and contention.
+pub const MAX_THREADS_PER_CORE: usize = 4;
 
 /// One of the paper's per-region features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -183,7 +201,7 @@ fn read_spec(session: &Session, path: &Path, opts: &EncoderOptions) -> Result<Mo
         .clone()
         .unwrap_or_else(|| ModelSpec::sidecar_path(path));
     if sidecar.is_file() {
-        let text = std::fs::read_to_string(&sidecar).at(&sidecar)?;
+        let text = crate::files::read_text_limited(&sidecar, crate::files::MAX_ANNOTATION_BYTES)?;
         return ModelSpec::from_json(&text, path, &sidecar.display().to_string());
     }
     if let Some(p) = &opts.spec_file {
@@ -213,6 +231,16 @@ impl Encoder {
     /// and shapes when they disagree.
     pub fn load(path: impl AsRef<Path>, opts: &EncoderOptions) -> Result<Encoder> {
         let path = path.as_ref().to_path_buf();
+        if let Some(n) = opts.intra_threads {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let max = cores * MAX_THREADS_PER_CORE;
+            if n == 0 || n > max {
+                return Err(Error::InvalidArgument(format!(
+                    "--threads {n}: this machine has {cores} cores; use 1 to {max} \
+                     ({MAX_THREADS_PER_CORE} per core at most)"
+                )));
+            }
+        }
         if !path.is_file() {
             return Err(Error::model(&path, "no such model file"));
         }
@@ -268,8 +296,18 @@ impl Encoder {
                 .tensor_shape()
                 .map(|s| s.iter().copied().collect())
                 .unwrap_or_default();
-            if shape.first().is_some_and(|&b| b > 0) {
-                self.fixed_batch = Some(shape[0] as usize);
+            if let Some(&b) = shape.first().filter(|&&b| b > 0) {
+                if b > crate::ingest::MAX_BATCH as i64 {
+                    return Err(Error::model(
+                        &self.path,
+                        format!(
+                            "input batch dimension is fixed at {b}; at most {} is supported \
+                             (export the model with a dynamic batch)",
+                            crate::ingest::MAX_BATCH
+                        ),
+                    ));
+                }
+                self.fixed_batch = Some(b as usize);
             }
             let want = [-1, 3, h as i64, w as i64];
             let ok = shape.len() == 4
@@ -406,10 +444,26 @@ impl Encoder {
     /// every feature the model has. Models exported with a fixed batch size are fed in chunks of
     /// that size (the last one zero-padded).
     pub fn embed(&self, pixels: &[f32], n: usize) -> Result<Features> {
+        if n == 0 {
+            if !pixels.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "{} floats given for an empty batch",
+                    pixels.len()
+                )));
+            }
+            let values = self.dims.keys().map(|f| (*f, Vec::new())).collect();
+            return Ok(Features { n: 0, values });
+        }
+        let tlen = self.preprocessor().tensor_len();
+        if pixels.len() != n.saturating_mul(tlen) {
+            return Err(Error::InvalidArgument(format!(
+                "batch holds {} floats, expected {n} × {tlen}",
+                pixels.len()
+            )));
+        }
         let Some(b) = self.fixed_batch.filter(|&b| b != n) else {
             return self.embed_exact(pixels, n);
         };
-        let tlen = pixels.len() / n.max(1);
         let mut all = Features {
             n,
             values: BTreeMap::new(),

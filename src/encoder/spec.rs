@@ -10,6 +10,9 @@ use crate::error::{Error, Result};
 /// Metadata key under which the spec JSON lives in the ONNX file.
 pub const SPEC_KEY: &str = "partlens.spec";
 
+/// Largest input side accepted, in pixels: one 4096² float32 image is 200 MB already.
+pub const MAX_INPUT_SIDE: usize = 4096;
+
 /// Which graph outputs carry which feature. Unnamed outputs are not produced by the model.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpecOutputs {
@@ -105,7 +108,9 @@ impl ModelSpec {
         Ok(spec)
     }
 
-    fn check(&self, model: &Path) -> Result<()> {
+    /// Checks every value that sizes an allocation or a computation; `model` names the file
+    /// in errors. Specs read back from a manifest are checked again.
+    pub fn check(&self, model: &Path) -> Result<()> {
         let bad = |m: String| Err(Error::model(model, m));
         if self.spec_version != 1 {
             return bad(format!(
@@ -119,8 +124,21 @@ impl ModelSpec {
                 self.interpolation
             ));
         }
-        if self.input_size.contains(&0) {
-            return bad("input_size must be positive".into());
+        if self
+            .input_size
+            .iter()
+            .any(|&s| s == 0 || s > MAX_INPUT_SIDE)
+        {
+            return bad(format!(
+                "input_size {:?} must be between 1 and {MAX_INPUT_SIDE} pixels per side",
+                self.input_size
+            ));
+        }
+        if self
+            .patch_size
+            .is_some_and(|p| p == 0 || p > MAX_INPUT_SIDE)
+        {
+            return bad("patch_size must be between 1 and the input size".into());
         }
         if self.std.iter().any(|&s| !(s.is_finite() && s > 0.0)) {
             return bad("std must be positive and finite".into());

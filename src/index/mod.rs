@@ -38,7 +38,8 @@ pub fn normalize_rows(data: &[f32], dim: usize) -> Vec<f32> {
 }
 
 /// Exact top-`k` by cosine over unit-norm rows, keeping only ids for which `keep` is true.
-/// Ties are broken by the smaller id, so results are deterministic.
+/// Ties are broken by the smaller id, so results are deterministic. A row whose score is not
+/// finite (a damaged row holding NaN or infinity) is never returned: it has no rank.
 pub fn exact_search(
     normalized: &[f32],
     dim: usize,
@@ -54,6 +55,7 @@ pub fn exact_search(
             id,
             score: row.iter().zip(query).map(|(a, b)| a * b).sum(),
         })
+        .filter(|h| h.score.is_finite())
         .collect();
     let by_score = |a: &Hit, b: &Hit| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id));
     if hits.len() > k {
@@ -287,6 +289,19 @@ mod tests {
         let even = |i: usize| i.is_multiple_of(2);
         let hits = exact_search(&d, 8, &q, 5, Some(&even));
         assert!(hits.iter().all(|h| h.id.is_multiple_of(2)));
+    }
+
+    #[test]
+    fn damaged_rows_never_rank() {
+        let mut d = data(20, 4, 5);
+        d[4..8].fill(f32::NAN);
+        d[8] = f32::INFINITY;
+        let q = d[12..16].to_vec();
+        let hits = exact_search(&d, 4, &q, 20, None);
+        assert_eq!(hits.len(), 18);
+        assert!(hits
+            .iter()
+            .all(|h| h.score.is_finite() && h.id != 1 && h.id != 2));
     }
 
     #[test]

@@ -17,10 +17,14 @@ use crate::region::PixelBox;
 /// have read it either. Checked against the header before any pixel buffer is allocated.
 pub const MAX_IMAGE_PIXELS: u64 = 178_956_970;
 
+/// Largest image file read, in bytes: an uncompressed image at [`MAX_IMAGE_PIXELS`] × 4
+/// channels, plus headers.
+pub const MAX_IMAGE_FILE_BYTES: u64 = MAX_IMAGE_PIXELS * 4 + (1 << 20);
+
 /// Decodes an image file into RGB8 (greyscale and palette images are expanded, like PIL's
 /// `convert("RGB")`). Corrupt and truncated files give [`Error::Image`] naming the file.
 pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::files::read_limited(path, MAX_IMAGE_FILE_BYTES)?;
     decode_rgb_bytes(&bytes, path)
 }
 
@@ -57,27 +61,6 @@ pub fn decode_rgb_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
         });
     }
     Ok(reader().decode().map_err(fail)?.to_rgb8())
-}
-
-/// Cuts `b` out of `img` as an interleaved RGB8 buffer of `b.width() × b.height()` pixels;
-/// pixels outside the image are black, as with PIL's `Image.crop`.
-pub fn crop(img: &RgbImage, b: PixelBox) -> Vec<u8> {
-    let (w, h) = (img.width() as i64, img.height() as i64);
-    let (cw, ch) = (b.width().max(0) as usize, b.height().max(0) as usize);
-    let mut out = vec![0u8; cw * ch * 3];
-    let src = img.as_raw();
-    let x_lo = b.x0.max(0);
-    let x_hi = b.x1.min(w);
-    if x_hi <= x_lo {
-        return out;
-    }
-    let n = (x_hi - x_lo) as usize * 3;
-    for y in b.y0.max(0)..b.y1.min(h) {
-        let s = ((y * w + x_lo) * 3) as usize;
-        let d = (((y - b.y0) * b.width() + (x_lo - b.x0)) * 3) as usize;
-        out[d..d + n].copy_from_slice(&src[s..s + n]);
-    }
-    out
 }
 
 /// torchvision's `Resize(size)` for an int size: the short side becomes `size`, the long side
@@ -119,21 +102,53 @@ impl Preprocessor {
     }
 
     /// Writes the CHW float32 tensor for the crop `b` of `img` into `out`
-    /// (`out.len() == self.tensor_len()`).
+    /// (`out.len() == self.tensor_len()`): PIL's `img.crop(b)` (black outside the image),
+    /// torchvision's `Resize` + `CenterCrop` + `Normalize`. The crop is never built: the resize
+    /// reads the image through a window and computes only the centre-cropped pixels, so memory
+    /// is bounded by the output whatever the box (a crop far larger than the image, or a
+    /// 1 × 10,000 sliver whose short-side resize would be millions of pixels long).
     pub fn region_tensor(&self, img: &RgbImage, b: PixelBox, out: &mut [f32]) {
-        let pixels = crop(img, b);
-        self.tensor_from_rgb(&pixels, b.width() as usize, b.height() as usize, out);
+        let win = resample::Window {
+            src: img.as_raw(),
+            img_w: img.width() as usize,
+            img_h: img.height() as usize,
+            x0: b.x0,
+            y0: b.y0,
+            width: b.width().max(0) as usize,
+            height: b.height().max(0) as usize,
+        };
+        self.tensor_from_window(&win, out);
     }
 
     /// Resize (short side, bicubic), centre crop and normalise an RGB8 buffer of `w × h`.
     pub fn tensor_from_rgb(&self, rgb: &[u8], w: usize, h: usize, out: &mut [f32]) {
+        let win = resample::Window {
+            src: rgb,
+            img_w: w,
+            img_h: h,
+            x0: 0,
+            y0: 0,
+            width: w,
+            height: h,
+        };
+        self.tensor_from_window(&win, out);
+    }
+
+    fn tensor_from_window(&self, win: &resample::Window<'_>, out: &mut [f32]) {
         let (th, tw) = self.size;
         // Resize the short side to the smaller target side; for a square target (the usual
         // case) this is exactly torchvision's Resize(size).
-        let (rw, rh) = short_side_size(w, h, th.min(tw));
-        let resized = resample::resize_bicubic_rgb8(rgb, w, h, rw, rh);
+        let (rw, rh) = short_side_size(win.width.max(1), win.height.max(1), th.min(tw));
         let top = half_round_even(rh as i64 - th as i64);
         let left = half_round_even(rw as i64 - tw as i64);
+        // Only the pixels the centre crop keeps: rows top..top+th, columns left..left+tw.
+        let span = |start: i64, len: usize, size: usize| {
+            let a = start.clamp(0, size as i64) as usize;
+            let b = (start + len as i64).clamp(0, size as i64) as usize;
+            a..b
+        };
+        let (cols, rows) = (span(left, tw, rw), span(top, th, rh));
+        let part = resample::resize_part(win, (rw, rh), cols.clone(), rows.clone());
         let plane = th * tw;
         // (v / 255 - mean) / std for every byte value: the same f32 arithmetic, done 768 times
         // instead of 3 × H × W.
@@ -149,9 +164,14 @@ impl Preprocessor {
             let sy = y as i64 + top;
             for x in 0..tw {
                 let sx = x as i64 + left;
-                let px = if sy >= 0 && sx >= 0 && (sy as usize) < rh && (sx as usize) < rw {
-                    let i = (sy as usize * rw + sx as usize) * 3;
-                    [resized[i], resized[i + 1], resized[i + 2]]
+                let inside = sy >= rows.start as i64
+                    && sy < rows.end as i64
+                    && sx >= cols.start as i64
+                    && sx < cols.end as i64;
+                let px = if inside {
+                    let i =
+                        ((sy as usize - rows.start) * cols.len() + (sx as usize - cols.start)) * 3;
+                    [part[i], part[i + 1], part[i + 2]]
                 } else {
                     [0, 0, 0]
                 };
@@ -169,14 +189,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn crop_pads_black_outside() {
-        let img = RgbImage::from_fn(4, 3, |x, y| image::Rgb([x as u8 + 1, y as u8 + 1, 9]));
-        let b = PixelBox::new(-1, -1, 2, 1).unwrap();
-        let c = crop(&img, b);
-        assert_eq!(c.len(), 3 * 2 * 3);
-        assert_eq!(&c[0..9], &[0; 9]);
-        assert_eq!(&c[9..12], &[0, 0, 0]);
-        assert_eq!(&c[12..18], &[1, 1, 9, 2, 1, 9]);
+    fn region_tensors_equal_the_padded_crop_resized() {
+        let img = RgbImage::from_fn(37, 29, |x, y| image::Rgb([x as u8 * 7, y as u8 * 5, 90]));
+        let p = Preprocessor {
+            size: (16, 16),
+            mean: [0.5, 0.4, 0.3],
+            std: [0.2, 0.25, 0.3],
+        };
+        for b in [
+            PixelBox::new(-5, -5, 20, 20).unwrap(),
+            PixelBox::new(3, 4, 30, 9).unwrap(),
+            PixelBox::new(-400, -300, 500, 600).unwrap(),
+            PixelBox::new(10, 0, 11, 29).unwrap(),
+        ] {
+            // The crop PIL would build, black outside.
+            let (cw, ch) = (b.width() as usize, b.height() as usize);
+            let mut crop = vec![0u8; cw * ch * 3];
+            for y in 0..ch {
+                for x in 0..cw {
+                    let (ix, iy) = (b.x0 + x as i64, b.y0 + y as i64);
+                    if (0..37).contains(&ix) && (0..29).contains(&iy) {
+                        let px = img.get_pixel(ix as u32, iy as u32).0;
+                        crop[(y * cw + x) * 3..(y * cw + x) * 3 + 3].copy_from_slice(&px);
+                    }
+                }
+            }
+            let mut want = vec![0f32; p.tensor_len()];
+            let mut got = vec![0f32; p.tensor_len()];
+            p.tensor_from_rgb(&crop, cw, ch, &mut want);
+            p.region_tensor(&img, b, &mut got);
+            assert_eq!(got, want, "{b:?}");
+        }
+    }
+
+    #[test]
+    fn a_sliver_costs_its_output_not_its_resize() {
+        // 1 × 10,000: the short-side resize is 224 × 2,240,000 pixels; only 224² are made.
+        let img = RgbImage::from_pixel(2, 10_000, image::Rgb([200, 100, 50]));
+        let p = Preprocessor {
+            size: (224, 224),
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        };
+        let mut out = vec![0f32; p.tensor_len()];
+        p.region_tensor(&img, PixelBox::new(0, 0, 1, 10_000).unwrap(), &mut out);
+        assert!((out[0] - 200.0 / 255.0).abs() < 1e-6);
     }
 
     #[test]

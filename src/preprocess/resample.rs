@@ -29,15 +29,17 @@ struct Coeffs {
     weights: Vec<i32>,
 }
 
-fn precompute(in_size: usize, out_size: usize) -> Coeffs {
+/// Pillow's coefficients for resizing `in_size` pixels to `out_size`, for the output pixels in
+/// `range` only (each output pixel's window and weights depend on nothing else).
+fn precompute(in_size: usize, out_size: usize, range: std::ops::Range<usize>) -> Coeffs {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = 2.0 * filterscale;
     let ksize = support.ceil() as usize * 2 + 1;
-    let mut bounds = Vec::with_capacity(out_size);
-    let mut weights = vec![0i32; out_size * ksize];
+    let mut bounds = Vec::with_capacity(range.len());
+    let mut weights = vec![0i32; range.len() * ksize];
     let mut k = vec![0f64; ksize];
-    for xx in 0..out_size {
+    for (i, xx) in range.enumerate() {
         let center = (xx as f64 + 0.5) * scale;
         let ss = 1.0 / filterscale;
         // Pillow truncates toward zero after adding 0.5 (`(int)(x + 0.5)`).
@@ -53,7 +55,7 @@ fn precompute(in_size: usize, out_size: usize) -> Coeffs {
         for x in 0..n {
             let w = if ww != 0.0 { k[x] / ww } else { k[x] };
             let fixed = w * f64::from(1u32 << PRECISION_BITS);
-            weights[xx * ksize + x] = if w < 0.0 {
+            weights[i * ksize + x] = if w < 0.0 {
                 (fixed - 0.5) as i32
             } else {
                 (fixed + 0.5) as i32
@@ -73,66 +75,161 @@ fn clip8(v: i32) -> u8 {
     (v >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
+/// A window onto an interleaved RGB8 image: `width × height` pixels whose top-left corner is
+/// `(x0, y0)` in image coordinates. The window may extend past the image; pixels there are
+/// black, as with PIL's `Image.crop`, but are never stored.
+#[derive(Debug, Clone, Copy)]
+pub struct Window<'a> {
+    /// The image, `img_w × img_h × 3` bytes.
+    pub src: &'a [u8],
+    /// Image width in pixels.
+    pub img_w: usize,
+    /// Image height in pixels.
+    pub img_h: usize,
+    /// Window's first column, in image coordinates (may be negative).
+    pub x0: i64,
+    /// Window's first row, in image coordinates (may be negative).
+    pub y0: i64,
+    /// Window width in pixels.
+    pub width: usize,
+    /// Window height in pixels.
+    pub height: usize,
+}
+
+impl Window<'_> {
+    /// Window positions `lo..hi` (along one axis of `len` window pixels starting at image
+    /// coordinate `start`) that fall inside an image of `size` pixels.
+    fn inside(start: i64, size: usize, lo: usize, hi: usize) -> (usize, usize) {
+        let first = (-start).clamp(lo as i64, hi as i64) as usize;
+        let last = (size as i64 - start).clamp(first as i64, hi as i64) as usize;
+        (first, last)
+    }
+}
+
 /// Resizes an interleaved RGB8 buffer of `w × h` pixels to `ow × oh`, exactly as Pillow's
 /// bicubic resize does. Returns the new interleaved RGB8 buffer.
 pub fn resize_bicubic_rgb8(src: &[u8], w: usize, h: usize, ow: usize, oh: usize) -> Vec<u8> {
     debug_assert_eq!(src.len(), w * h * 3);
-    if (w, h) == (ow, oh) {
-        return src.to_vec();
+    let win = Window {
+        src,
+        img_w: w,
+        img_h: h,
+        x0: 0,
+        y0: 0,
+        width: w,
+        height: h,
+    };
+    resize_window(&win, ow, oh)
+}
+
+/// Resizes a window of an image to `ow × oh` exactly as Pillow resizes the cropped image
+/// (`img.crop(box).resize((ow, oh), Image.BICUBIC)`), without building the crop.
+pub fn resize_window(win: &Window<'_>, ow: usize, oh: usize) -> Vec<u8> {
+    resize_part(win, (ow, oh), 0..ow, 0..oh)
+}
+
+/// The pixels `cols × rows` of [`resize_window`]'s `ow × oh` result, computed alone: a centre
+/// crop of a very elongated resize costs the crop, not the whole resize. Memory is the part
+/// plus one horizontal pass over the window's rows that lie inside the image; taps on black
+/// pixels are skipped (they add exactly 0 to Pillow's fixed-point sums, and a row of them
+/// resamples to exactly 0), so a crop many times the image costs no more memory than one
+/// inside it. Returns `cols.len() × rows.len()` interleaved RGB8 pixels.
+pub fn resize_part(
+    win: &Window<'_>,
+    (ow, oh): (usize, usize),
+    cols: std::ops::Range<usize>,
+    rows: std::ops::Range<usize>,
+) -> Vec<u8> {
+    let (w, h) = (win.width, win.height);
+    let cols = cols.start.min(ow)..cols.end.min(ow);
+    let rows = rows.start.min(oh)..rows.end.min(oh);
+    let stride = cols.len() * 3;
+    let mut out = vec![0u8; stride * rows.len()];
+    if cols.is_empty() || rows.is_empty() || w == 0 || h == 0 {
+        return out;
     }
-    let horiz = precompute(w, ow);
-    let vert = precompute(h, oh);
     let need_h = ow != w;
     let need_v = oh != h;
-
-    // Horizontal pass over only the rows the vertical pass will read, as Pillow does.
-    let (tmp, tmp_w, row0) = if need_h {
-        let first = vert.bounds[0].0;
-        let (lmin, ln) = vert.bounds[oh - 1];
-        let rows = lmin + ln - first;
-        let mut out = vec![0u8; ow * rows * 3];
-        for (y, orow) in out.chunks_exact_mut(ow * 3).enumerate() {
-            let srow = &src[(y + first) * w * 3..(y + first + 1) * w * 3];
-            for ((xx, &(xmin, n)), o) in horiz
-                .bounds
-                .iter()
-                .enumerate()
-                .zip(orow.chunks_exact_mut(3))
-            {
-                let k = &horiz.weights[xx * horiz.ksize..xx * horiz.ksize + n];
-                let px = &srow[xmin * 3..(xmin + n) * 3];
+    let vert = need_v.then(|| precompute(h, oh, rows.clone()));
+    // Window rows the vertical pass reads (the output rows themselves when there is no
+    // vertical pass), narrowed to those inside the image: the others are black before and
+    // after the pass.
+    let (first, last) = match &vert {
+        Some(v) => {
+            let lo = v.bounds.iter().map(|b| b.0).min().unwrap_or(0);
+            let hi = v.bounds.iter().map(|b| b.0 + b.1).max().unwrap_or(0);
+            (lo, hi)
+        }
+        None => (rows.start, rows.end),
+    };
+    let (r0, r1) = Window::inside(win.y0, win.img_h, first, last);
+    // tmp: window rows r0..r1, the output's columns wide after the horizontal pass.
+    let mut tmp = vec![0u8; (r1 - r0) * stride];
+    let img_row = |r: usize| {
+        let iy = (win.y0 + r as i64) as usize;
+        &win.src[iy * win.img_w * 3..(iy + 1) * win.img_w * 3]
+    };
+    if need_h {
+        let horiz = precompute(w, ow, cols.clone());
+        // Per output column: the taps that land inside the image.
+        let taps: Vec<(usize, usize, usize)> = horiz
+            .bounds
+            .iter()
+            .map(|&(xmin, n)| {
+                let (a, b) = Window::inside(win.x0, win.img_w, xmin, xmin + n);
+                (a, b, xmin)
+            })
+            .collect();
+        for (r, orow) in (r0..r1).zip(tmp.chunks_exact_mut(stride)) {
+            let srow = img_row(r);
+            for (i, (&(a, b, xmin), o)) in taps.iter().zip(orow.chunks_exact_mut(3)).enumerate() {
+                let k = &horiz.weights[i * horiz.ksize..];
                 let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
-                for (&kx, p) in k.iter().zip(px.chunks_exact(3)) {
-                    acc[0] += i32::from(p[0]) * kx;
-                    acc[1] += i32::from(p[1]) * kx;
-                    acc[2] += i32::from(p[2]) * kx;
+                for t in a..b {
+                    let ix = (win.x0 + t as i64) as usize * 3;
+                    let kx = k[t - xmin];
+                    acc[0] += i32::from(srow[ix]) * kx;
+                    acc[1] += i32::from(srow[ix + 1]) * kx;
+                    acc[2] += i32::from(srow[ix + 2]) * kx;
                 }
                 o[0] = clip8(acc[0]);
                 o[1] = clip8(acc[1]);
                 o[2] = clip8(acc[2]);
             }
         }
-        (out, ow, first)
     } else {
-        (src.to_vec(), w, 0)
-    };
-    if !need_v {
-        return tmp;
+        // Same width: the window's own columns, black outside the image.
+        let (c0, c1) = Window::inside(win.x0, win.img_w, cols.start, cols.end);
+        for (r, orow) in (r0..r1).zip(tmp.chunks_exact_mut(stride)) {
+            let srow = img_row(r);
+            let ix = (win.x0 + c0 as i64) as usize * 3;
+            let o = (c0 - cols.start) * 3;
+            orow[o..o + (c1 - c0) * 3].copy_from_slice(&srow[ix..ix + (c1 - c0) * 3]);
+        }
     }
+    let Some(vert) = vert else {
+        // No vertical pass: output row y is window row y.
+        let (a, b) = (r0.max(rows.start), r1.min(rows.end));
+        for y in a..b.max(a) {
+            let dst = (y - rows.start) * stride;
+            out[dst..dst + stride].copy_from_slice(&tmp[(y - r0) * stride..(y - r0 + 1) * stride]);
+        }
+        return out;
+    };
     // Vertical pass a whole row at a time: contiguous reads, and the compiler vectorises it.
-    let stride = tmp_w * 3;
-    let mut out = vec![0u8; stride * oh];
     let mut acc = vec![0i32; stride];
-    for (yy, &(ymin, n)) in vert.bounds.iter().enumerate() {
-        let k = &vert.weights[yy * vert.ksize..yy * vert.ksize + n];
+    for (i, &(ymin, n)) in vert.bounds.iter().enumerate() {
+        let k = &vert.weights[i * vert.ksize..i * vert.ksize + n];
         acc.fill(1i32 << (PRECISION_BITS - 1));
-        for (y, &ky) in k.iter().enumerate() {
-            let r = ymin - row0 + y;
-            for (a, &p) in acc.iter_mut().zip(&tmp[r * stride..(r + 1) * stride]) {
-                *a += i32::from(p) * ky;
+        let (a, b) = (ymin.max(r0), (ymin + n).min(r1));
+        for y in a..b.max(a) {
+            let ky = k[y - ymin];
+            let row = &tmp[(y - r0) * stride..(y - r0 + 1) * stride];
+            for (acc, &p) in acc.iter_mut().zip(row) {
+                *acc += i32::from(p) * ky;
             }
         }
-        for (o, &a) in out[yy * stride..(yy + 1) * stride].iter_mut().zip(&acc) {
+        for (o, &a) in out[i * stride..(i + 1) * stride].iter_mut().zip(&acc) {
             *o = clip8(a);
         }
     }
@@ -156,6 +253,60 @@ mod tests {
             let out = resize_bicubic_rgb8(&src, 13, 9, ow, oh);
             assert_eq!(out.len(), ow * oh * 3);
             assert!(out.iter().all(|&v| v == 77), "{ow}x{oh}");
+        }
+    }
+
+    /// The crop Pillow would make: black outside.
+    fn padded(src: &[u8], w: usize, h: usize, x0: i64, y0: i64, cw: usize, ch: usize) -> Vec<u8> {
+        let mut out = vec![0u8; cw * ch * 3];
+        for y in 0..ch {
+            for x in 0..cw {
+                let (ix, iy) = (x0 + x as i64, y0 + y as i64);
+                if ix >= 0 && iy >= 0 && (ix as usize) < w && (iy as usize) < h {
+                    let s = (iy as usize * w + ix as usize) * 3;
+                    out[(y * cw + x) * 3..(y * cw + x) * 3 + 3].copy_from_slice(&src[s..s + 3]);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn windows_equal_resizing_the_padded_crop() {
+        let (w, h) = (23, 17);
+        let src: Vec<u8> = (0..w * h * 3).map(|i| (i * 37 % 251) as u8).collect();
+        let cases = [
+            (-5, -3, 40, 40, 12, 12),
+            (3, 2, 10, 10, 10, 10),
+            (-30, 4, 80, 6, 7, 6),
+            (10, -20, 6, 70, 6, 9),
+            (-100, -100, 250, 250, 11, 11),
+            (30, 30, 9, 9, 4, 4), // wholly outside
+            (0, 0, 23, 17, 23, 40),
+        ];
+        for (x0, y0, cw, ch, ow, oh) in cases {
+            let win = Window {
+                src: &src,
+                img_w: w,
+                img_h: h,
+                x0,
+                y0,
+                width: cw,
+                height: ch,
+            };
+            let want = resize_bicubic_rgb8(&padded(&src, w, h, x0, y0, cw, ch), cw, ch, ow, oh);
+            assert_eq!(
+                resize_window(&win, ow, oh),
+                want,
+                "{x0},{y0} {cw}x{ch} -> {ow}x{oh}"
+            );
+            // Any part of it, alone.
+            let (c, r) = (ow / 3..ow - ow / 4, oh / 4..oh);
+            let part = resize_part(&win, (ow, oh), c.clone(), r.clone());
+            for (j, y) in r.enumerate() {
+                let got = &part[j * c.len() * 3..(j + 1) * c.len() * 3];
+                assert_eq!(got, &want[(y * ow + c.start) * 3..(y * ow + c.end) * 3]);
+            }
         }
     }
 

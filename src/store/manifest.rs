@@ -8,11 +8,18 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::RegionSettings;
-use crate::encoder::ModelSpec;
+pub use crate::dataset::Skipped;
+use crate::encoder::{Feature, ModelSpec};
 use crate::error::{Error, IoContext, Result};
 
 /// Version of the index directory layout this build writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// Largest feature dimension accepted from a manifest.
+pub const MAX_DIM: usize = 1 << 16;
+
+/// Largest manifest read, in bytes (the skipped list of a huge dataset fits many times over).
+pub const MAX_MANIFEST_BYTES: u64 = 256 << 20;
 
 /// The encoder an index was built with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,13 +76,13 @@ pub struct HnswInfo {
     pub ef_construction: usize,
 }
 
-/// An input that was not ingested, and why.
+/// Size and checksum of one file of the index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Skipped {
-    /// File path relative to the dataset root where possible.
-    pub path: String,
-    /// What was wrong.
-    pub reason: String,
+pub struct FileRecord {
+    /// Length in bytes ([`crate::IndexDir::open`] checks it).
+    pub bytes: u64,
+    /// SHA-256, lowercase hex ([`crate::IndexDir::verify`] checks it).
+    pub sha256: String,
 }
 
 /// The whole manifest.
@@ -103,6 +110,10 @@ pub struct Manifest {
     pub hnsw: BTreeMap<String, HnswInfo>,
     /// Inputs skipped, with reasons.
     pub skipped: Vec<Skipped>,
+    /// Every other file of the index (`regions/…`, `features/…`, `hnsw/…`) with its length and
+    /// SHA-256. Indexes written before this field have none.
+    #[serde(default)]
+    pub files: BTreeMap<String, FileRecord>,
 }
 
 impl Manifest {
@@ -125,7 +136,8 @@ impl Manifest {
         Ok(())
     }
 
-    /// Reads and checks `dir/manifest.json`.
+    /// Reads and checks `dir/manifest.json`: its schema version and every value that names a
+    /// file or sizes a computation (see [`Manifest::validate`]).
     pub fn read(dir: &Path) -> Result<Manifest> {
         let path = dir.join("manifest.json");
         if !dir.is_dir() {
@@ -134,16 +146,13 @@ impl Manifest {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "no such index directory"),
             ));
         }
-        let bytes = std::fs::read(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::corrupt(
-                    &path,
-                    "missing: not an index directory, or its ingest did not finish",
-                )
-            } else {
-                Error::io(&path, e)
-            }
-        })?;
+        if !path.exists() {
+            return Err(Error::corrupt(
+                &path,
+                "missing: not an index directory, or its ingest did not finish",
+            ));
+        }
+        let bytes = crate::files::read_limited(&path, MAX_MANIFEST_BYTES)?;
         let m: Manifest = serde_json::from_slice(&bytes)
             .map_err(|e| Error::corrupt(&path, format!("unreadable manifest: {e}")))?;
         if m.schema_version != SCHEMA_VERSION {
@@ -155,6 +164,81 @@ impl Manifest {
                 ),
             ));
         }
+        m.validate()
+            .map_err(|message| Error::corrupt(&path, message))?;
         Ok(m)
+    }
+
+    /// Checks what the rest of partlens trusts: region settings (the margin sizes query
+    /// crops), the encoder spec (its input size sizes tensors), feature names and dimensions,
+    /// counts that must add up, and that every file name stays inside the index directory.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.settings
+            .validate()
+            .map_err(|e| format!("settings: {e}"))?;
+        self.encoder
+            .spec
+            .check(Path::new(&self.encoder.file))
+            .map_err(|e| format!("encoder spec: {e}"))?;
+        let c = &self.counts;
+        if c.parts.checked_add(c.objects) != Some(c.regions) {
+            return Err(format!(
+                "counts: {} parts + {} objects ≠ {} regions",
+                c.parts, c.objects, c.regions
+            ));
+        }
+        if self.features.is_empty() {
+            return Err("no features listed".into());
+        }
+        for (i, name) in self.features.iter().enumerate() {
+            if Feature::parse(name).is_none() {
+                return Err(format!("unknown feature {name:?}"));
+            }
+            if self.features[..i].contains(name) {
+                return Err(format!("feature {name:?} listed twice"));
+            }
+            match self.encoder.dims.get(name) {
+                Some(&d) if (1..=MAX_DIM).contains(&d) => {}
+                other => {
+                    return Err(format!(
+                        "feature {name:?} has dimension {other:?}; expected 1..={MAX_DIM}"
+                    ))
+                }
+            }
+        }
+        if self.shards.is_empty() {
+            return Err("no region files listed".into());
+        }
+        for shard in self.shards.iter().chain(self.files.keys()) {
+            check_inner_path(shard)?;
+        }
+        for (f, h) in &self.hnsw {
+            if !self.features.contains(f) {
+                return Err(format!("HNSW graph for unlisted feature {f:?}"));
+            }
+            crate::dataset::root::check_component(&h.basename, "HNSW base name")
+                .map_err(|e| e.to_string())?;
+            if !(1..=4096).contains(&h.max_nb_connection)
+                || !(1..=1 << 20).contains(&h.ef_construction)
+            {
+                return Err(format!("HNSW parameters of {f:?} out of range"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A file name inside the index directory: relative, `/`-separated plain components.
+fn check_inner_path(p: &str) -> std::result::Result<(), String> {
+    let ok = !p.is_empty()
+        && !p.starts_with('/')
+        && p.split('/')
+            .all(|c| crate::dataset::root::check_component(c, "file name").is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "file name {p:?} is not a plain path inside the index"
+        ))
     }
 }

@@ -1,7 +1,8 @@
 //! The index directory, an on-disk contract (see ARCHITECTURE.md):
 //!
 //! ```text
-//! manifest.json                 written last, atomically
+//! .partlens-index               marker: this folder is a partlens index (and may be replaced)
+//! manifest.json                 written last, atomically; sizes and SHA-256 of the files below
 //! regions/part-00000.parquet    region metadata + one FixedSizeList<f32, D> column per feature
 //! features/<feature>.npy        N × D float32, row i = region id i
 //! hnsw/<feature>.hnsw.{graph,data}
@@ -14,9 +15,11 @@ pub mod parquet;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
+
 use crate::encoder::Feature;
 use crate::error::{Error, Result};
-use crate::region::Region;
+use crate::region::{Region, RegionKind};
 pub use manifest::Manifest;
 pub use npy::{NpyMatrix, NpyWriter};
 pub use parquet::{read_regions, RegionWriter};
@@ -30,6 +33,79 @@ pub struct IndexDir {
     features: BTreeMap<Feature, NpyMatrix>,
 }
 
+/// The marker file every index holds; only a folder with it (or, for indexes written before
+/// the marker, a complete manifest) is ever replaced by `ingest --overwrite`.
+pub const MARKER_FILE: &str = ".partlens-index";
+
+/// The marker's content.
+pub const MARKER_TEXT: &str = "partlens index: see manifest.json\n";
+
+/// Entries an index directory may hold; anything else means a user put files there, and the
+/// folder is not replaced.
+pub const INDEX_ENTRIES: [&str; 6] = [
+    MARKER_FILE,
+    "manifest.json",
+    "manifest.json.tmp",
+    "regions",
+    "features",
+    "hnsw",
+];
+
+/// Whether `path` may be replaced by a new index: `Ok(true)` for a partlens index, `Ok(false)`
+/// for an empty folder, otherwise the reason it must be left alone (it is not a folder, it
+/// holds files partlens did not write, or it has neither the marker nor a partlens manifest).
+pub fn replaceable(path: &Path) -> std::result::Result<bool, String> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_dir() {
+        return Err("it is not a folder".into());
+    }
+    let names: Vec<String> = std::fs::read_dir(path)
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if names.is_empty() {
+        return Ok(false);
+    }
+    let mut foreign: Vec<&String> = names
+        .iter()
+        .filter(|n| !INDEX_ENTRIES.contains(&n.as_str()))
+        .collect();
+    if !foreign.is_empty() {
+        foreign.sort();
+        let shown: Vec<&str> = foreign.iter().take(5).map(|s| s.as_str()).collect();
+        return Err(format!(
+            "it holds files partlens did not write ({}{})",
+            shown.join(", "),
+            if foreign.len() > 5 { ", …" } else { "" }
+        ));
+    }
+    let marker = std::fs::read(path.join(MARKER_FILE)).ok();
+    if marker.as_deref() == Some(MARKER_TEXT.as_bytes()) {
+        return Ok(true);
+    }
+    // Written before the marker existed: only a manifest that parses as ours counts.
+    let manifest =
+        crate::files::read_limited(&path.join("manifest.json"), manifest::MAX_MANIFEST_BYTES)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok());
+    match manifest {
+        Some(_) => Ok(true),
+        None => Err("it has no partlens marker and no partlens manifest".into()),
+    }
+}
+
+/// Number of stored regions of one label.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LabelCount {
+    /// Part or object.
+    pub kind: RegionKind,
+    /// Label name.
+    pub label: String,
+    /// Regions with it.
+    pub regions: usize,
+}
+
 /// Path of a feature matrix inside an index directory.
 pub fn feature_path(dir: &Path, f: Feature) -> PathBuf {
     dir.join("features").join(format!("{}.npy", f.as_str()))
@@ -37,17 +113,37 @@ pub fn feature_path(dir: &Path, f: Feature) -> PathBuf {
 
 impl IndexDir {
     /// Opens `path`, checking that the manifest, Parquet shards and feature matrices agree on
-    /// the number of regions; any disagreement (a truncated or partly copied index) is
-    /// [`Error::DataCorruption`].
+    /// the number of regions, and that every file has the length the manifest recorded; any
+    /// disagreement (a truncated or partly copied index) is [`Error::DataCorruption`].
     pub fn open(path: impl AsRef<Path>) -> Result<IndexDir> {
         let path = path.as_ref().to_path_buf();
         let manifest = Manifest::read(&path)?;
+        for (name, rec) in &manifest.files {
+            let p = path.join(name);
+            let len = std::fs::metadata(&p)
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => {
+                        Error::corrupt(&p, "file missing (the manifest lists it)")
+                    }
+                    _ => Error::io(&p, e),
+                })?
+                .len();
+            if len != rec.bytes {
+                return Err(Error::corrupt(
+                    &p,
+                    format!(
+                        "{len} bytes, the manifest recorded {}: truncated or replaced",
+                        rec.bytes
+                    ),
+                ));
+            }
+        }
         let mut regions = Vec::new();
         for shard in &manifest.shards {
             regions.extend(read_regions(path.join(shard))?);
         }
-        let n = manifest.counts.regions as usize;
-        if regions.len() != n {
+        let n = manifest.counts.regions;
+        if regions.len() as u64 != n {
             return Err(Error::corrupt(
                 &path,
                 format!(
@@ -56,6 +152,7 @@ impl IndexDir {
                 ),
             ));
         }
+        let n = regions.len();
         if let Some((i, r)) = regions.iter().enumerate().find(|(i, r)| r.id != *i as u64) {
             return Err(Error::corrupt(
                 &path,
@@ -87,6 +184,58 @@ impl IndexDir {
             manifest,
             regions,
             features,
+        })
+    }
+
+    /// Re-reads every file the manifest lists and compares its SHA-256 with the recorded one;
+    /// returns the number of files checked. Catches what lengths cannot: flipped bits, a file
+    /// swapped for another of the same size.
+    pub fn verify(&self) -> Result<usize> {
+        for (name, rec) in &self.manifest.files {
+            let p = self.path.join(name);
+            let got = crate::encoder::sha256_file(&p)?;
+            if got != rec.sha256 {
+                return Err(Error::corrupt(
+                    &p,
+                    format!(
+                        "SHA-256 {got} ≠ {} recorded at ingest: the file changed",
+                        rec.sha256
+                    ),
+                ));
+            }
+        }
+        Ok(self.manifest.files.len())
+    }
+
+    /// Regions per label, most frequent first (ties by kind, then name).
+    pub fn label_counts(&self) -> Vec<LabelCount> {
+        let mut per: BTreeMap<(RegionKind, &str), usize> = BTreeMap::new();
+        for r in &self.regions {
+            *per.entry((r.kind, r.label_name.as_str())).or_default() += 1;
+        }
+        let mut v: Vec<LabelCount> = per
+            .into_iter()
+            .map(|((kind, label), regions)| LabelCount {
+                kind,
+                label: label.to_string(),
+                regions,
+            })
+            .collect();
+        v.sort_by(|a, b| {
+            b.regions
+                .cmp(&a.regions)
+                .then(a.kind.cmp(&b.kind))
+                .then(a.label.cmp(&b.label))
+        });
+        v
+    }
+
+    /// Rows of `f` holding a NaN or infinity (a damaged file: ingest never stores one).
+    pub fn damaged_rows(&self, f: Feature) -> Vec<usize> {
+        self.feature(f).map_or_else(Vec::new, |m| {
+            (0..m.rows())
+                .filter(|&i| m.row(i).iter().any(|v| !v.is_finite()))
+                .collect()
         })
     }
 

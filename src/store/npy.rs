@@ -9,6 +9,13 @@ use memmap2::Mmap;
 
 use crate::error::{Error, IoContext, Result};
 
+// The files are little-endian float32 ('<f4') and are read in place, without a copy; on a
+// big-endian host every value would need swapping, which this reader does not do.
+#[cfg(target_endian = "big")]
+compile_error!(
+    "partlens maps little-endian .npy files in place; big-endian hosts are not supported"
+);
+
 /// Header length we always write (magic + version + length + dict, padded), so the row count
 /// can be patched in place when the writer finishes.
 const HEADER_LEN: usize = 128;
@@ -131,7 +138,10 @@ impl NpyMatrix {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let file = File::open(path).at(path)?;
-        // SAFETY: the index directory is immutable once written; we never map files we write.
+        // SAFETY: a mapping is only sound while nobody modifies or truncates the file. partlens
+        // never writes to a finished index (a new ingest builds a new folder and swaps it in,
+        // leaving open files of the old one intact), and the length is checked below; a file
+        // truncated by another program while mapped would raise SIGBUS, as with any mmap.
         let mmap = unsafe { Mmap::map(&file) }.at(path)?;
         let (offset, rows, cols) = parse_header(&mmap, path)?;
         let need = rows
@@ -171,11 +181,10 @@ impl NpyMatrix {
 
     /// All values, row-major, without copying.
     pub fn as_slice(&self) -> &[f32] {
-        let bytes = &self.mmap[self.offset..];
-        // SAFETY: the mapping is page-aligned and the offset a multiple of 4, so the pointer is
-        // aligned for f32; the length was checked in `open`; f32 has no invalid bit patterns; the
-        // data is little-endian, which is what we build for.
-        unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), self.rows * self.cols) }
+        // `open` checked the length and the 4-byte alignment of the offset (the mapping itself
+        // is page-aligned), so the cast cannot fail; an empty slice is the safe answer if it
+        // ever did.
+        bytemuck::try_cast_slice(&self.mmap[self.offset..]).unwrap_or(&[])
     }
 
     /// Row `i`.
