@@ -9,8 +9,10 @@ fuzz_target!(|data: &[u8]| {
     if std::fs::write(&path, data).is_ok() {
         let _ = partlens::dataset::CocoKeypoints::open(
             &path,
-            &partlens::dataset::KeypointSettings::default(),
-            0.1,
+            &partlens::dataset::OpenOptions {
+                margin: 0.1,
+                ..Default::default()
+            },
         );
     }
 });

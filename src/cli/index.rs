@@ -15,8 +15,9 @@ use partlens::{IndexDir, Result};
 pub struct InfoArgs {
     /// Index directory.
     pub index: PathBuf,
-    /// Also re-read every file and compare its SHA-256 with the one recorded at ingest, and
-    /// scan the features for damaged (NaN or infinite) rows.
+    /// Also re-read every file and compare its SHA-256 with the one recorded at ingest.
+    /// (Damaged feature rows, NaN or infinite, are always looked for.) Exits with 1 if
+    /// anything is damaged.
     #[arg(long)]
     pub verify: bool,
     /// Print the manifest as JSON.
@@ -26,26 +27,55 @@ pub struct InfoArgs {
 
 pub(super) fn info(a: &InfoArgs) -> Result<()> {
     let idx = IndexDir::open(&a.index)?;
-    let checked = if a.verify { Some(idx.verify()?) } else { None };
-    let damaged: Vec<(Feature, Vec<usize>)> = if a.verify {
-        idx.feature_names()
-            .into_iter()
-            .map(|f| (f, idx.damaged_rows(f)))
-            .filter(|(_, rows)| !rows.is_empty())
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let changed = if a.verify { Some(idx.verify()?) } else { None };
+    let damaged: Vec<(Feature, Vec<usize>)> = idx
+        .feature_names()
+        .into_iter()
+        .map(|f| (f, idx.damaged_rows(f)))
+        .filter(|(_, rows)| !rows.is_empty())
+        .collect();
     let m = idx.manifest();
+    let healthy = damaged.is_empty() && changed.as_ref().is_none_or(Vec::is_empty);
     if a.json {
-        return print::json(&serde_json::json!({
+        print::json(&serde_json::json!({
             "manifest": m,
             "labels": idx.label_counts(),
-            "verified_files": checked,
+            "changed_files": changed,
             "damaged_rows": damaged.iter().map(|(f, r)| (f.as_str(), r)).collect::<std::collections::BTreeMap<_, _>>(),
-        }));
+        }))?;
+    } else {
+        print_info(&idx, &a.index);
+        for (f, rows) in &damaged {
+            let shown: Vec<String> = rows.iter().take(10).map(|r| r.to_string()).collect();
+            println!(
+                "damaged      {} rows of {f} hold NaN or infinity (never returned by queries): {}{}",
+                rows.len(),
+                shown.join(", "),
+                if rows.len() > 10 { ", …" } else { "" }
+            );
+        }
+        match &changed {
+            Some(c) if c.is_empty() => println!(
+                "verified     {} files match the SHA-256 recorded at ingest",
+                m.files.len()
+            ),
+            Some(c) => c.iter().for_each(|c| println!("changed      {c}")),
+            None => {}
+        }
     }
-    println!("index        {}", a.index.display());
+    if healthy {
+        Ok(())
+    } else {
+        Err(partlens::Error::corrupt(
+            &a.index,
+            "damaged: see the damaged/changed lines above; rebuild the index with ingest --overwrite",
+        ))
+    }
+}
+
+fn print_info(idx: &IndexDir, path: &std::path::Path) {
+    let m = idx.manifest();
+    println!("index        {}", path.display());
     println!(
         "encoder      {} ({}), sha256 {}…, ran on {}",
         m.encoder.spec.name,
@@ -95,22 +125,6 @@ pub(super) fn info(a: &InfoArgs) -> Result<()> {
             m.skipped.len() - 20
         );
     }
-    if let Some(n) = checked {
-        println!("verified     {n} files match the SHA-256 recorded at ingest");
-        for (f, rows) in &damaged {
-            let shown: Vec<String> = rows.iter().take(10).map(|r| r.to_string()).collect();
-            println!(
-                "damaged      {} rows of {f} hold NaN or infinity (never returned by queries): {}{}",
-                rows.len(),
-                shown.join(", "),
-                if rows.len() > 10 { ", …" } else { "" }
-            );
-        }
-        if damaged.is_empty() {
-            println!("features     every row is finite");
-        }
-    }
-    Ok(())
 }
 
 /// `partlens query`.

@@ -187,24 +187,22 @@ impl IndexDir {
         })
     }
 
-    /// Re-reads every file the manifest lists and compares its SHA-256 with the recorded one;
-    /// returns the number of files checked. Catches what lengths cannot: flipped bits, a file
-    /// swapped for another of the same size.
-    pub fn verify(&self) -> Result<usize> {
+    /// Re-reads every file the manifest lists and compares its SHA-256 with the recorded one.
+    /// Returns the files that differ, each with what is wrong (empty: all match). Catches what
+    /// lengths cannot: flipped bits, a file swapped for another of the same size.
+    pub fn verify(&self) -> Result<Vec<String>> {
+        let mut bad = Vec::new();
         for (name, rec) in &self.manifest.files {
             let p = self.path.join(name);
             let got = crate::encoder::sha256_file(&p)?;
             if got != rec.sha256 {
-                return Err(Error::corrupt(
-                    &p,
-                    format!(
-                        "SHA-256 {got} ≠ {} recorded at ingest: the file changed",
-                        rec.sha256
-                    ),
+                bad.push(format!(
+                    "{name}: SHA-256 {got} ≠ {} recorded at ingest: the file changed",
+                    rec.sha256
                 ));
             }
         }
-        Ok(self.manifest.files.len())
+        Ok(bad)
     }
 
     /// Regions per label, most frequent first (ties by kind, then name).
