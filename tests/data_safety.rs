@@ -102,7 +102,7 @@ fn only_a_real_index_is_ever_replaced() {
 /// it holds the lock, a second one. Returns the second's output, or `None` when the first had
 /// already finished by the time the second reached the lock (then there was no overlap).
 fn overlapping_ingests(dataset: &Path, out: &Path) -> Option<Output> {
-    let mut cmd = |extra: &[&str]| {
+    let cmd = |extra: &[&str]| {
         let mut c = common::bin();
         c.args([
             "--device",

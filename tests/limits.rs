@@ -39,7 +39,8 @@ fn edit_manifest(idx: &Path, edit: impl Fn(&mut serde_json::Value)) {
 fn manifest_values_are_checked_again_when_read() {
     let dir = tempfile::tempdir().unwrap();
     let idx = small_index(dir.path());
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
         // The example: a margin of 1000 made query crops of 30 GB.
         (
             "margin",
