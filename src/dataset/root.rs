@@ -155,10 +155,13 @@ impl DatasetRoot {
                 Err(e) => {
                     let path = e.path().map(|p| self.relative(p)).unwrap_or_default();
                     let reason = match e.loop_ancestor() {
-                        Some(a) => format!(
-                            "symbolic link loop back to {}; not followed",
-                            self.relative(a)
-                        ),
+                        Some(a) => {
+                            let to = match self.relative(a) {
+                                r if r.is_empty() => "the dataset folder itself".to_string(),
+                                r => r,
+                            };
+                            format!("symbolic link loop back to {to}; not followed")
+                        }
                         None => e.to_string(),
                     };
                     problems.push(Skipped::new(path, reason));
