@@ -40,6 +40,10 @@ const SCRIPTS: &[(&str, &str)] = &[
         include_str!("../scripts/models/mobilenet_v2.py"),
     ),
     ("vit.py", include_str!("../scripts/models/vit.py")),
+    (
+        "check_imagenet.py",
+        include_str!("../scripts/models/check_imagenet.py"),
+    ),
 ];
 
 /// Where partlens keeps its per-user data: `$PARTLENS_HOME`, else `$XDG_DATA_HOME/partlens`,
@@ -63,6 +67,12 @@ pub fn default_model_path() -> PathBuf {
 /// The tiny ViT installed by setup.
 pub fn vit_tiny_path() -> PathBuf {
     data_dir().join("models").join(VIT_TINY_MODEL)
+}
+
+/// scikit-image's sample photos (from its PyPI wheel), fetched once by `setup --test-tools`
+/// for the MobileNetV2 check on real photos.
+pub fn test_photos_dir() -> PathBuf {
+    data_dir().join("test-data").join("skimage-photos")
 }
 
 /// The Python interpreter of setup's virtual environment.
@@ -162,6 +172,23 @@ fn ensure_locked(dir: &Path, opts: &SetupOptions) -> Result<PathBuf> {
         if std::fs::read_to_string(&p).ok().as_deref() != Some(*text) {
             std::fs::write(&p, text).at(&p)?;
         }
+    }
+    let photos = test_photos_dir();
+    let has_photos = std::fs::read_dir(&photos).is_ok_and(|mut d| d.next().is_some());
+    if opts.test_tools && (opts.force || !has_photos) {
+        // Downloaded once per machine (from PyPI: scikit-image's wheel, unpacked, nothing
+        // installed), not on every test run.
+        run(
+            Command::new(&python)
+                .arg("-c")
+                .arg(
+                    "import sys; sys.path.insert(0, sys.argv[1]); import check_imagenet; \
+                     print(len(check_imagenet.fetch_skimage_photos(sys.argv[2])))",
+                )
+                .arg(&scripts)
+                .arg(&photos),
+            &format!("fetch scikit-image's photos into {}", photos.display()),
+        )?;
     }
     let models = dir.join("models");
     std::fs::create_dir_all(&models).at(&models)?;

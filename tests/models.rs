@@ -1,5 +1,6 @@
 //! The model scripts, checked the way a broken conversion cannot pass: MobileNetV2's ImageNet
-//! predictions on real photos (scikit-image's, fetched from PyPI) and against a numpy forward
+//! predictions on real photos (scikit-image's, fetched from PyPI once by `setup --test-tools`)
+//! and against a numpy forward
 //! pass; the ViT writer against a numpy forward pass; the torch-free checkpoint reader.
 
 mod common;
@@ -28,14 +29,15 @@ fn run(args: &[&std::ffi::OsStr]) -> String {
 
 #[test]
 fn mobilenet_predicts_imagenet_classes_on_real_photos() {
-    let photos = tempfile::tempdir().unwrap();
+    // Fetched once per machine by `partlens setup --test-tools` (common::ensure_setup).
+    common::ensure_setup();
+    let photos = partlens::setup::test_photos_dir();
     let out = run(&[
         script("check_imagenet.py").as_os_str(),
         "--model".as_ref(),
         common::mobilenet().as_os_str(),
         "--photos".as_ref(),
-        photos.path().as_os_str(),
-        "--fetch".as_ref(),
+        photos.as_os_str(),
     ]);
     println!("{out}");
     assert!(out.contains("chelsea.png"), "{out}");

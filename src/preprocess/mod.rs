@@ -84,6 +84,17 @@ fn half_round_even(x: i64) -> i64 {
     }
 }
 
+/// Where torchvision's `CenterCrop(target)` starts along an axis of `size` pixels: at
+/// `round((size - target) / 2)` (Python's round), or, when the image is smaller, after padding
+/// `(target - size) // 2` black pixels before it.
+fn center_offset(size: usize, target: usize) -> i64 {
+    if size >= target {
+        half_round_even(size as i64 - target as i64)
+    } else {
+        -(((target - size) / 2) as i64)
+    }
+}
+
 /// How regions become tensors; built from a model's spec.
 #[derive(Debug, Clone)]
 pub struct Preprocessor {
@@ -139,8 +150,8 @@ impl Preprocessor {
         // Resize the short side to the smaller target side; for a square target (the usual
         // case) this is exactly torchvision's Resize(size).
         let (rw, rh) = short_side_size(win.width.max(1), win.height.max(1), th.min(tw));
-        let top = half_round_even(rh as i64 - th as i64);
-        let left = half_round_even(rw as i64 - tw as i64);
+        let top = center_offset(rh, th);
+        let left = center_offset(rw, tw);
         // Only the pixels the centre crop keeps: rows top..top+th, columns left..left+tw.
         let span = |start: i64, len: usize, size: usize| {
             let a = start.clamp(0, size as i64) as usize;

@@ -1,6 +1,8 @@
 //! Bicubic resampling that reproduces Pillow's `Image.resize(..., Image.BICUBIC)` bit for bit on
 //! 8-bit RGB images: the same filter (Keys, a = -0.5), the same support widening when shrinking
-//! (antialiasing), the same 22-bit fixed-point coefficients and rounding, horizontal pass first.
+//! (antialiasing), the same 22-bit fixed-point coefficients and rounding, and the same order of
+//! the two passes (Pillow 13 runs the vertical pass first when the height shrinks by more than
+//! twice what the width does; the 8-bit image between the passes makes the order visible).
 //!
 //! The paper's pipeline is torchvision on PIL images, so matching Pillow here is what makes our
 //! embeddings equal to the reference ones rather than merely close.
@@ -150,6 +152,12 @@ pub fn resize_part(
     }
     let need_h = ow != w;
     let need_v = oh != h;
+    // Pillow 13's `ImagingResampleInner`: vertical pass first when the height shrinks by more
+    // than twice as many pixels as the width does.
+    let shrink_h = h as i64 - oh as i64;
+    if need_h && need_v && shrink_h > 0 && shrink_h > 2 * (w as i64 - ow as i64) {
+        return vertical_first(win, (ow, oh), cols, rows);
+    }
     let vert = need_v.then(|| precompute(h, oh, rows.clone()));
     // Window rows the vertical pass reads (the output rows themselves when there is no
     // vertical pass), narrowed to those inside the image: the others are black before and
@@ -231,6 +239,74 @@ pub fn resize_part(
         }
         for (o, &a) in out[i * stride..(i + 1) * stride].iter_mut().zip(&acc) {
             *o = clip8(a);
+        }
+    }
+    out
+}
+
+/// [`resize_part`] with the vertical pass first: rows of the window's columns that lie inside
+/// the image are resampled to the output's height, then each output row horizontally.
+fn vertical_first(
+    win: &Window<'_>,
+    (ow, oh): (usize, usize),
+    cols: std::ops::Range<usize>,
+    rows: std::ops::Range<usize>,
+) -> Vec<u8> {
+    let (w, h) = (win.width, win.height);
+    let horiz = precompute(w, ow, cols.clone());
+    let vert = precompute(h, oh, rows.clone());
+    // Window columns the horizontal pass reads, narrowed to those inside the image (the
+    // others are black before and after the vertical pass).
+    let lo = horiz.bounds.iter().map(|b| b.0).min().unwrap_or(0);
+    let hi = horiz.bounds.iter().map(|b| b.0 + b.1).max().unwrap_or(0);
+    let (c0, c1) = Window::inside(win.x0, win.img_w, lo, hi);
+    let (ri0, ri1) = Window::inside(win.y0, win.img_h, 0, h);
+    let tstride = (c1 - c0) * 3;
+    // tmp: output rows × window columns c0..c1, after the vertical pass.
+    let mut tmp = vec![0u8; rows.len() * tstride];
+    let mut acc = vec![0i32; tstride];
+    let first_byte = (win.x0 + c0 as i64).max(0) as usize * 3;
+    for (i, &(ymin, n)) in vert.bounds.iter().enumerate() {
+        let k = &vert.weights[i * vert.ksize..i * vert.ksize + n];
+        acc.fill(1i32 << (PRECISION_BITS - 1));
+        let (a, b) = (ymin.max(ri0), (ymin + n).min(ri1));
+        for y in a..b.max(a) {
+            let ky = k[y - ymin];
+            let iy = (win.y0 + y as i64) as usize;
+            let row = &win.src[iy * win.img_w * 3 + first_byte..][..tstride];
+            for (acc, &p) in acc.iter_mut().zip(row) {
+                *acc += i32::from(p) * ky;
+            }
+        }
+        for (o, &a) in tmp[i * tstride..(i + 1) * tstride].iter_mut().zip(&acc) {
+            *o = clip8(a);
+        }
+    }
+    let stride = cols.len() * 3;
+    let mut out = vec![0u8; stride * rows.len()];
+    for (trow, orow) in tmp
+        .chunks_exact(tstride.max(1))
+        .zip(out.chunks_exact_mut(stride))
+    {
+        for (j, (&(xmin, n), o)) in horiz
+            .bounds
+            .iter()
+            .zip(orow.chunks_exact_mut(3))
+            .enumerate()
+        {
+            let k = &horiz.weights[j * horiz.ksize..];
+            let (a, b) = Window::inside(win.x0, win.img_w, xmin, xmin + n);
+            let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
+            for t in a..b {
+                let kx = k[t - xmin];
+                let p = &trow[(t - c0) * 3..(t - c0) * 3 + 3];
+                acc[0] += i32::from(p[0]) * kx;
+                acc[1] += i32::from(p[1]) * kx;
+                acc[2] += i32::from(p[2]) * kx;
+            }
+            o[0] = clip8(acc[0]);
+            o[1] = clip8(acc[1]);
+            o[2] = clip8(acc[2]);
         }
     }
     out
