@@ -247,6 +247,21 @@ impl StagedDir {
     /// Locks `target`, cleans up after killed runs, and creates the staging folder. `what`
     /// names the output in messages ("index", "dataset").
     pub fn begin(target: &Path, what: &str) -> Result<StagedDir> {
+        // `out/.` and `a/./out` name `out`; `..` and `/` name no folder partlens may replace.
+        let target: PathBuf = target
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect();
+        let target = target.as_path();
+        if !matches!(
+            target.components().next_back(),
+            Some(std::path::Component::Normal(_))
+        ) {
+            return Err(Error::InvalidArgument(format!(
+                "{}: not a folder name partlens can create or replace",
+                target.display()
+            )));
+        }
         check_parent(target)?;
         if target.exists() && is_mount_point(target) {
             return Err(Error::InvalidArgument(format!(

@@ -121,52 +121,98 @@ impl IngestReport {
     }
 }
 
-/// One image's regions, their tensors (`regions.len() × tensor_len` floats), and the regions
-/// of it that were skipped.
-struct Prepared {
-    regions: Vec<Region>,
-    tensors: Vec<f32>,
-    skipped: Vec<Skipped>,
+/// Most regions whose tensors are made at once (a piece of work sent to the encoder thread).
+/// With a bounded channel this bounds the tensors in flight — ~0.6 MB per region at 224 px —
+/// whatever an image holds (a noisy label map under `--min-area 1` has 100,000s of regions).
+const PIECE: usize = 64;
+
+/// What the producer sends the encoder thread, in dataset order.
+enum Msg {
+    /// One image was read: its regions follow in `Regions` messages; `Ok` holds the regions of
+    /// it that were skipped.
+    Image(usize, Result<Vec<Skipped>>),
+    /// Up to [`PIECE`] regions (of one or more images, in order) and their tensors
+    /// (`regions.len() × tensor_len` floats).
+    Regions(Vec<Region>, Vec<f32>),
 }
 
-fn prepare(
+/// Reads one image and its regions, leaving out (and reporting) regions whose crop is far
+/// larger than the image.
+fn load(
     dataset: &dyn Dataset,
     item: &ImageItem,
     settings: &RegionSettings,
-    pre: &crate::preprocess::Preprocessor,
-) -> Result<Prepared> {
-    let loaded = dataset.load(item, settings)?;
-    let mut skipped = loaded.skipped;
+) -> Result<crate::dataset::ImageRegions> {
+    let mut loaded = dataset.load(item, settings)?;
     // Annotations can claim any box; a crop far larger than its image is a wrong annotation,
     // not a region: skip it, keep the image's other regions.
-    let limit = MAX_CROP_FACTOR * i64::from(loaded.image.width().max(loaded.image.height()));
-    let (regions, far): (Vec<Region>, Vec<Region>) = loaded
-        .regions
+    let (w, h) = (loaded.image.width(), loaded.image.height());
+    let limit = MAX_CROP_FACTOR * i64::from(w.max(h));
+    let (regions, far): (Vec<Region>, Vec<Region>) = std::mem::take(&mut loaded.regions)
         .into_iter()
         .partition(|r| r.crop_box.width() <= limit && r.crop_box.height() <= limit);
     for r in far {
-        skipped.push(Skipped::new(
+        loaded.skipped.push(Skipped::new(
             &item.image,
             format!(
-                "region {:?} has box {:?}, far outside its {}×{} image",
+                "region {:?} has box {:?}, far outside its {w}×{h} image",
                 r.label_name,
                 r.bbox.to_array(),
-                loaded.image.width(),
-                loaded.image.height()
             ),
         ));
     }
+    loaded.regions = regions;
+    Ok(loaded)
+}
+
+/// Reads `items` in parallel blocks and sends, per block, each image's outcome and then its
+/// regions' tensors in pieces of at most [`PIECE`], made in parallel. Stops when the receiver
+/// is gone.
+fn produce(
+    dataset: &dyn Dataset,
+    items: &[ImageItem],
+    settings: &RegionSettings,
+    pre: &crate::preprocess::Preprocessor,
+    tx: &std::sync::mpsc::SyncSender<Msg>,
+) {
+    let chunk = (rayon::current_num_threads() * 2).max(4);
     let len = pre.tensor_len();
-    let mut tensors = vec![0f32; regions.len() * len];
-    tensors
-        .par_chunks_mut(len)
-        .zip(&regions)
-        .for_each(|(out, r)| pre.region_tensor(&loaded.image, r.crop_box, out));
-    Ok(Prepared {
-        regions,
-        tensors,
-        skipped,
-    })
+    for (ci, block) in items.chunks(chunk).enumerate() {
+        let loaded: Vec<Result<crate::dataset::ImageRegions>> = block
+            .par_iter()
+            .map(|item| load(dataset, item, settings))
+            .collect();
+        // The block's decoded images, and every region with the slot of its image.
+        let mut images = Vec::new();
+        let mut work: Vec<(usize, Region)> = Vec::new();
+        let mut outcomes = Vec::new();
+        for (i, res) in loaded.into_iter().enumerate() {
+            let outcome = res.map(|l| {
+                work.extend(l.regions.into_iter().map(|r| (images.len(), r)));
+                images.push(l.image);
+                l.skipped
+            });
+            outcomes.push(Msg::Image(ci * chunk + i, outcome));
+        }
+        for m in outcomes {
+            if tx.send(m).is_err() {
+                return; // the consumer stopped on an error
+            }
+        }
+        let mut work = work.into_iter().peekable();
+        while work.peek().is_some() {
+            let piece: Vec<(usize, Region)> = work.by_ref().take(PIECE).collect();
+            let mut tensors = vec![0f32; piece.len() * len];
+            tensors
+                .par_chunks_mut(len)
+                .zip(&piece)
+                .for_each(|(out, (slot, r))| pre.region_tensor(&images[*slot], r.crop_box, out));
+            let regions = piece.into_iter().map(|(_, r)| r).collect();
+            if tx.send(Msg::Regions(regions, tensors)).is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Regions waiting for inference and their tensors, `regions.len() × tlen` floats.
@@ -427,25 +473,13 @@ fn embed_all(
     let tlen = pre.tensor_len();
     let settings = opts.settings;
     let pb = progress_bar(opts.progress, items.len());
-    let chunk = (rayon::current_num_threads() * 2).max(4);
-    let (tx, rx) = sync_channel::<Vec<(usize, Result<Prepared>)>>(2);
+    let (tx, rx) = sync_channel::<Msg>(4);
     let mut timing = Timing {
         encode_seconds: 0.0,
         wait_seconds: 0.0,
     };
     std::thread::scope(|scope| -> Result<()> {
-        scope.spawn(move || {
-            for (ci, block) in items.chunks(chunk).enumerate() {
-                let prepared: Vec<(usize, Result<Prepared>)> = block
-                    .par_iter()
-                    .enumerate()
-                    .map(|(i, item)| (ci * chunk + i, prepare(dataset, item, &settings, &pre)))
-                    .collect();
-                if tx.send(prepared).is_err() {
-                    return; // the consumer stopped on an error
-                }
-            }
-        });
+        scope.spawn(move || produce(dataset, items, &settings, &pre, &tx));
         // Owning the receiver here means an early return drops it, which unblocks the
         // producer's `send` and lets the scope end.
         let rx = rx;
@@ -461,47 +495,49 @@ fn embed_all(
             batch.tensors.clear();
             Ok(())
         };
+        let strict_stop = |s: &Skipped| Error::Dataset {
+            path: dataset.root().to_path_buf(),
+            message: format!("{}: {} (--strict)", s.path, s.reason),
+        };
         loop {
             let tw = Instant::now();
-            let Ok(block) = rx.recv() else { break };
+            let Ok(msg) = rx.recv() else { break };
             timing.wait_seconds += tw.elapsed().as_secs_f64();
-            for (idx, outcome) in block {
-                let item = &items[idx];
-                match outcome {
-                    Ok(p) => {
-                        sink.counts.images += 1;
-                        if let (true, Some(s)) = (opts.strict, p.skipped.first()) {
-                            return Err(Error::Dataset {
-                                path: dataset.root().to_path_buf(),
-                                message: format!("{}: {} (--strict)", s.path, s.reason),
-                            });
-                        }
-                        skipped.extend(p.skipped);
-                        for (r, t) in p.regions.into_iter().zip(p.tensors.chunks_exact(tlen)) {
-                            batch.regions.push(r);
-                            batch.tensors.extend_from_slice(t);
-                            if batch.regions.len() == opts.batch_size {
-                                run(&mut batch, sink)?;
-                            }
-                        }
+            match msg {
+                Msg::Image(_, Ok(regions_skipped)) => {
+                    sink.counts.images += 1;
+                    if let (true, Some(s)) = (opts.strict, regions_skipped.first()) {
+                        return Err(strict_stop(s));
                     }
-                    Err(e) => {
-                        if opts.strict {
-                            return Err(e);
-                        }
-                        tracing::warn!("skipping {}: {e}", item.image);
-                        sink.counts.images_skipped += 1;
-                        skipped.push(Skipped::new(&item.image, e.to_string()));
-                    }
+                    skipped.extend(regions_skipped);
+                    pb.inc(1);
                 }
-                pb.inc(1);
+                Msg::Image(idx, Err(e)) => {
+                    if opts.strict {
+                        return Err(e);
+                    }
+                    let item = &items[idx];
+                    tracing::warn!("skipping {}: {e}", item.image);
+                    sink.counts.images_skipped += 1;
+                    skipped.push(Skipped::new(&item.image, e.to_string()));
+                    pb.inc(1);
+                }
+                Msg::Regions(regions, tensors) => {
+                    for (r, t) in regions.into_iter().zip(tensors.chunks_exact(tlen)) {
+                        batch.regions.push(r);
+                        batch.tensors.extend_from_slice(t);
+                        if batch.regions.len() == opts.batch_size {
+                            run(&mut batch, sink)?;
+                        }
+                    }
+                    let secs = t0.elapsed().as_secs_f64().max(1e-9);
+                    pb.set_message(format!(
+                        "{} regions, {:.1} regions/s",
+                        sink.counts.regions,
+                        sink.counts.regions as f64 / secs
+                    ));
+                }
             }
-            let secs = t0.elapsed().as_secs_f64().max(1e-9);
-            pb.set_message(format!(
-                "{} regions, {:.1} regions/s",
-                sink.counts.regions,
-                sink.counts.regions as f64 / secs
-            ));
         }
         if !batch.regions.is_empty() {
             run(&mut batch, sink)?;
@@ -555,4 +591,59 @@ fn record_files(dir: &Path) -> Result<BTreeMap<String, FileRecord>> {
         }
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_image_of_many_regions_is_sent_in_bounded_pieces() {
+        // A 100 × 100 checkerboard label map: 10,000 one-pixel regions in one image.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for d in ["img/val", "ann/val"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        image::RgbImage::from_pixel(100, 100, image::Rgb([90, 120, 150]))
+            .save(root.join("img/val/a.png"))
+            .unwrap();
+        image::GrayImage::from_fn(100, 100, |x, y| image::Luma([1 + ((x + y) % 2) as u8]))
+            .save(root.join("ann/val/a.png"))
+            .unwrap();
+        let ds = crate::MmsegDataset::open(root).unwrap();
+        let settings = RegionSettings {
+            min_area: 1,
+            ..RegionSettings::default()
+        };
+        let pre = crate::preprocess::Preprocessor {
+            size: (8, 8),
+            mean: [0.5; 3],
+            std: [0.5; 3],
+        };
+        let (tx, rx) = sync_channel(1);
+        let mut regions = 0;
+        std::thread::scope(|s| {
+            s.spawn(|| produce(&ds, ds.items(), &settings, &pre, &tx));
+            let mut images = 0;
+            while let Ok(m) = rx.recv_timeout(std::time::Duration::from_secs(60)) {
+                match m {
+                    Msg::Image(_, r) => {
+                        assert!(r.unwrap().is_empty());
+                        images += 1;
+                    }
+                    Msg::Regions(r, t) => {
+                        assert!(r.len() <= PIECE, "a piece of {} regions", r.len());
+                        assert_eq!(t.len(), r.len() * pre.tensor_len());
+                        regions += r.len();
+                        if regions == 10_000 {
+                            break;
+                        }
+                    }
+                }
+            }
+            assert_eq!(images, 1);
+        });
+        assert_eq!(regions, 10_000);
+    }
 }

@@ -388,19 +388,23 @@ impl QueryEngine {
         let q = normalize_rows(vector, m.cols());
         let allowed = self.allowed(opts);
         let candidates = allowed.as_ref().map_or(m.rows(), Vec::len);
+        // k and the search width never exceed what exists: `-k 1000000000` asks for every
+        // region, not for a billion-entry heap.
+        let k = opts.k.min(candidates.max(1));
+        let ef = opts.ef.clamp(k, m.rows().max(k));
         let exact = || {
             let norm = self.normalized(f, m);
             let keep = allowed
                 .as_ref()
                 .map(|ids| move |i: usize| ids.binary_search(&i).is_ok());
             let keep_ref = keep.as_ref().map(|k| k as &dyn Fn(usize) -> bool);
-            exact_search(&norm.rows, m.cols(), &q, opts.k, keep_ref)
+            exact_search(&norm.rows, m.cols(), &q, k, keep_ref)
         };
         let hits: Vec<Hit> = match self.hnsw.get(&f) {
             Some(g) if !opts.exact && candidates >= opts.exact_below => {
                 // A damaged stored row has no rank, whatever the graph's copy says.
                 let hits: Vec<Hit> = g
-                    .search(&q, opts.k, opts.ef, allowed.as_ref())
+                    .search(&q, k, ef, allowed.as_ref())
                     .into_iter()
                     .filter(|h| {
                         h.score.is_finite()
@@ -410,7 +414,7 @@ impl QueryEngine {
                     .collect();
                 // A selective filter can starve the graph walk; never return fewer hits than
                 // exist.
-                if hits.len() < opts.k.min(candidates) {
+                if hits.len() < k {
                     exact()
                 } else {
                     hits

@@ -312,3 +312,84 @@ fn keypoints_without_a_declared_image_size_are_still_bounded() {
     let skipped = m["manifest"]["skipped"].to_string();
     assert!(skipped.contains("lies outside the image"), "{skipped}");
 }
+
+#[test]
+fn counts_that_size_work_are_bounded_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = small_index(dir.path());
+    // `-k` and `--ef` far past the index: every region, not a billion-entry heap.
+    let o = common::bin()
+        .args([
+            "--device",
+            "cpu",
+            "query",
+            "--json",
+            "-k",
+            "1000000000",
+            "--ef",
+            "1000000000",
+        ])
+        .arg("--index")
+        .arg(&idx)
+        .arg("--image")
+        .arg(common::sample("lip/img/val/86_185913.jpg"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let hits: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let n = partlens::IndexDir::open(&idx).unwrap().regions().len();
+    assert_eq!(hits.as_array().unwrap().len(), n);
+
+    // Keypoints: the distance rule compares every pair; 10,002 kept keypoints in one image
+    // are refused with their count instead of 10^8 distance computations.
+    let coco = dir.path().join("coco");
+    common::copy_dir(&common::sample("keypoints/coco"), &coco);
+    let json = coco.join("test_coco.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let template = v["annotations"][0].clone();
+    let image_id = template["image_id"].clone();
+    let nk = v["categories"][0]["keypoints"].as_array().unwrap().len();
+    let anns = v["annotations"].as_array_mut().unwrap();
+    for i in 0..5001u64 {
+        let mut a = template.clone();
+        a["id"] = (1_000_000 + i).into();
+        a["image_id"] = image_id.clone();
+        let mut k = vec![serde_json::json!(0); 3 * nk];
+        // nose and right wrist, visible, spread out
+        k[0] = ((i % 50) as f64 * 5.0).into();
+        k[1] = ((i / 50) as f64 * 2.0).into();
+        k[2] = 2.into();
+        k[3 * 10] = ((i % 50) as f64 * 5.0 + 3.0).into();
+        k[3 * 10 + 1] = ((i / 50) as f64 * 2.0 + 1.0).into();
+        k[3 * 10 + 2] = 2.into();
+        a["keypoints"] = k.into();
+        anns.push(a);
+    }
+    std::fs::write(&json, v.to_string()).unwrap();
+    let t = std::time::Instant::now();
+    let o = common::bin()
+        .args(["dataset", "stats", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(s.contains("keypoints in one image (at most 10000)"), "{s}");
+    assert!(t.elapsed().as_secs() < 60);
+
+    // Listed polygons: rasterising costs rows × points.
+    std::fs::copy(
+        common::sample("lip/img/val/86_185913.jpg"),
+        dir.path().join("a.jpg"),
+    )
+    .unwrap();
+    let points: Vec<[f64; 2]> = (0..100_001)
+        .map(|i| [(i % 97) as f64, (i % 89) as f64])
+        .collect();
+    let row = serde_json::json!({"image": "a.jpg", "polygon": points, "label": "x"});
+    std::fs::write(dir.path().join("l.jsonl"), row.to_string()).unwrap();
+    let ds =
+        partlens::dataset::ListingDataset::listing(dir.path().join("l.jsonl"), &Default::default())
+            .unwrap();
+    assert!(ds.listing_problems()[0].reason.contains("at most 100000"));
+}

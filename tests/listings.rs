@@ -342,3 +342,100 @@ fn crc32(data: &[u8]) -> u32 {
     }
     !c
 }
+
+#[test]
+fn entries_listed_twice_are_reported_not_doubled() {
+    let dir = tempfile::tempdir().unwrap();
+    // COCO: an image entry repeated (same id) and one repeated under another id.
+    let coco = dir.path().join("coco");
+    common::copy_dir(&common::sample("keypoints/coco"), &coco);
+    let json = coco.join("test_coco.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let first = v["images"][0].clone();
+    let mut other_id = first.clone();
+    other_id["id"] = 999_999_999u64.into();
+    v["images"].as_array_mut().unwrap().push(first);
+    v["images"].as_array_mut().unwrap().push(other_id);
+    std::fs::write(&json, v.to_string()).unwrap();
+    let ds = partlens::dataset::CocoKeypoints::open(&json, &OpenOptions::default()).unwrap();
+    assert_eq!(ds.items().len(), 4);
+    let twice = ds
+        .listing_problems()
+        .iter()
+        .filter(|p| p.reason.contains("listed twice"))
+        .count();
+    assert_eq!(twice, 2, "{:?}", ds.listing_problems());
+    // mmseg: x.jpg and x.png would share ann/val/x.png.
+    let mm = dir.path().join("mm");
+    common::copy_dir(&common::sample("lip"), &mm);
+    let img = mm.join("img/val/86_185913.jpg");
+    partlens::preprocess::decode_rgb(&img)
+        .unwrap()
+        .save(mm.join("img/val/86_185913.png"))
+        .unwrap();
+    let ds = partlens::MmsegDataset::open(&mm).unwrap();
+    assert_eq!(ds.items().len(), 2);
+    assert!(ds.listing_problems()[0].reason.contains("same label map"));
+    // A listing whose rows disagree on an image's split.
+    photo(dir.path(), "a.jpg");
+    std::fs::write(
+        dir.path().join("r.jsonl"),
+        concat!(
+            r#"{"image": "a.jpg", "box": [1, 1, 50, 50], "label": "x", "split": "train"}"#,
+            "\n",
+            r#"{"image": "a.jpg", "box": [2, 2, 60, 60], "label": "y", "split": "val"}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let ds = ListingDataset::listing(dir.path().join("r.jsonl"), &OpenOptions::default()).unwrap();
+    assert_eq!(ds.items()[0].split, "train");
+    assert!(
+        reasons(&ds)[0].starts_with("r.jsonl:2: split \"val\" differs"),
+        "{:?}",
+        reasons(&ds)
+    );
+}
+
+#[test]
+fn a_conversion_that_converts_nothing_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let pp = dir.path().join("pp");
+    common::copy_dir(&common::sample("pascal_part_raw"), &pp);
+    for e in std::fs::read_dir(&pp).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "jpg") {
+            std::fs::write(&p, b"not a jpeg").unwrap();
+        }
+    }
+    let o = common::bin()
+        .args(["convert", "--from", "pascal-part", "--dataset"])
+        .arg(&pp)
+        .arg("--out")
+        .arg(dir.path().join("out/."))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no image could be converted"),
+        "{}",
+        stderr(&o)
+    );
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["pp"]);
+    // And a good one lands whole, even named with a trailing `/.`.
+    let o = common::bin()
+        .args(["convert", "--from", "pascal-part", "--dataset"])
+        .arg(common::sample("pascal_part_raw"))
+        .arg("--out")
+        .arg(dir.path().join("good/."))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(dir.path().join("good/classes.txt").is_file());
+}

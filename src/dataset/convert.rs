@@ -48,12 +48,17 @@ fn write_mmseg(
     names: (&[String], &[String]),
     maps: &(dyn Fn(&ImageItem) -> Result<(LabelMap, LabelMap)> + Sync),
 ) -> Result<ConvertSummary> {
+    // Written beside `out` and moved into place when complete: a failed or killed run leaves
+    // no half-written dataset.
+    let staged = crate::files::StagedDir::begin(out, "dataset")?;
     if out.exists() && std::fs::read_dir(out).at(out)?.next().is_some() {
         return Err(Error::InvalidArgument(format!(
             "{} exists and is not empty",
             out.display()
         )));
     }
+    let final_out = out;
+    let out = staged.path();
     // Split names become folder names: a name like `../../x` would write outside `out`.
     if let Some(s) = split {
         check_component(s, "split")?;
@@ -124,6 +129,19 @@ fn write_mmseg(
             }
         }
     }
+    if summary.images == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "no image could be converted to {} ({} skipped{})",
+            final_out.display(),
+            summary.skipped.len(),
+            summary
+                .skipped
+                .first()
+                .map(|s| format!("; the first: {}: {}", s.path, s.reason))
+                .unwrap_or_default()
+        )));
+    }
+    staged.commit()?;
     Ok(summary)
 }
 

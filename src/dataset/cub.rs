@@ -8,6 +8,7 @@ use std::path::Path;
 
 use super::keypoints::{
     crop_boxes, keypoint_region, object_box_region, Distance, Keypoint, KeypointSettings,
+    MAX_POINTS_PER_IMAGE,
 };
 use super::{
     Dataset, DatasetRoot, ImageItem, ImageRegions, Listing, OpenOptions, RegionSettings, Skipped,
@@ -154,8 +155,18 @@ impl CubDataset {
         let mut problems = Vec::new();
         let mut sorted = images;
         sorted.sort_by_key(|(id, _)| *id);
+        let mut seen = std::collections::BTreeSet::new();
         for (id, f) in sorted {
             let rel = format!("images/{}", f[0]);
+            if !seen.insert(id) || regions.contains_key(&rel) {
+                problems.push(Skipped::new(
+                    &rel,
+                    format!(
+                        "images.txt lists image {id} or {rel} twice; the later row is left out"
+                    ),
+                ));
+                continue;
+            }
             let path = match droot.join(&root.join("images"), &f[0]) {
                 Ok(p) if p.is_file() => p,
                 Ok(_) => {
@@ -182,6 +193,17 @@ impl CubDataset {
                 .map_or_else(|| "bird".to_string(), |n| n[0].clone());
             let mut pts = locs.remove(&id).unwrap_or_default();
             pts.sort_by_key(|p| p.0);
+            if pts.len() > MAX_POINTS_PER_IMAGE {
+                problems.push(Skipped::new(
+                    &rel,
+                    format!(
+                        "{} part locations for one image (at most {MAX_POINTS_PER_IMAGE}): its \
+                         part crops are left out",
+                        pts.len()
+                    ),
+                ));
+                pts.clear();
+            }
             let mut rs = Vec::new();
             if pts.len() >= 2 {
                 let kps: Vec<Keypoint> = pts

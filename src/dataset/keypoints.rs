@@ -58,6 +58,11 @@ pub struct Keypoint {
     pub group: u64,
 }
 
+/// Most kept keypoints in one image: the distance rule compares every pair, so an image with
+/// more (COCO images hold at most a few hundred) is an annotation error and is refused with
+/// its count rather than computed for minutes.
+pub const MAX_POINTS_PER_IMAGE: usize = 10_000;
+
 /// Python's `round` (half to even).
 pub fn round_half_even(x: f64) -> f64 {
     let r = x.round();
@@ -233,9 +238,23 @@ impl CocoKeypoints {
         images.sort_by_key(|i| i.id);
         let mut items = Vec::new();
         let mut regions = BTreeMap::new();
+        let mut seen_ids = std::collections::BTreeSet::new();
         for img in images {
-            let anns = by_image.remove(&img.id).unwrap_or_default();
             let rel = img.file_name.replace('\\', "/");
+            // A second entry with an id or a file already listed would get no annotations, or
+            // the first one's twice: reported, not indexed.
+            if !seen_ids.insert(img.id) || regions.contains_key(&rel) {
+                problems.push(Skipped::new(
+                    &rel,
+                    format!(
+                        "image id {} or file {rel} is listed twice in the file; the later entry \
+                         is left out",
+                        img.id
+                    ),
+                ));
+                continue;
+            }
+            let anns = by_image.remove(&img.id).unwrap_or_default();
             let candidates = [
                 droot.join(&root, &rel),
                 droot.join(&root.join("images"), &rel),
@@ -397,6 +416,18 @@ fn image_regions(
             )),
             _ => {}
         }
+    }
+    if points.len() > MAX_POINTS_PER_IMAGE {
+        problems.push(Skipped::new(
+            rel,
+            format!(
+                "{} keypoints in one image (at most {MAX_POINTS_PER_IMAGE}): its keypoint \
+                 crops are left out",
+                points.len()
+            ),
+        ));
+        points.clear();
+        meta.clear();
     }
     let boxes = crop_boxes(&points, settings.distance);
     let mut out = Vec::new();

@@ -28,6 +28,9 @@ use crate::region::{Region, RegionKind};
 
 const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png"];
 
+/// Most points of one listed polygon (rasterising costs rows × points).
+pub const MAX_POLYGON_POINTS: usize = 100_000;
+
 /// One line of a JSON Lines listing, as written.
 #[derive(Debug, Deserialize)]
 struct RawRow {
@@ -120,6 +123,12 @@ fn check_row(
             if p.len() < 3 {
                 return Err(format!(
                     "polygon has {} point(s); a region needs at least 3",
+                    p.len()
+                ));
+            }
+            if p.len() > MAX_POLYGON_POINTS {
+                return Err(format!(
+                    "polygon has {} points; at most {MAX_POLYGON_POINTS} are read (use a mask)",
                     p.len()
                 ));
             }
@@ -270,6 +279,20 @@ impl ListingDataset {
                 .iter()
                 .find_map(|r| r.split.clone())
                 .unwrap_or_else(|| "all".into());
+            // An image is in one split; a row that says otherwise is told where it went.
+            for r in rs
+                .iter()
+                .filter(|r| r.split.as_ref().is_some_and(|s| *s != split))
+            {
+                problems.push(Skipped::new(
+                    &r.source,
+                    format!(
+                        "split {:?} differs from {split:?}, given by an earlier row of {image}; \
+                         the region is indexed under {split:?}",
+                        r.split.as_deref().unwrap_or_default()
+                    ),
+                ));
+            }
             items.push(ImageItem {
                 image: image.clone(),
                 split,

@@ -219,7 +219,17 @@ impl MmsegDataset {
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 let name = f.file_name().unwrap_or_default().to_string_lossy();
-                stems.insert(stem.clone());
+                // x.jpg and x.png would share one label map: the second is not indexed.
+                if !stems.insert(stem.clone()) {
+                    problems.push(Skipped::new(
+                        rel(layout.img, &name),
+                        format!(
+                            "another image of this split is also named {stem}.*; both would \
+                             use the same label map, so this one is left out"
+                        ),
+                    ));
+                    continue;
+                }
                 let ann = root.join(rel(layout.ann, &format!("{stem}.png")));
                 let mut object_ann = None;
                 if let (Some(o), true) = (layout.obj, has_obj) {
