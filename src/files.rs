@@ -11,10 +11,23 @@ use crate::error::{Error, IoContext, Result};
 /// (ADE20K's largest JSON is a few MB; COCO's keypoint file, 240 MB, is streamed).
 pub const MAX_ANNOTATION_BYTES: u64 = 1 << 30;
 
+/// Opens `path` for reading if it is a regular file (after following links). A FIFO would
+/// block the open forever, `/dev/zero` never ends: neither is an input.
+pub fn open_regular(path: &Path) -> Result<File> {
+    let meta = std::fs::metadata(path).at(path)?;
+    if !meta.is_file() {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+        ));
+    }
+    File::open(path).at(path)
+}
+
 /// Reads a whole file, refusing one over `limit` bytes before allocating (a file's length is
 /// input too: a 40 GB file named `x.png` must not be read into memory).
 pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
-    let f = File::open(path).at(path)?;
+    let f = open_regular(path)?;
     let len = f.metadata().at(path)?.len();
     if len > limit {
         return Err(Error::io(
@@ -153,10 +166,18 @@ impl PathLock {
         }
     }
 
-    /// Removes the lock file and releases the lock (a waiting process then retries on a new
-    /// file, see [`PathLock::try_acquire`]).
+    /// Whether the lock file is still the one this lock holds (someone may have deleted it,
+    /// letting another process take a new one).
+    pub fn still_held(&self) -> bool {
+        same_file(&self.file, &self.path)
+    }
+
+    /// Removes the lock file, if it is still ours, and releases the lock (a waiting process
+    /// then retries on a new file, see [`PathLock::try_acquire`]).
     pub fn release(self) {
-        let _ = std::fs::remove_file(&self.path);
+        if self.still_held() {
+            let _ = std::fs::remove_file(&self.path);
+        }
         let _ = self.file.unlock();
     }
 }
@@ -173,6 +194,25 @@ fn same_file(f: &File, path: &Path) -> bool {
 #[cfg(not(unix))]
 fn same_file(_: &File, path: &Path) -> bool {
     path.exists()
+}
+
+/// True when `p` is a folder (not a link to one) with nothing in it.
+pub fn is_empty_dir(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+        && std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_none())
+}
+
+/// Refuses an output that exists and is anything but an empty folder (synth, convert).
+pub fn check_absent_or_empty(p: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(p) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(p, e)),
+        Ok(_) if is_empty_dir(p) => Ok(()),
+        Ok(_) => Err(Error::InvalidArgument(format!(
+            "{} exists and is not an empty folder",
+            p.display()
+        ))),
+    }
 }
 
 /// The folder holding `p` (`.` for a bare name).
@@ -380,30 +420,58 @@ impl StagedDir {
         Ok(())
     }
 
-    /// Moves the finished stage to the target, replacing whatever is there (the caller has
-    /// checked it may be replaced). Returns once the target holds the new folder.
-    pub fn commit(mut self) -> Result<()> {
+    /// Moves the finished stage to the target. Whatever the target holds is checked with
+    /// `may_replace` once it has been moved aside — so a folder that something else filled
+    /// while partlens worked is put back, never deleted — and only then removed. Returns once
+    /// the target holds the new folder.
+    pub fn commit(mut self, may_replace: &dyn Fn(&Path) -> bool) -> Result<()> {
         let (stage, target) = (self.stage.clone(), self.target.clone());
-        if target.exists() {
-            if exchange(&stage, &target)? {
-                // The stage now holds the old folder.
+        if self.lock.as_ref().is_some_and(|l| !l.still_held()) {
+            return Err(Error::InvalidArgument(format!(
+                "the lock file of {} was removed while partlens was writing it; another process \
+                 may be writing it too, so nothing was replaced",
+                target.display()
+            )));
+        }
+        let changed = || {
+            Error::InvalidArgument(format!(
+                "{} changed while partlens was writing it (it is no longer one partlens may \
+                 replace); it was left as it was and nothing was written",
+                target.display()
+            ))
+        };
+        match std::fs::symlink_metadata(&target) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::rename(&stage, &target).at(&target)?;
                 sync_dir(&parent_of(&target));
-                std::fs::remove_dir_all(&stage).at(&stage)?;
-            } else {
-                // No atomic exchange here: two renames. A kill between them leaves the old
-                // folder as `.<name>.old-<pid>`, which the next run puts back.
-                let old = sibling(&target, "old", std::process::id())?;
-                std::fs::rename(&target, &old).at(&target)?;
-                if let Err(e) = std::fs::rename(&stage, &target) {
-                    let _ = std::fs::rename(&old, &target);
-                    return Err(Error::io(&target, e));
-                }
-                sync_dir(&parent_of(&target));
-                std::fs::remove_dir_all(&old).at(&old)?;
             }
-        } else {
-            std::fs::rename(&stage, &target).at(&target)?;
-            sync_dir(&parent_of(&target));
+            Err(e) => return Err(Error::io(&target, e)),
+            Ok(_) => {
+                if exchange(&stage, &target)? {
+                    // The stage now holds the old folder: check it before deleting it.
+                    if !may_replace(&stage) {
+                        exchange(&stage, &target)?;
+                        return Err(changed());
+                    }
+                    sync_dir(&parent_of(&target));
+                    std::fs::remove_dir_all(&stage).at(&stage)?;
+                } else {
+                    // No atomic exchange here: two renames. A kill between them leaves the old
+                    // folder as `.<name>.old-<pid>`, which the next run puts back.
+                    let old = sibling(&target, "old", std::process::id())?;
+                    std::fs::rename(&target, &old).at(&target)?;
+                    if !may_replace(&old) {
+                        std::fs::rename(&old, &target).at(&target)?;
+                        return Err(changed());
+                    }
+                    if let Err(e) = std::fs::rename(&stage, &target) {
+                        let _ = std::fs::rename(&old, &target);
+                        return Err(Error::io(&target, e));
+                    }
+                    sync_dir(&parent_of(&target));
+                    std::fs::remove_dir_all(&old).at(&old)?;
+                }
+            }
         }
         self.committed = true;
         if let Some(l) = self.lock.take() {
@@ -441,6 +509,21 @@ mod tests {
     }
 
     #[test]
+    fn a_deleted_lock_file_is_not_taken_for_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("idx");
+        let a = PathLock::try_acquire(&t).unwrap().unwrap();
+        // Someone deletes the lock file while A holds it: B gets a new one.
+        std::fs::remove_file(PathLock::lock_path(&t).unwrap()).unwrap();
+        assert!(!a.still_held());
+        let b = PathLock::try_acquire(&t).unwrap().expect("a new lock file");
+        // A's release must not delete B's file, or C could start beside B.
+        a.release();
+        assert!(PathLock::try_acquire(&t).unwrap().is_none());
+        b.release();
+    }
+
+    #[test]
     fn exchange_swaps_folders() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
@@ -469,12 +552,12 @@ mod tests {
             "second writer must be refused"
         );
         std::fs::write(s.path().join("new"), b"1").unwrap();
-        s.commit().unwrap();
+        s.commit(&|_| true).unwrap();
         assert!(t.join("new").exists());
         // Replace it: the target is never absent.
         let s = StagedDir::begin(&t, "index").unwrap();
         std::fs::write(s.path().join("newer"), b"2").unwrap();
-        s.commit().unwrap();
+        s.commit(&|_| true).unwrap();
         assert!(t.join("newer").exists() && !t.join("new").exists());
         // An interrupted two-step swap: the old target comes back.
         std::fs::rename(&t, dir.path().join(".out.old-4194304")).unwrap();
@@ -486,6 +569,16 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec!["out"], "nothing else may remain");
+        // Something filled the target while we worked: it is put back, not deleted.
+        let s = StagedDir::begin(&t, "index").unwrap();
+        std::fs::write(t.join("thesis.tex"), b"mine").unwrap();
+        let e = s.commit(&|p| !p.join("thesis.tex").exists()).unwrap_err();
+        assert!(
+            e.to_string().contains("changed while partlens was writing"),
+            "{e}"
+        );
+        assert!(t.join("thesis.tex").exists() && t.join("newer").exists());
+        std::fs::remove_file(t.join("thesis.tex")).unwrap();
         // Under a regular file: a message that says so.
         std::fs::write(dir.path().join("file"), b"x").unwrap();
         let e = StagedDir::begin(&dir.path().join("file/idx"), "index").unwrap_err();

@@ -126,6 +126,10 @@ impl IngestReport {
 /// whatever an image holds (a noisy label map under `--min-area 1` has 100,000s of regions).
 const PIECE: usize = 64;
 
+/// Most bytes of tensors in one piece: fewer than [`PIECE`] regions for models with large
+/// inputs (one 4096-px input is 201 MB).
+const PIECE_BYTES: usize = 64 << 20;
+
 /// What the producer sends the encoder thread, in dataset order.
 enum Msg {
     /// One image was read: its regions follow in `Regions` messages; `Ok` holds the regions of
@@ -147,7 +151,7 @@ fn load(
     // Annotations can claim any box; a crop far larger than its image is a wrong annotation,
     // not a region: skip it, keep the image's other regions.
     let (w, h) = (loaded.image.width(), loaded.image.height());
-    let limit = MAX_CROP_FACTOR * i64::from(w.max(h));
+    let limit = (MAX_CROP_FACTOR * i64::from(w.max(h))).min(crate::preprocess::MAX_CROP_SIDE);
     let (regions, far): (Vec<Region>, Vec<Region>) = std::mem::take(&mut loaded.regions)
         .into_iter()
         .partition(|r| r.crop_box.width() <= limit && r.crop_box.height() <= limit);
@@ -177,6 +181,7 @@ fn produce(
 ) {
     let chunk = (rayon::current_num_threads() * 2).max(4);
     let len = pre.tensor_len();
+    let piece_len = (PIECE_BYTES / (len * 4).max(1)).clamp(1, PIECE);
     for (ci, block) in items.chunks(chunk).enumerate() {
         let loaded: Vec<Result<crate::dataset::ImageRegions>> = block
             .par_iter()
@@ -201,7 +206,7 @@ fn produce(
         }
         let mut work = work.into_iter().peekable();
         while work.peek().is_some() {
-            let piece: Vec<(usize, Region)> = work.by_ref().take(PIECE).collect();
+            let piece: Vec<(usize, Region)> = work.by_ref().take(piece_len).collect();
             let mut tensors = vec![0f32; piece.len() * len];
             tensors
                 .par_chunks_mut(len)
@@ -322,7 +327,7 @@ pub fn ingest_with_encoder(
     );
     let out = &opts.out;
     let staged = StagedDir::begin(out, "index")?;
-    check_target(out, opts.overwrite)?;
+    check_target(staged.target(), opts.overwrite)?;
     let stage = staged.path().to_path_buf();
 
     // Embed.
@@ -388,7 +393,9 @@ pub fn ingest_with_encoder(
 
     // Commit.
     let cleaned = staged.cleaned.clone();
-    staged.commit()?;
+    // What --out holds is checked again once moved aside: a folder filled while this run
+    // worked is put back, never deleted.
+    staged.commit(&|old| may_replace(old, opts.overwrite))?;
     Ok(IngestReport {
         path: out.clone(),
         manifest,
@@ -400,11 +407,23 @@ pub fn ingest_with_encoder(
     })
 }
 
+/// Whether a new index may take the place of `p`: an empty folder, or (with `overwrite`) a
+/// partlens index.
+fn may_replace(p: &Path, overwrite: bool) -> bool {
+    match crate::store::replaceable(p) {
+        Ok(false) => true,
+        Ok(true) => overwrite,
+        Err(_) => false,
+    }
+}
+
 /// Refuses to write over anything but an empty folder or a partlens index, and over an index
 /// only with `overwrite`: `--out webapp --overwrite` must never delete a web app.
 fn check_target(out: &Path, overwrite: bool) -> Result<()> {
-    if std::fs::symlink_metadata(out).is_err() {
-        return Ok(());
+    match std::fs::symlink_metadata(out) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(out, e)),
+        Ok(_) => {}
     }
     match crate::store::replaceable(out) {
         Ok(false) => Ok(()),

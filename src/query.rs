@@ -115,16 +115,31 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// The candidate closest to `want` (case-insensitive edit distance), if any is close enough
-/// to be a likely typo.
-pub fn closest<'a>(want: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+/// The names a user who typed `want` most likely meant: every `object/part` name whose part
+/// is `want` (`torso` → `bird/torso`, `person/torso`), else the one closest by case-insensitive
+/// edit distance if it is close enough to be a typo. Empty when nothing is close.
+pub fn closest<'a>(want: &str, candidates: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
     let w = want.to_lowercase();
+    let candidates: Vec<&str> = candidates.into_iter().collect();
+    let tails: Vec<&str> = candidates
+        .iter()
+        .copied()
+        .filter(|c| {
+            c.rsplit_once('/')
+                .is_some_and(|(_, tail)| tail.to_lowercase() == w)
+        })
+        .collect();
+    if !tails.is_empty() {
+        return tails;
+    }
     candidates
         .into_iter()
         .map(|c| (edit_distance(&w, &c.to_lowercase()), c))
         .filter(|(d, c)| *d <= (c.chars().count().max(w.chars().count()) / 2).max(1))
         .min_by_key(|(d, c)| (*d, *c))
         .map(|(_, c)| c)
+        .into_iter()
+        .collect()
 }
 
 impl std::fmt::Debug for QueryEngine {
@@ -229,6 +244,15 @@ impl QueryEngine {
             }
             .square_crop(0.0),
         };
+        if crop.width().max(crop.height()) > crate::preprocess::MAX_CROP_SIDE {
+            return Err(Error::InvalidArgument(format!(
+                "the crop of {} is {}×{} pixels, over the {} limit",
+                image.display(),
+                crop.width(),
+                crop.height(),
+                crate::preprocess::MAX_CROP_SIDE
+            )));
+        }
         let pre = self.encoder.preprocessor();
         let mut t = vec![0f32; pre.tensor_len()];
         pre.region_tensor(&img, crop, &mut t);
@@ -275,9 +299,11 @@ impl QueryEngine {
             let mut names: Vec<&str> = regions.iter().filter_map(|r| get(r).0).collect();
             names.sort_unstable();
             names.dedup();
-            let hint = closest(want, names.iter().copied())
-                .map(|c| format!(" Did you mean {c:?}?"))
-                .unwrap_or_default();
+            let hint = match closest(want, names.iter().copied())[..] {
+                [] => String::new(),
+                [one] => format!(" Did you mean {one:?}?"),
+                ref several => format!(" Did you mean one of {several:?}?"),
+            };
             let shown: Vec<String> = names.iter().take(30).map(|n| format!("{n:?}")).collect();
             let values = if names.is_empty() {
                 format!("no region of this index has an {what}")
@@ -463,9 +489,11 @@ mod tests {
     #[test]
     fn closest_names_typos_only() {
         let names = ["wheel", "window", "head", "torso"];
-        assert_eq!(closest("whel", names), Some("wheel"));
-        assert_eq!(closest("Head", names), Some("head"));
-        assert_eq!(closest("xyzzy", names), None);
+        assert_eq!(closest("whel", names), ["wheel"]);
+        assert_eq!(closest("Head", names), ["head"]);
+        assert!(closest("xyzzy", names).is_empty());
+        let parts = ["bird/torso", "horse", "person/torso", "person/head"];
+        assert_eq!(closest("torso", parts), ["bird/torso", "person/torso"]);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 }

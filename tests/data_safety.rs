@@ -31,7 +31,8 @@ fn ingest_cmd(dataset: &Path, out: &Path, extra: &[&str]) -> Command {
     .arg(dataset)
     .arg("--out")
     .arg(out)
-    .args(extra);
+    .args(extra)
+    .stdout(std::process::Stdio::null());
     c
 }
 
@@ -357,4 +358,41 @@ fn kill_9_at_random_moments_never_leaves_a_half_index_or_orphans() {
         ever |= absent_or_complete(&out, ever);
         assert_eq!(names(dir.path()), ["idx"], "round {round}: leftovers");
     }
+}
+
+#[test]
+fn odd_targets_are_refused_without_touching_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let lip = common::sample("lip");
+    // A regular file named with a trailing slash: ENOTDIR is not "absent".
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, b"mine").unwrap();
+    let o = ingest_cmd(
+        &lip,
+        Path::new(&format!("{}/", notes.display())),
+        &["--overwrite"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not a folder"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&notes).unwrap(), b"mine");
+    // A folder whose marker is a FIFO: refused at once (opening it would block forever).
+    let fifo_dir = dir.path().join("fifo");
+    std::fs::create_dir(&fifo_dir).unwrap();
+    std::fs::write(fifo_dir.join("manifest.json"), b"{}").unwrap();
+    let marker = fifo_dir.join(partlens::store::MARKER_FILE);
+    assert!(Command::new("mkfifo")
+        .arg(&marker)
+        .status()
+        .unwrap()
+        .success());
+    let t = std::time::Instant::now();
+    let o = ingest_cmd(&lip, &fifo_dir, &["--overwrite"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(t.elapsed().as_secs() < 60);
+    assert!(fifo_dir.join("manifest.json").exists());
+    assert_eq!(names(dir.path()), ["fifo", "notes.txt"]);
 }

@@ -223,6 +223,21 @@ fn mat_element_counts_are_bounded_by_the_bytes_that_remain() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("cell of"), "{e}");
+    // A field name of a megabyte, cloned into every one of 10,000 empty elements (10 GB).
+    let mut p = mat_header(2, [1, 10_000]);
+    p.extend_from_slice(&[5, 0, 4, 0]);
+    p.extend_from_slice(&(1u32 << 20).to_le_bytes());
+    p.extend_from_slice(&1u32.to_le_bytes());
+    p.extend_from_slice(&(1u32 << 20).to_le_bytes());
+    p.extend(std::iter::repeat_n(b'a', 1 << 20));
+    for _ in 0..10_000 {
+        p.extend_from_slice(&14u32.to_le_bytes());
+        p.extend_from_slice(&0u32.to_le_bytes());
+    }
+    let e = partlens::dataset::matfile::read(&mat_file(&p), Path::new("names.mat"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("field name length 1048576"), "{e}");
     // Both are refused at once, not after looping over the claimed elements.
     assert!(started.elapsed().as_secs() < 5);
 }
@@ -392,4 +407,31 @@ fn counts_that_size_work_are_bounded_too() {
         partlens::dataset::ListingDataset::listing(dir.path().join("l.jsonl"), &Default::default())
             .unwrap();
     assert!(ds.listing_problems()[0].reason.contains("at most 100000"));
+}
+
+#[test]
+fn object_boxes_past_any_image_are_refused_at_listing() {
+    // CUB declares no image sizes: a box of 10^18 pixels would have made a 2 GB mask.
+    let dir = tempfile::tempdir().unwrap();
+    let cub = dir.path().join("cub");
+    common::copy_dir(&common::sample("keypoints/cub_meta"), &cub);
+    std::fs::create_dir_all(cub.join("images")).unwrap();
+    std::fs::copy(
+        common::sample("lip/img/val/86_185913.jpg"),
+        cub.join("images/a.jpg"),
+    )
+    .unwrap();
+    std::fs::write(cub.join("images.txt"), "1 a.jpg\n").unwrap();
+    std::fs::write(
+        cub.join("bounding_boxes.txt"),
+        "1 0 0 1000000000 1000000000\n",
+    )
+    .unwrap();
+    let ds = partlens::dataset::CubDataset::open(&cub, &Default::default()).unwrap();
+    let p = ds.listing_problems();
+    assert!(
+        p.iter()
+            .any(|p| p.reason.contains("far more than any image")),
+        "{p:?}"
+    );
 }

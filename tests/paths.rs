@@ -230,3 +230,47 @@ fn names_that_become_paths_are_checked() {
     assert!(left.is_empty(), "{left:?}");
     assert!(!dir.path().parent().unwrap().join("evil").exists());
 }
+
+#[test]
+fn derived_and_fixed_name_files_follow_the_policy_too() {
+    let dir = tempfile::tempdir().unwrap();
+    jpeg(&dir.path().join("secret.jpg"));
+    // ADE20K: X.json inside, X.jpg a link leading out.
+    let ade = dir.path().join("ade");
+    common::copy_dir(&common::sample("ade20k_full"), &ade);
+    let street = ade.join("dataset/ADE20K_2021_17_01/images/ADE/training/urban/street");
+    let img = street.join("ADE_train_00016900.jpg");
+    std::fs::remove_file(&img).unwrap();
+    symlink(dir.path().join("secret.jpg"), &img).unwrap();
+    let (_, st) = stats(&ade, &[]);
+    assert!(
+        outside(&skipped(&st), "ADE_train_00016900.jpg"),
+        "{:?}",
+        skipped(&st)
+    );
+    // mmseg: a label map that is a link leading out.
+    let mm = dir.path().join("mm");
+    common::copy_dir(&common::sample("lip"), &mm);
+    let ann = mm.join("ann/val/86_185913.png");
+    std::fs::rename(&ann, dir.path().join("outside.png")).unwrap();
+    symlink(dir.path().join("outside.png"), &ann).unwrap();
+    let (_, st) = stats(&mm, &[]);
+    assert!(
+        outside(&skipped(&st), "ann/val/86_185913.png"),
+        "{:?}",
+        skipped(&st)
+    );
+    assert_eq!(st["images"], 1);
+    // CUB: images.txt itself a link leading out refuses the dataset, naming the file.
+    let cub = dir.path().join("cub");
+    common::copy_dir(&common::sample("keypoints/cub_meta"), &cub);
+    std::fs::create_dir_all(cub.join("images")).unwrap();
+    std::fs::write(dir.path().join("list.txt"), "1 a.jpg\n").unwrap();
+    symlink(dir.path().join("list.txt"), cub.join("images.txt")).unwrap();
+    let (o, _) = stats(&cub, &[]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("images.txt") && e.contains("outside the dataset folder"),
+        "{e}"
+    );
+}

@@ -79,10 +79,15 @@ impl Ade20kDataset {
                 message: "no ADE20K X.json + X.jpg pairs found below this folder".into(),
             });
         }
-        let items = jsons
-            .iter()
-            .map(|j| {
-                let img = j.with_extension("jpg");
+        let mut items = Vec::new();
+        for j in &jsons {
+            let img = j.with_extension("jpg");
+            // The walk checked the JSON; its image is another file, maybe a link leading out.
+            if let Err(reason) = droot.check(&img) {
+                problems.push(crate::dataset::Skipped::new(droot.relative(&img), reason));
+                continue;
+            }
+            items.push({
                 let rel = droot.relative(&img);
                 // ADE/training/… and ADE/validation/… name the split.
                 let split = rel
@@ -97,8 +102,8 @@ impl Ade20kDataset {
                     part_ann: Some(j.clone()),
                     object_ann: None,
                 }
-            })
-            .collect();
+            });
+        }
         Ok(Ade20kDataset {
             listing: Listing {
                 root: droot,

@@ -51,12 +51,7 @@ fn write_mmseg(
     // Written beside `out` and moved into place when complete: a failed or killed run leaves
     // no half-written dataset.
     let staged = crate::files::StagedDir::begin(out, "dataset")?;
-    if out.exists() && std::fs::read_dir(out).at(out)?.next().is_some() {
-        return Err(Error::InvalidArgument(format!(
-            "{} exists and is not empty",
-            out.display()
-        )));
-    }
+    crate::files::check_absent_or_empty(staged.target())?;
     let final_out = out;
     let out = staged.path();
     // Split names become folder names: a name like `../../x` would write outside `out`.
@@ -141,7 +136,7 @@ fn write_mmseg(
                 .unwrap_or_default()
         )));
     }
-    staged.commit()?;
+    staged.commit(&crate::files::is_empty_dir)?;
     Ok(summary)
 }
 

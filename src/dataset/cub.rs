@@ -102,7 +102,7 @@ impl CubDataset {
         } else {
             settings.classes.clone()
         };
-        let parts_path = root.join("parts/parts.txt");
+        let parts_path = droot.file("parts/parts.txt")?;
         let parts: BTreeMap<u64, String> = table(&parts_path, 1)?
             .into_iter()
             .map(|(id, f)| (id, f[0].clone()))
@@ -120,9 +120,9 @@ impl CubDataset {
                 ),
             ));
         }
-        let images = table(&root.join("images.txt"), 1)?;
+        let images = table(&droot.file("images.txt")?, 1)?;
         let optional = |name: &str, fields| -> Result<BTreeMap<u64, Vec<String>>> {
-            let p = root.join(name);
+            let p = droot.file(name)?;
             Ok(if p.is_file() {
                 table(&p, fields)?.into_iter().collect()
             } else {
@@ -134,7 +134,7 @@ impl CubDataset {
         let boxes = optional("bounding_boxes.txt", 4)?;
         let split = optional("train_test_split.txt", 1)?;
 
-        let locs_path = root.join("parts/part_locs.txt");
+        let locs_path = droot.file("parts/part_locs.txt")?;
         let mut locs: BTreeMap<u64, Vec<(u64, f64, f64)>> = BTreeMap::new();
         for (img, f) in table(&locs_path, 4)? {
             let part: u64 = f[0]

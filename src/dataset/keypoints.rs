@@ -405,7 +405,26 @@ fn image_regions(
                 meta.push((k, c, ai));
             }
         }
+        let declared = img.width.zip(img.height);
         match a.bbox.as_deref() {
+            // A box reaching far past the size the file declares is a wrong annotation.
+            Some(&[x, y, w, h])
+                if a.iscrowd == 0
+                    && declared.is_some_and(|(iw, ih)| {
+                        let reach = crate::ingest::MAX_CROP_FACTOR as f64 * f64::from(iw.max(ih));
+                        !(x.abs() <= reach && y.abs() <= reach && w <= reach && h <= reach)
+                    }) =>
+            {
+                let (iw, ih) = declared.unwrap_or_default();
+                problems.push(Skipped::new(
+                    rel,
+                    format!(
+                        "annotation {}: box [{x}, {y}, {w}, {h}] reaches far outside the \
+                         {iw}×{ih} image",
+                        a.id
+                    ),
+                ));
+            }
             Some(&[x, y, w, h]) if a.iscrowd == 0 => objects.push(([x, y, w, h], *cat, ai)),
             Some(b) if a.iscrowd == 0 => problems.push(Skipped::new(
                 rel,
@@ -466,6 +485,11 @@ fn image_regions(
 /// it never overflows.
 pub const MAX_COORD: f64 = (1u64 << 30) as f64;
 
+/// Largest object box accepted, in pixels: 2^36, hundreds of times any image partlens can
+/// decode (Pillow's limit is ~2^27.4 pixels), and small enough that its whole-box mask is a
+/// handful of runs.
+pub const MAX_BOX_AREA: u64 = 1 << 36;
+
 /// An object region for a box given as `[x, y, w, h]` (COCO, CUB): pixels from floor(x) to
 /// ceil(x + w), mask the whole box, crop the square around it with `margin`. A box that is
 /// empty, not finite or beyond [`MAX_COORD`] is an error (the reason), never a crash.
@@ -490,7 +514,13 @@ pub(crate) fn object_box_region(
         (y + h).ceil() as i64,
     )
     .ok_or_else(|| format!("box [{x}, {y}, {w}, {h}] is empty or inverted"))?;
-    let area = (bb.width() * bb.height()) as u64;
+    let area = (bb.width() as u64).saturating_mul(bb.height() as u64);
+    if area > MAX_BOX_AREA {
+        return Err(format!(
+            "box [{x}, {y}, {w}, {h}] covers {area} pixels, far more than any image partlens \
+             reads"
+        ));
+    }
     Ok(Region {
         id: 0,
         image: image.to_string(),

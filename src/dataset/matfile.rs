@@ -79,8 +79,19 @@ const MI_UTF8: u32 = 16;
 const MAX_ELEMENT: usize = 1 << 28;
 
 /// Most numeric and character values decoded from one file (each becomes an 8-byte f64, so
-/// this bounds a file's memory at 1 GB; Pascal-Part's largest annotations hold ~25 M).
+/// this bounds a file's memory at 1 GB; Pascal-Part's largest annotations hold ~25 M). Every
+/// array node and every struct field entry is charged [`NODE_COST`] values too, so a file of
+/// millions of empty arrays is bounded as well.
 const MAX_VALUES: usize = 1 << 27;
+
+/// What one array node or struct field entry costs from the budget, in values (~128 bytes).
+const NODE_COST: usize = 16;
+
+/// Longest struct field name (MATLAB's own limit is 63 characters).
+const MAX_FIELD_NAME: usize = 64;
+
+/// Most bytes inflated from the compressed elements of one file, all together.
+const MAX_INFLATED: usize = 1 << 28;
 
 struct Reader<'a> {
     buf: &'a [u8],
@@ -164,6 +175,7 @@ fn matrix(d: &[u8], depth: usize, budget: &mut usize) -> Parse<MatValue> {
     if depth > 32 {
         return Err("nesting deeper than 32 levels".into());
     }
+    spend(budget, NODE_COST)?;
     let mut r = Reader { buf: d, pos: 0 };
     if d.is_empty() {
         return Ok(MatValue::Numeric {
@@ -220,8 +232,8 @@ fn matrix(d: &[u8], depth: usize, budget: &mut usize) -> Parse<MatValue> {
                 .first()
                 .ok_or("bad field name length")? as usize;
             let (_, names) = r.element()?;
-            if len == 0 {
-                return Err("zero field name length".into());
+            if len == 0 || len > MAX_FIELD_NAME {
+                return Err(format!("field name length {len} (1 to {MAX_FIELD_NAME})"));
             }
             let fields: Vec<String> = names
                 .chunks(len)
@@ -238,6 +250,10 @@ fn matrix(d: &[u8], depth: usize, budget: &mut usize) -> Parse<MatValue> {
                     fields.len()
                 ));
             }
+            spend(
+                budget,
+                count.saturating_mul(fields.len()).saturating_mul(NODE_COST),
+            )?;
             let mut elements = Vec::with_capacity(count.min(1 << 16));
             for _ in 0..count {
                 let mut map = BTreeMap::new();
@@ -297,15 +313,23 @@ pub fn read(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, MatValue>> {
     };
     let mut vars = BTreeMap::new();
     let mut budget = MAX_VALUES;
+    let mut inflated_total = 0usize;
     while r.pos < bytes.len() {
         let (ty, data) = r.element().map_err(bad)?;
         let inflated;
         let (ty, data) = if ty == MI_COMPRESSED {
             let mut out = Vec::new();
+            let room = MAX_INFLATED.saturating_sub(inflated_total).min(MAX_ELEMENT);
             flate2::read::ZlibDecoder::new(data)
-                .take(MAX_ELEMENT as u64)
+                .take(room as u64 + 1)
                 .read_to_end(&mut out)
                 .map_err(|e| bad(format!("corrupt compressed element: {e}")))?;
+            if out.len() > room {
+                return Err(bad(format!(
+                    "compressed elements inflate past {MAX_INFLATED} bytes"
+                )));
+            }
+            inflated_total += out.len();
             inflated = out;
             let mut inner = Reader {
                 buf: &inflated,

@@ -166,13 +166,13 @@ impl MmsegDataset {
                     .into(),
             });
         };
-        let mut part_classes = read_names(&root.join("classes.txt"))?;
-        let mut object_classes = read_names(&root.join("object_classes.txt"))?;
+        let mut part_classes = read_names(&droot.file("classes.txt")?)?;
+        let mut object_classes = read_names(&droot.file("object_classes.txt")?)?;
         if layout.obj.is_none() {
             // Its label maps are object classes.
             object_classes = match part_classes.take() {
                 Some(names) => Some(names),
-                None => read_object_info(&root.join("objectInfo150.csv"))?,
+                None => read_object_info(&droot.file("objectInfo150.csv")?)?,
             };
         }
         let img_dir = root.join(layout.img);
@@ -230,13 +230,27 @@ impl MmsegDataset {
                     ));
                     continue;
                 }
-                let ann = root.join(rel(layout.ann, &format!("{stem}.png")));
+                let ann_rel = rel(layout.ann, &format!("{stem}.png"));
+                let ann = root.join(&ann_rel);
+                // Label maps are read only from inside the dataset, like the images.
+                if ann.exists() {
+                    if let Err(reason) = droot.check(&ann) {
+                        problems.push(Skipped::new(ann_rel, reason));
+                        continue;
+                    }
+                }
                 let mut object_ann = None;
                 if let (Some(o), true) = (layout.obj, has_obj) {
                     let obj = rel(o, &format!("{stem}.png"));
                     // A missing object map costs only that image's object regions, not its parts.
                     if root.join(&obj).is_file() {
-                        object_ann = Some(root.join(obj));
+                        match droot.check(&root.join(&obj)) {
+                            Ok(()) => object_ann = Some(root.join(obj)),
+                            Err(reason) => problems.push(Skipped::new(
+                                obj,
+                                format!("{reason}: parts only for this image"),
+                            )),
+                        }
                     } else {
                         problems.push(Skipped::new(
                             obj,

@@ -121,6 +121,20 @@ impl DatasetRoot {
         }
     }
 
+    /// A file the layout names inside the root (`classes.txt`, `images.txt`, …): the path
+    /// joined to the root, checked like any other when it exists; a link leading out is an
+    /// error for the whole dataset (these files describe all of it).
+    pub fn file(&self, rel: &str) -> Result<PathBuf> {
+        let p = self.path.join(rel);
+        if p.exists() {
+            self.check(&p).map_err(|reason| Error::Dataset {
+                path: self.path.clone(),
+                message: format!("{rel}: {reason}"),
+            })?;
+        }
+        Ok(p)
+    }
+
     /// The path of `p` relative to the root, `/`-separated (what an index stores).
     pub fn relative(&self, p: &Path) -> String {
         p.strip_prefix(&self.path)

@@ -373,14 +373,9 @@ pub fn generate(out: &Path, opts: &SynthOptions) -> Result<SynthSummary> {
         )));
     }
     let staged = crate::files::StagedDir::begin(out, "dataset")?;
-    if out.exists() && std::fs::read_dir(out).at(out)?.next().is_some() {
-        return Err(Error::InvalidArgument(format!(
-            "{} exists and is not empty",
-            out.display()
-        )));
-    }
+    crate::files::check_absent_or_empty(staged.target())?;
     let summary = write_all(staged.path(), opts)?;
-    staged.commit()?;
+    staged.commit(&crate::files::is_empty_dir)?;
     Ok(summary)
 }
 

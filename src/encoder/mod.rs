@@ -132,7 +132,7 @@ impl fmt::Debug for Encoder {
 
 /// SHA-256 of a file, lowercase hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).at(path)?;
+    let mut f = crate::files::open_regular(path)?;
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h).at(path)?;
     Ok(format!("{:x}", h.finalize()))

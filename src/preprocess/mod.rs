@@ -17,6 +17,12 @@ use crate::region::PixelBox;
 /// have read it either. Checked against the header before any pixel buffer is allocated.
 pub const MAX_IMAGE_PIXELS: u64 = 178_956_970;
 
+/// Longest crop side partlens resamples, in pixels (2^24). Memory never depends on it (see
+/// [`Preprocessor::region_tensor`]), but time does: the filter's weights are normalised over
+/// every tap, ~4 × side / 224 of them per output pixel. Ingest skips (and reports) regions past
+/// it; a query refuses them.
+pub const MAX_CROP_SIDE: i64 = 1 << 24;
+
 /// Largest image file read, in bytes: an uncompressed image at [`MAX_IMAGE_PIXELS`] × 4
 /// channels, plus headers.
 pub const MAX_IMAGE_FILE_BYTES: u64 = MAX_IMAGE_PIXELS * 4 + (1 << 20);

@@ -22,51 +22,62 @@ fn bicubic(x: f64) -> f64 {
     }
 }
 
-/// Per-output-pixel source window and fixed-point weights along one axis.
+/// Per-output-pixel taps and fixed-point weights along one axis, kept only where the taps
+/// land inside the image (elsewhere the window is black and a tap adds exactly 0).
 struct Coeffs {
-    ksize: usize,
-    /// `(first source index, number of taps)` per output pixel.
+    /// Weights stored per output pixel.
+    stride: usize,
+    /// `(first kept source index, number of kept taps)` per output pixel, in window
+    /// coordinates.
     bounds: Vec<(usize, usize)>,
-    /// `ksize` weights per output pixel, in Pillow's fixed point.
+    /// `stride` weights per output pixel (the first `bounds[i].1` used), Pillow's fixed point.
     weights: Vec<i32>,
 }
 
 /// Pillow's coefficients for resizing `in_size` pixels to `out_size`, for the output pixels in
-/// `range` only (each output pixel's window and weights depend on nothing else).
-fn precompute(in_size: usize, out_size: usize, range: std::ops::Range<usize>) -> Coeffs {
+/// `range` only (each output pixel's taps and weights depend on nothing else), keeping the taps
+/// within `keep` (the window positions inside the image). Each weight is normalised by the sum
+/// over *all* its taps, as Pillow's are, so the kept ones are exactly Pillow's; memory is
+/// `range × min(taps, keep)` whatever the window's size.
+fn precompute(
+    in_size: usize,
+    out_size: usize,
+    range: std::ops::Range<usize>,
+    keep: (usize, usize),
+) -> Coeffs {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = 2.0 * filterscale;
     let ksize = support.ceil() as usize * 2 + 1;
+    let stride = ksize.min(keep.1.saturating_sub(keep.0)).max(1);
     let mut bounds = Vec::with_capacity(range.len());
-    let mut weights = vec![0i32; range.len() * ksize];
-    let mut k = vec![0f64; ksize];
+    let mut weights = vec![0i32; range.len() * stride];
+    let ss = 1.0 / filterscale;
     for (i, xx) in range.enumerate() {
         let center = (xx as f64 + 0.5) * scale;
-        let ss = 1.0 / filterscale;
         // Pillow truncates toward zero after adding 0.5 (`(int)(x + 0.5)`).
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
         let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
         let n = xmax.saturating_sub(xmin);
-        let mut ww = 0.0;
-        for (x, kx) in k.iter_mut().enumerate().take(n) {
-            let w = bicubic((x as f64 + xmin as f64 - center + 0.5) * ss);
-            *kx = w;
-            ww += w;
-        }
-        for x in 0..n {
-            let w = if ww != 0.0 { k[x] / ww } else { k[x] };
+        let tap = |x: usize| bicubic((x as f64 + xmin as f64 - center + 0.5) * ss);
+        // The sum over every tap, in Pillow's order.
+        let ww: f64 = (0..n).fold(0.0, |acc, x| acc + tap(x));
+        let first = xmin.max(keep.0).min(xmin + n);
+        let last = (xmin + n).min(keep.1).max(first);
+        for (j, x) in (first - xmin..last - xmin).enumerate() {
+            let k = tap(x);
+            let w = if ww != 0.0 { k / ww } else { k };
             let fixed = w * f64::from(1u32 << PRECISION_BITS);
-            weights[i * ksize + x] = if w < 0.0 {
+            weights[i * stride + j] = if w < 0.0 {
                 (fixed - 0.5) as i32
             } else {
                 (fixed + 0.5) as i32
             };
         }
-        bounds.push((xmin, n));
+        bounds.push((first, last - first));
     }
     Coeffs {
-        ksize,
+        stride,
         bounds,
         weights,
     }
@@ -158,47 +169,39 @@ pub fn resize_part(
     if need_h && need_v && shrink_h > 0 && shrink_h > 2 * (w as i64 - ow as i64) {
         return vertical_first(win, (ow, oh), cols, rows);
     }
-    let vert = need_v.then(|| precompute(h, oh, rows.clone()));
-    // Window rows the vertical pass reads (the output rows themselves when there is no
-    // vertical pass), narrowed to those inside the image: the others are black before and
-    // after the pass.
-    let (first, last) = match &vert {
-        Some(v) => {
-            let lo = v.bounds.iter().map(|b| b.0).min().unwrap_or(0);
-            let hi = v.bounds.iter().map(|b| b.0 + b.1).max().unwrap_or(0);
-            (lo, hi)
-        }
-        None => (rows.start, rows.end),
+    // Window columns and rows that lie inside the image.
+    let in_cols = Window::inside(win.x0, win.img_w, 0, w);
+    let in_rows = Window::inside(win.y0, win.img_h, 0, h);
+    let vert = need_v.then(|| precompute(h, oh, rows.clone(), in_rows));
+    // Window rows (inside the image) the vertical pass reads; without a vertical pass, the
+    // output rows themselves.
+    let (r0, r1) = match &vert {
+        Some(v) => span(&v.bounds),
+        None => Window::inside(win.y0, win.img_h, rows.start, rows.end),
     };
-    let (r0, r1) = Window::inside(win.y0, win.img_h, first, last);
     // tmp: window rows r0..r1, the output's columns wide after the horizontal pass.
     let mut tmp = vec![0u8; (r1 - r0) * stride];
-    let img_row = |r: usize| {
-        let iy = (win.y0 + r as i64) as usize;
-        &win.src[iy * win.img_w * 3..(iy + 1) * win.img_w * 3]
-    };
     if need_h {
-        let horiz = precompute(w, ow, cols.clone());
-        // Per output column: the taps that land inside the image.
-        let taps: Vec<(usize, usize, usize)> = horiz
-            .bounds
-            .iter()
-            .map(|&(xmin, n)| {
-                let (a, b) = Window::inside(win.x0, win.img_w, xmin, xmin + n);
-                (a, b, xmin)
-            })
-            .collect();
+        let horiz = precompute(w, ow, cols.clone(), in_cols);
         for (r, orow) in (r0..r1).zip(tmp.chunks_exact_mut(stride)) {
-            let srow = img_row(r);
-            for (i, (&(a, b, xmin), o)) in taps.iter().zip(orow.chunks_exact_mut(3)).enumerate() {
-                let k = &horiz.weights[i * horiz.ksize..];
+            let srow = image_row(win, r);
+            for (i, (&(a, n), o)) in horiz
+                .bounds
+                .iter()
+                .zip(orow.chunks_exact_mut(3))
+                .enumerate()
+            {
+                let k = &horiz.weights[i * horiz.stride..i * horiz.stride + n];
+                let px = if n == 0 {
+                    &[][..] // every tap on black
+                } else {
+                    &srow[window_col(win, a) * 3..][..n * 3]
+                };
                 let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
-                for t in a..b {
-                    let ix = (win.x0 + t as i64) as usize * 3;
-                    let kx = k[t - xmin];
-                    acc[0] += i32::from(srow[ix]) * kx;
-                    acc[1] += i32::from(srow[ix + 1]) * kx;
-                    acc[2] += i32::from(srow[ix + 2]) * kx;
+                for (&kx, p) in k.iter().zip(px.chunks_exact(3)) {
+                    acc[0] += i32::from(p[0]) * kx;
+                    acc[1] += i32::from(p[1]) * kx;
+                    acc[2] += i32::from(p[2]) * kx;
                 }
                 o[0] = clip8(acc[0]);
                 o[1] = clip8(acc[1]);
@@ -207,18 +210,20 @@ pub fn resize_part(
         }
     } else {
         // Same width: the window's own columns, black outside the image.
-        let (c0, c1) = Window::inside(win.x0, win.img_w, cols.start, cols.end);
-        for (r, orow) in (r0..r1).zip(tmp.chunks_exact_mut(stride)) {
-            let srow = img_row(r);
-            let ix = (win.x0 + c0 as i64) as usize * 3;
-            let o = (c0 - cols.start) * 3;
-            orow[o..o + (c1 - c0) * 3].copy_from_slice(&srow[ix..ix + (c1 - c0) * 3]);
+        let c0 = in_cols.0.max(cols.start);
+        let c1 = in_cols.1.min(cols.end);
+        if c0 < c1 {
+            for (r, orow) in (r0..r1).zip(tmp.chunks_exact_mut(stride)) {
+                let srow = image_row(win, r);
+                let o = (c0 - cols.start) * 3;
+                orow[o..o + (c1 - c0) * 3]
+                    .copy_from_slice(&srow[window_col(win, c0) * 3..][..(c1 - c0) * 3]);
+            }
         }
     }
     let Some(vert) = vert else {
         // No vertical pass: output row y is window row y.
-        let (a, b) = (r0.max(rows.start), r1.min(rows.end));
-        for y in a..b.max(a) {
+        for y in r0..r1 {
             let dst = (y - rows.start) * stride;
             out[dst..dst + stride].copy_from_slice(&tmp[(y - r0) * stride..(y - r0 + 1) * stride]);
         }
@@ -226,12 +231,10 @@ pub fn resize_part(
     };
     // Vertical pass a whole row at a time: contiguous reads, and the compiler vectorises it.
     let mut acc = vec![0i32; stride];
-    for (i, &(ymin, n)) in vert.bounds.iter().enumerate() {
-        let k = &vert.weights[i * vert.ksize..i * vert.ksize + n];
+    for (i, &(a, n)) in vert.bounds.iter().enumerate() {
+        let k = &vert.weights[i * vert.stride..i * vert.stride + n];
         acc.fill(1i32 << (PRECISION_BITS - 1));
-        let (a, b) = (ymin.max(r0), (ymin + n).min(r1));
-        for y in a..b.max(a) {
-            let ky = k[y - ymin];
+        for (y, &ky) in (a..a + n).zip(k) {
             let row = &tmp[(y - r0) * stride..(y - r0 + 1) * stride];
             for (acc, &p) in acc.iter_mut().zip(row) {
                 *acc += i32::from(p) * ky;
@@ -244,8 +247,27 @@ pub fn resize_part(
     out
 }
 
-/// [`resize_part`] with the vertical pass first: rows of the window's columns that lie inside
-/// the image are resampled to the output's height, then each output row horizontally.
+/// The smallest range covering every `(first, n)` tap range (empty ones ignored).
+fn span(bounds: &[(usize, usize)]) -> (usize, usize) {
+    let used = bounds.iter().filter(|b| b.1 > 0);
+    let lo = used.clone().map(|b| b.0).min().unwrap_or(0);
+    let hi = used.map(|b| b.0 + b.1).max().unwrap_or(lo);
+    (lo, hi.max(lo))
+}
+
+/// Row `r` of the window (which must lie inside the image), as the image's whole row.
+fn image_row<'a>(win: &Window<'a>, r: usize) -> &'a [u8] {
+    let iy = (win.y0 + r as i64) as usize;
+    &win.src[iy * win.img_w * 3..(iy + 1) * win.img_w * 3]
+}
+
+/// The image column of window column `c` (which must lie inside the image).
+fn window_col(win: &Window<'_>, c: usize) -> usize {
+    (win.x0 + c as i64) as usize
+}
+
+/// [`resize_part`] with the vertical pass first: the window's columns that lie inside the
+/// image are resampled to the output's height, then each output row horizontally.
 fn vertical_first(
     win: &Window<'_>,
     (ow, oh): (usize, usize),
@@ -253,27 +275,26 @@ fn vertical_first(
     rows: std::ops::Range<usize>,
 ) -> Vec<u8> {
     let (w, h) = (win.width, win.height);
-    let horiz = precompute(w, ow, cols.clone());
-    let vert = precompute(h, oh, rows.clone());
-    // Window columns the horizontal pass reads, narrowed to those inside the image (the
-    // others are black before and after the vertical pass).
-    let lo = horiz.bounds.iter().map(|b| b.0).min().unwrap_or(0);
-    let hi = horiz.bounds.iter().map(|b| b.0 + b.1).max().unwrap_or(0);
-    let (c0, c1) = Window::inside(win.x0, win.img_w, lo, hi);
-    let (ri0, ri1) = Window::inside(win.y0, win.img_h, 0, h);
+    let in_cols = Window::inside(win.x0, win.img_w, 0, w);
+    let in_rows = Window::inside(win.y0, win.img_h, 0, h);
+    let horiz = precompute(w, ow, cols.clone(), in_cols);
+    let vert = precompute(h, oh, rows.clone(), in_rows);
+    // Window columns (inside the image) the horizontal pass reads.
+    let (c0, c1) = span(&horiz.bounds);
     let tstride = (c1 - c0) * 3;
+    let stride = cols.len() * 3;
+    let mut out = vec![0u8; stride * rows.len()];
+    if tstride == 0 {
+        return out; // every tap is black
+    }
     // tmp: output rows × window columns c0..c1, after the vertical pass.
     let mut tmp = vec![0u8; rows.len() * tstride];
     let mut acc = vec![0i32; tstride];
-    let first_byte = (win.x0 + c0 as i64).max(0) as usize * 3;
-    for (i, &(ymin, n)) in vert.bounds.iter().enumerate() {
-        let k = &vert.weights[i * vert.ksize..i * vert.ksize + n];
+    for (i, &(a, n)) in vert.bounds.iter().enumerate() {
+        let k = &vert.weights[i * vert.stride..i * vert.stride + n];
         acc.fill(1i32 << (PRECISION_BITS - 1));
-        let (a, b) = (ymin.max(ri0), (ymin + n).min(ri1));
-        for y in a..b.max(a) {
-            let ky = k[y - ymin];
-            let iy = (win.y0 + y as i64) as usize;
-            let row = &win.src[iy * win.img_w * 3 + first_byte..][..tstride];
+        for (y, &ky) in (a..a + n).zip(k) {
+            let row = &image_row(win, y)[window_col(win, c0) * 3..][..tstride];
             for (acc, &p) in acc.iter_mut().zip(row) {
                 *acc += i32::from(p) * ky;
             }
@@ -282,24 +303,21 @@ fn vertical_first(
             *o = clip8(a);
         }
     }
-    let stride = cols.len() * 3;
-    let mut out = vec![0u8; stride * rows.len()];
-    for (trow, orow) in tmp
-        .chunks_exact(tstride.max(1))
-        .zip(out.chunks_exact_mut(stride))
-    {
-        for (j, (&(xmin, n), o)) in horiz
+    for (trow, orow) in tmp.chunks_exact(tstride).zip(out.chunks_exact_mut(stride)) {
+        for (j, (&(a, n), o)) in horiz
             .bounds
             .iter()
             .zip(orow.chunks_exact_mut(3))
             .enumerate()
         {
-            let k = &horiz.weights[j * horiz.ksize..];
-            let (a, b) = Window::inside(win.x0, win.img_w, xmin, xmin + n);
+            let k = &horiz.weights[j * horiz.stride..j * horiz.stride + n];
+            let px = if n == 0 {
+                &[][..] // every tap on black
+            } else {
+                &trow[(a - c0) * 3..][..n * 3]
+            };
             let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
-            for t in a..b {
-                let kx = k[t - xmin];
-                let p = &trow[(t - c0) * 3..(t - c0) * 3 + 3];
+            for (&kx, p) in k.iter().zip(px.chunks_exact(3)) {
                 acc[0] += i32::from(p[0]) * kx;
                 acc[1] += i32::from(p[1]) * kx;
                 acc[2] += i32::from(p[2]) * kx;
@@ -357,7 +375,10 @@ mod tests {
             (-30, 4, 80, 6, 7, 6),
             (10, -20, 6, 70, 6, 9),
             (-100, -100, 250, 250, 11, 11),
-            (30, 30, 9, 9, 4, 4), // wholly outside
+            (30, 30, 9, 9, 4, 4),    // wholly outside
+            (40, 0, 4, 100, 2, 10),  // right of the image, vertical pass first
+            (-50, 5, 4, 100, 2, 10), // left of it
+            (5, -300, 3, 200, 2, 7), // above it
             (0, 0, 23, 17, 23, 40),
         ];
         for (x0, y0, cw, ch, ow, oh) in cases {

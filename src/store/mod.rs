@@ -80,7 +80,7 @@ pub fn replaceable(path: &Path) -> std::result::Result<bool, String> {
             if foreign.len() > 5 { ", …" } else { "" }
         ));
     }
-    let marker = std::fs::read(path.join(MARKER_FILE)).ok();
+    let marker = crate::files::read_limited(&path.join(MARKER_FILE), 256).ok();
     if marker.as_deref() == Some(MARKER_TEXT.as_bytes()) {
         return Ok(true);
     }

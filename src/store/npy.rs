@@ -137,7 +137,7 @@ impl NpyMatrix {
     /// Maps `path` and checks its header and length; a truncated file is [`Error::DataCorruption`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let file = File::open(path).at(path)?;
+        let file = crate::files::open_regular(path)?;
         // SAFETY: a mapping is only sound while nobody modifies or truncates the file. partlens
         // never writes to a finished index (a new ingest builds a new folder and swaps it in,
         // leaving open files of the old one intact), and the length is checked below; a file

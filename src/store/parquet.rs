@@ -243,7 +243,7 @@ fn read_boxes(a: &ArrayRef, path: &Path) -> Result<Vec<PixelBox>> {
 /// Reads every region's metadata (no feature columns) from a region file.
 pub fn read_regions(path: impl AsRef<Path>) -> Result<Vec<Region>> {
     let path = path.as_ref();
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = crate::files::open_regular(path)?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| Error::corrupt(path, format!("not a readable Parquet file: {e}")))?;
     let roots: Vec<usize> = builder
