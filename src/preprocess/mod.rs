@@ -139,16 +139,7 @@ impl Preprocessor {
 
     /// Resize (short side, bicubic), centre crop and normalise an RGB8 buffer of `w × h`.
     pub fn tensor_from_rgb(&self, rgb: &[u8], w: usize, h: usize, out: &mut [f32]) {
-        let win = resample::Window {
-            src: rgb,
-            img_w: w,
-            img_h: h,
-            x0: 0,
-            y0: 0,
-            width: w,
-            height: h,
-        };
-        self.tensor_from_window(&win, out);
+        self.tensor_from_window(&resample::Window::whole(rgb, w, h), out);
     }
 
     fn tensor_from_window(&self, win: &resample::Window<'_>, out: &mut [f32]) {

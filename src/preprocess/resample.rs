@@ -88,6 +88,40 @@ fn clip8(v: i32) -> u8 {
     (v >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
+/// One output pixel of a horizontal pass: the weights `k` over the RGB pixels `px`, in
+/// Pillow's fixed point (rounding constant first, then the taps in order).
+#[inline]
+fn taps_rgb(k: &[i32], px: &[u8], o: &mut [u8]) {
+    let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
+    for (&kx, p) in k.iter().zip(px.chunks_exact(3)) {
+        acc[0] += i32::from(p[0]) * kx;
+        acc[1] += i32::from(p[1]) * kx;
+        acc[2] += i32::from(p[2]) * kx;
+    }
+    o[0] = clip8(acc[0]);
+    o[1] = clip8(acc[1]);
+    o[2] = clip8(acc[2]);
+}
+
+/// One output row of a vertical pass: `out[c] = Σ k[y] · rows[y][c]`, a whole row at a time
+/// (contiguous reads, which the compiler vectorises).
+fn rows_weighted<'a>(
+    k: &[i32],
+    rows: impl Iterator<Item = &'a [u8]>,
+    acc: &mut [i32],
+    out: &mut [u8],
+) {
+    acc.fill(1i32 << (PRECISION_BITS - 1));
+    for (&ky, row) in k.iter().zip(rows) {
+        for (a, &p) in acc.iter_mut().zip(row) {
+            *a += i32::from(p) * ky;
+        }
+    }
+    for (o, &a) in out.iter_mut().zip(acc.iter()) {
+        *o = clip8(a);
+    }
+}
+
 /// A window onto an interleaved RGB8 image: `width × height` pixels whose top-left corner is
 /// `(x0, y0)` in image coordinates. The window may extend past the image; pixels there are
 /// black, as with PIL's `Image.crop`, but are never stored.
@@ -109,7 +143,20 @@ pub struct Window<'a> {
     pub height: usize,
 }
 
-impl Window<'_> {
+impl<'a> Window<'a> {
+    /// The whole image `src` of `w × h` pixels.
+    pub fn whole(src: &'a [u8], w: usize, h: usize) -> Self {
+        Window {
+            src,
+            img_w: w,
+            img_h: h,
+            x0: 0,
+            y0: 0,
+            width: w,
+            height: h,
+        }
+    }
+
     /// Window positions `lo..hi` (along one axis of `len` window pixels starting at image
     /// coordinate `start`) that fall inside an image of `size` pixels.
     fn inside(start: i64, size: usize, lo: usize, hi: usize) -> (usize, usize) {
@@ -123,16 +170,7 @@ impl Window<'_> {
 /// bicubic resize does. Returns the new interleaved RGB8 buffer.
 pub fn resize_bicubic_rgb8(src: &[u8], w: usize, h: usize, ow: usize, oh: usize) -> Vec<u8> {
     debug_assert_eq!(src.len(), w * h * 3);
-    let win = Window {
-        src,
-        img_w: w,
-        img_h: h,
-        x0: 0,
-        y0: 0,
-        width: w,
-        height: h,
-    };
-    resize_window(&win, ow, oh)
+    resize_window(&Window::whole(src, w, h), ow, oh)
 }
 
 /// Resizes a window of an image to `ow × oh` exactly as Pillow resizes the cropped image
@@ -197,15 +235,7 @@ pub fn resize_part(
                 } else {
                     &srow[window_col(win, a) * 3..][..n * 3]
                 };
-                let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
-                for (&kx, p) in k.iter().zip(px.chunks_exact(3)) {
-                    acc[0] += i32::from(p[0]) * kx;
-                    acc[1] += i32::from(p[1]) * kx;
-                    acc[2] += i32::from(p[2]) * kx;
-                }
-                o[0] = clip8(acc[0]);
-                o[1] = clip8(acc[1]);
-                o[2] = clip8(acc[2]);
+                taps_rgb(k, px, o);
             }
         }
     } else {
@@ -229,20 +259,16 @@ pub fn resize_part(
         }
         return out;
     };
-    // Vertical pass a whole row at a time: contiguous reads, and the compiler vectorises it.
     let mut acc = vec![0i32; stride];
-    for (i, &(a, n)) in vert.bounds.iter().enumerate() {
+    for (i, (&(a, n), orow)) in vert
+        .bounds
+        .iter()
+        .zip(out.chunks_exact_mut(stride))
+        .enumerate()
+    {
         let k = &vert.weights[i * vert.stride..i * vert.stride + n];
-        acc.fill(1i32 << (PRECISION_BITS - 1));
-        for (y, &ky) in (a..a + n).zip(k) {
-            let row = &tmp[(y - r0) * stride..(y - r0 + 1) * stride];
-            for (acc, &p) in acc.iter_mut().zip(row) {
-                *acc += i32::from(p) * ky;
-            }
-        }
-        for (o, &a) in out[i * stride..(i + 1) * stride].iter_mut().zip(&acc) {
-            *o = clip8(a);
-        }
+        let rows = (a..a + n).map(|y| &tmp[(y - r0) * stride..(y - r0 + 1) * stride]);
+        rows_weighted(k, rows, &mut acc, orow);
     }
     out
 }
@@ -290,18 +316,15 @@ fn vertical_first(
     // tmp: output rows × window columns c0..c1, after the vertical pass.
     let mut tmp = vec![0u8; rows.len() * tstride];
     let mut acc = vec![0i32; tstride];
-    for (i, &(a, n)) in vert.bounds.iter().enumerate() {
+    for (i, (&(a, n), trow)) in vert
+        .bounds
+        .iter()
+        .zip(tmp.chunks_exact_mut(tstride))
+        .enumerate()
+    {
         let k = &vert.weights[i * vert.stride..i * vert.stride + n];
-        acc.fill(1i32 << (PRECISION_BITS - 1));
-        for (y, &ky) in (a..a + n).zip(k) {
-            let row = &image_row(win, y)[window_col(win, c0) * 3..][..tstride];
-            for (acc, &p) in acc.iter_mut().zip(row) {
-                *acc += i32::from(p) * ky;
-            }
-        }
-        for (o, &a) in tmp[i * tstride..(i + 1) * tstride].iter_mut().zip(&acc) {
-            *o = clip8(a);
-        }
+        let rows = (a..a + n).map(|y| &image_row(win, y)[window_col(win, c0) * 3..][..tstride]);
+        rows_weighted(k, rows, &mut acc, trow);
     }
     for (trow, orow) in tmp.chunks_exact(tstride).zip(out.chunks_exact_mut(stride)) {
         for (j, (&(a, n), o)) in horiz
@@ -316,15 +339,7 @@ fn vertical_first(
             } else {
                 &trow[(a - c0) * 3..][..n * 3]
             };
-            let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
-            for (&kx, p) in k.iter().zip(px.chunks_exact(3)) {
-                acc[0] += i32::from(p[0]) * kx;
-                acc[1] += i32::from(p[1]) * kx;
-                acc[2] += i32::from(p[2]) * kx;
-            }
-            o[0] = clip8(acc[0]);
-            o[1] = clip8(acc[1]);
-            o[2] = clip8(acc[2]);
+            taps_rgb(k, px, o);
         }
     }
     out

@@ -16,25 +16,8 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-
-def torchvision_resize_short(img, size):
-    """torchvision.transforms.Resize(size) for an int size on a PIL image."""
-    w, h = img.size
-    if w <= h:
-        ow, oh = size, int(size * h / w)
-    else:
-        ow, oh = int(size * w / h), size
-    if (ow, oh) == (w, h):
-        return img
-    return img.resize((ow, oh), Image.BICUBIC)
-
-
-def center_crop(img, th, tw):
-    """torchvision.transforms.CenterCrop((th, tw)) when the image is at least that large."""
-    w, h = img.size
-    top = int(round((h - th) / 2.0))
-    left = int(round((w - tw) / 2.0))
-    return img.crop((left, top, left + tw, top + th))
+# The same Resize and CenterCrop as the bit-exact preprocessing test (one reference, not two).
+from reference_tensors import center_crop, resize_short as torchvision_resize_short
 
 
 def to_tensor(img, mean, std):
