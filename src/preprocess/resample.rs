@@ -103,6 +103,20 @@ fn taps_rgb(k: &[i32], px: &[u8], o: &mut [u8]) {
     o[2] = clip8(acc[2]);
 }
 
+/// One output row of a horizontal pass: for each output pixel, its kept taps over `row`, where
+/// window column `t` is pixel `t + origin` of `row`.
+fn horizontal_row(c: &Coeffs, row: &[u8], origin: i64, out: &mut [u8]) {
+    for (i, (&(a, n), o)) in c.bounds.iter().zip(out.chunks_exact_mut(3)).enumerate() {
+        let k = &c.weights[i * c.stride..i * c.stride + n];
+        let px = if n == 0 {
+            &[][..] // every tap on black
+        } else {
+            &row[(a as i64 + origin) as usize * 3..][..n * 3]
+        };
+        taps_rgb(k, px, o);
+    }
+}
+
 /// One output row of a vertical pass: `out[c] = Σ k[y] · rows[y][c]`, a whole row at a time
 /// (contiguous reads, which the compiler vectorises).
 fn rows_weighted<'a>(
@@ -222,21 +236,7 @@ pub fn resize_part(
     if need_h {
         let horiz = precompute(w, ow, cols.clone(), in_cols);
         for (r, orow) in (r0..r1).zip(tmp.chunks_exact_mut(stride)) {
-            let srow = image_row(win, r);
-            for (i, (&(a, n), o)) in horiz
-                .bounds
-                .iter()
-                .zip(orow.chunks_exact_mut(3))
-                .enumerate()
-            {
-                let k = &horiz.weights[i * horiz.stride..i * horiz.stride + n];
-                let px = if n == 0 {
-                    &[][..] // every tap on black
-                } else {
-                    &srow[window_col(win, a) * 3..][..n * 3]
-                };
-                taps_rgb(k, px, o);
-            }
+            horizontal_row(&horiz, image_row(win, r), win.x0, orow);
         }
     } else {
         // Same width: the window's own columns, black outside the image.
@@ -327,20 +327,7 @@ fn vertical_first(
         rows_weighted(k, rows, &mut acc, trow);
     }
     for (trow, orow) in tmp.chunks_exact(tstride).zip(out.chunks_exact_mut(stride)) {
-        for (j, (&(a, n), o)) in horiz
-            .bounds
-            .iter()
-            .zip(orow.chunks_exact_mut(3))
-            .enumerate()
-        {
-            let k = &horiz.weights[j * horiz.stride..j * horiz.stride + n];
-            let px = if n == 0 {
-                &[][..] // every tap on black
-            } else {
-                &trow[(a - c0) * 3..][..n * 3]
-            };
-            taps_rgb(k, px, o);
-        }
+        horizontal_row(&horiz, trow, -(c0 as i64), orow);
     }
     out
 }
