@@ -251,6 +251,32 @@ pub struct StagedDir {
     pub cleaned: Vec<String>,
 }
 
+/// Every entry partlens writes into a staging folder (an index's, `synth`'s and `convert`'s);
+/// a leftover holding anything else is not removed.
+const STAGED_ENTRIES: [&str; 13] = [
+    ".partlens-index",
+    "manifest.json",
+    "manifest.json.tmp",
+    "regions",
+    "features",
+    "hnsw",
+    "img",
+    "ann",
+    "obj",
+    "classes.txt",
+    "object_classes.txt",
+    "keypoints.json",
+    "keypoints.annotations.tmp",
+];
+
+/// Whether folder `p` holds only entries partlens stages.
+fn only_staged(p: &Path) -> bool {
+    std::fs::read_dir(p).is_ok_and(|d| {
+        d.filter_map(|e| e.ok())
+            .all(|e| STAGED_ENTRIES.contains(&e.file_name().to_string_lossy().as_ref()))
+    })
+}
+
 /// `<parent>/.<name>.<what>-<pid>`.
 fn sibling(target: &Path, what: &str, pid: u32) -> Result<PathBuf> {
     let name = target.file_name().ok_or_else(|| {
@@ -388,7 +414,10 @@ impl StagedDir {
             let (Ok(pid), true) = (pid.parse::<u32>(), matches!(kind, "partial" | "old")) else {
                 continue;
             };
-            if pid == std::process::id() || process_alive(pid) || !e.path().is_dir() {
+            // Only a real folder (not a link) holding nothing but what partlens stages.
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            if pid == std::process::id() || process_alive(pid) || !is_dir || !only_staged(&e.path())
+            {
                 continue;
             }
             found.push((kind.to_string(), pid, e.path()));
@@ -542,27 +571,32 @@ mod tests {
         let t = dir.path().join("out");
         // Leftovers of a dead process (pid 4194304 is above Linux's pid_max default).
         let dead = dir.path().join(".out.partial-4194304");
-        std::fs::create_dir(&dead).unwrap();
-        std::fs::write(dead.join("x"), b"half").unwrap();
+        std::fs::create_dir_all(dead.join("regions")).unwrap();
+        std::fs::write(dead.join("regions/x"), b"half").unwrap();
+        // A look-alike holding something partlens never stages is left alone.
+        let alike = dir.path().join(".out.partial-4194303");
+        std::fs::create_dir(&alike).unwrap();
+        std::fs::write(alike.join("thesis.tex"), b"mine").unwrap();
         let s = StagedDir::begin(&t, "index").unwrap();
-        assert!(!dead.exists());
+        assert!(!dead.exists() && alike.join("thesis.tex").exists());
         assert_eq!(s.cleaned.len(), 1);
+        std::fs::remove_dir_all(&alike).unwrap();
         assert!(
             StagedDir::begin(&t, "index").is_err(),
             "second writer must be refused"
         );
-        std::fs::write(s.path().join("new"), b"1").unwrap();
+        std::fs::write(s.path().join("manifest.json"), b"1").unwrap();
         s.commit(&|_| true).unwrap();
-        assert!(t.join("new").exists());
+        assert_eq!(std::fs::read(t.join("manifest.json")).unwrap(), b"1");
         // Replace it: the target is never absent.
         let s = StagedDir::begin(&t, "index").unwrap();
-        std::fs::write(s.path().join("newer"), b"2").unwrap();
+        std::fs::write(s.path().join("manifest.json"), b"2").unwrap();
         s.commit(&|_| true).unwrap();
-        assert!(t.join("newer").exists() && !t.join("new").exists());
+        assert_eq!(std::fs::read(t.join("manifest.json")).unwrap(), b"2");
         // An interrupted two-step swap: the old target comes back.
         std::fs::rename(&t, dir.path().join(".out.old-4194304")).unwrap();
         let s = StagedDir::begin(&t, "index").unwrap();
-        assert!(t.join("newer").exists(), "{:?}", s.cleaned);
+        assert!(t.join("manifest.json").exists(), "{:?}", s.cleaned);
         drop(s);
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -577,7 +611,7 @@ mod tests {
             e.to_string().contains("changed while partlens was writing"),
             "{e}"
         );
-        assert!(t.join("thesis.tex").exists() && t.join("newer").exists());
+        assert!(t.join("thesis.tex").exists() && t.join("manifest.json").exists());
         std::fs::remove_file(t.join("thesis.tex")).unwrap();
         // Under a regular file: a message that says so.
         std::fs::write(dir.path().join("file"), b"x").unwrap();
