@@ -83,25 +83,23 @@ impl Ade20kDataset {
         for j in &jsons {
             let img = j.with_extension("jpg");
             // The walk checked the JSON; its image is another file, maybe a link leading out.
+            let rel = droot.relative(&img);
             if let Err(reason) = droot.check(&img) {
-                problems.push(crate::dataset::Skipped::new(droot.relative(&img), reason));
+                problems.push(crate::dataset::Skipped::new(rel, reason));
                 continue;
             }
-            items.push({
-                let rel = droot.relative(&img);
-                // ADE/training/… and ADE/validation/… name the split.
-                let split = rel
-                    .split('/')
-                    .find(|c| *c == "training" || *c == "validation")
-                    .unwrap_or("all")
-                    .to_string();
-                ImageItem {
-                    image: rel,
-                    split,
-                    image_path: img,
-                    part_ann: Some(j.clone()),
-                    object_ann: None,
-                }
+            // ADE/training/… and ADE/validation/… name the split.
+            let split = rel
+                .split('/')
+                .find(|c| *c == "training" || *c == "validation")
+                .unwrap_or("all")
+                .to_string();
+            items.push(ImageItem {
+                image: rel,
+                split,
+                image_path: img,
+                part_ann: Some(j.clone()),
+                object_ann: None,
             });
         }
         Ok(Ade20kDataset {

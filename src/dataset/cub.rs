@@ -167,12 +167,8 @@ impl CubDataset {
                 ));
                 continue;
             }
-            let path = match droot.join(&root.join("images"), &f[0]) {
-                Ok(p) if p.is_file() => p,
-                Ok(_) => {
-                    problems.push(Skipped::new(rel, "image file missing"));
-                    continue;
-                }
+            let path = match droot.existing_file(&root.join("images"), &f[0]) {
+                Ok(p) => p,
                 Err(reason) => {
                     problems.push(Skipped::new(rel, reason));
                     continue;

@@ -255,20 +255,14 @@ impl CocoKeypoints {
                 continue;
             }
             let anns = by_image.remove(&img.id).unwrap_or_default();
-            let candidates = [
-                droot.join(&root, &rel),
-                droot.join(&root.join("images"), &rel),
-            ];
-            let path = match candidates
-                .iter()
-                .find(|c| c.as_ref().is_ok_and(|p| p.is_file()))
-            {
-                Some(Ok(p)) => p.clone(),
-                _ => {
-                    let reason = match &candidates[0] {
-                        Err(reason) => reason.clone(),
-                        Ok(_) => "image file missing".into(),
-                    };
+            // Beside the file, else in `images/`; the first place's reason is the one reported.
+            let path = match droot.existing_file(&root, &rel).or_else(|e| {
+                droot
+                    .existing_file(&root.join("images"), &rel)
+                    .map_err(|_| e)
+            }) {
+                Ok(p) => p,
+                Err(reason) => {
                     problems.push(Skipped::new(rel, reason));
                     continue;
                 }

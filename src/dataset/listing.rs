@@ -264,12 +264,8 @@ impl ListingDataset {
         let base = root.path().to_path_buf();
         let mut items = Vec::new();
         for (image, rs) in &rows {
-            let path = match root.join(&base, image) {
-                Ok(p) if p.is_file() => p,
-                Ok(_) => {
-                    problems.push(Skipped::new(image, "image file missing"));
-                    continue;
-                }
+            let path = match root.existing_file(&base, image) {
+                Ok(p) => p,
                 Err(reason) => {
                     problems.push(Skipped::new(image, reason));
                     continue;

@@ -230,32 +230,29 @@ impl MmsegDataset {
                     ));
                     continue;
                 }
-                let ann_rel = rel(layout.ann, &format!("{stem}.png"));
-                let ann = root.join(&ann_rel);
                 // Label maps are read only from inside the dataset, like the images.
-                if ann.exists() {
-                    if let Err(reason) = droot.check(&ann) {
+                let ann_rel = rel(layout.ann, &format!("{stem}.png"));
+                let ann = match droot.join(&root, &ann_rel) {
+                    Ok(p) => p,
+                    Err(reason) => {
                         problems.push(Skipped::new(ann_rel, reason));
                         continue;
                     }
-                }
+                };
                 let mut object_ann = None;
                 if let (Some(o), true) = (layout.obj, has_obj) {
                     let obj = rel(o, &format!("{stem}.png"));
                     // A missing object map costs only that image's object regions, not its parts.
-                    if root.join(&obj).is_file() {
-                        match droot.check(&root.join(&obj)) {
-                            Ok(()) => object_ann = Some(root.join(obj)),
-                            Err(reason) => problems.push(Skipped::new(
-                                obj,
-                                format!("{reason}: parts only for this image"),
-                            )),
-                        }
-                    } else {
-                        problems.push(Skipped::new(
+                    match droot.join(&root, &obj) {
+                        Ok(p) if p.is_file() => object_ann = Some(p),
+                        Ok(_) => problems.push(Skipped::new(
                             obj,
                             "object map missing: parts only for this image",
-                        ));
+                        )),
+                        Err(reason) => problems.push(Skipped::new(
+                            obj,
+                            format!("{reason}: parts only for this image"),
+                        )),
                     }
                 }
                 let (part_ann, object_ann) = match layout.obj {

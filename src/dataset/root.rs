@@ -105,6 +105,17 @@ impl DatasetRoot {
         Ok(joined)
     }
 
+    /// [`DatasetRoot::join`] for a file that must exist: the path, or why it cannot be read
+    /// (outside the dataset folder, or `image file missing`).
+    pub fn existing_file(&self, base: &Path, rel: &str) -> std::result::Result<PathBuf, String> {
+        let p = self.join(base, rel)?;
+        if p.is_file() {
+            Ok(p)
+        } else {
+            Err("image file missing".into())
+        }
+    }
+
     /// Checks that an existing file or folder lies inside the root once links are resolved.
     pub fn check(&self, path: &Path) -> std::result::Result<(), String> {
         if self.allow_outside {
