@@ -137,10 +137,7 @@ pub struct PathLock {
 impl PathLock {
     /// The lock file of `target`: `<parent>/.<name>.lock`.
     pub fn lock_path(target: &Path) -> Result<PathBuf> {
-        let name = target.file_name().ok_or_else(|| {
-            Error::InvalidArgument(format!("{}: not a folder name", target.display()))
-        })?;
-        Ok(parent_of(target).join(format!(".{}.lock", name.to_string_lossy())))
+        hidden_sibling(target, "lock")
     }
 
     /// Takes the lock of `target` without waiting; `Ok(None)` when another process holds it.
@@ -277,12 +274,17 @@ fn only_staged(p: &Path) -> bool {
     })
 }
 
-/// `<parent>/.<name>.<what>-<pid>`.
-fn sibling(target: &Path, what: &str, pid: u32) -> Result<PathBuf> {
+/// `<parent>/.<name>.<suffix>`: beside `target`, so renames stay on one file system.
+fn hidden_sibling(target: &Path, suffix: &str) -> Result<PathBuf> {
     let name = target.file_name().ok_or_else(|| {
         Error::InvalidArgument(format!("{}: not a folder name", target.display()))
     })?;
-    Ok(parent_of(target).join(format!(".{}.{what}-{pid}", name.to_string_lossy())))
+    Ok(parent_of(target).join(format!(".{}.{suffix}", name.to_string_lossy())))
+}
+
+/// `<parent>/.<name>.<what>-<pid>`.
+fn sibling(target: &Path, what: &str, pid: u32) -> Result<PathBuf> {
+    hidden_sibling(target, &format!("{what}-{pid}"))
 }
 
 /// Checks the folder that will hold `target` can: every existing ancestor is a folder (an

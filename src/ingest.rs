@@ -84,14 +84,7 @@ impl IngestOptions {
                 bytes as f64 / 1e9
             )));
         }
-        if !(1..=4096).contains(&self.hnsw.max_nb_connection)
-            || !(1..=1 << 20).contains(&self.hnsw.ef_construction)
-        {
-            return Err(Error::InvalidArgument(
-                "HNSW parameters out of range (M 1..=4096, ef_construction 1..=2^20)".into(),
-            ));
-        }
-        Ok(())
+        self.hnsw.validate().map_err(Error::InvalidArgument)
     }
 }
 
@@ -336,10 +329,7 @@ pub fn ingest_with_encoder(
     let mut sink = Sink::create(&stage, &shard, &dims)?;
     let mut skipped: Vec<Skipped> = dataset.listing_problems().to_vec();
     if let (true, Some(s)) = (opts.strict, skipped.first()) {
-        return Err(Error::Dataset {
-            path: dataset.root().to_path_buf(),
-            message: format!("{}: {} (--strict)", s.path, s.reason),
-        });
+        return Err(strict_stop(dataset, s));
     }
     let timing = embed_all(dataset, encoder, opts, &mut sink, &mut skipped)?;
     let counts = sink.finish()?;
@@ -395,7 +385,7 @@ pub fn ingest_with_encoder(
     let cleaned = staged.cleaned.clone();
     // What --out holds is checked again once moved aside: a folder filled while this run
     // worked is put back, never deleted.
-    staged.commit(&|old| may_replace(old, opts.overwrite))?;
+    staged.commit(&|old| check_target(old, opts.overwrite).is_ok())?;
     Ok(IngestReport {
         path: out.clone(),
         manifest,
@@ -407,13 +397,11 @@ pub fn ingest_with_encoder(
     })
 }
 
-/// Whether a new index may take the place of `p`: an empty folder, or (with `overwrite`) a
-/// partlens index.
-fn may_replace(p: &Path, overwrite: bool) -> bool {
-    match crate::store::replaceable(p) {
-        Ok(false) => true,
-        Ok(true) => overwrite,
-        Err(_) => false,
+/// The error `--strict` stops with at the first skipped input.
+fn strict_stop(dataset: &dyn Dataset, s: &Skipped) -> Error {
+    Error::Dataset {
+        path: dataset.root().to_path_buf(),
+        message: format!("{}: {} (--strict)", s.path, s.reason),
     }
 }
 
@@ -514,10 +502,6 @@ fn embed_all(
             batch.tensors.clear();
             Ok(())
         };
-        let strict_stop = |s: &Skipped| Error::Dataset {
-            path: dataset.root().to_path_buf(),
-            message: format!("{}: {} (--strict)", s.path, s.reason),
-        };
         loop {
             let tw = Instant::now();
             let Ok(msg) = rx.recv() else { break };
@@ -526,7 +510,7 @@ fn embed_all(
                 Msg::Image(_, Ok(regions_skipped)) => {
                     sink.counts.images += 1;
                     if let (true, Some(s)) = (opts.strict, regions_skipped.first()) {
-                        return Err(strict_stop(s));
+                        return Err(strict_stop(dataset, s));
                     }
                     skipped.extend(regions_skipped);
                     pb.inc(1);

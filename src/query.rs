@@ -365,12 +365,9 @@ impl QueryEngine {
     fn normalized(&self, f: Feature, m: &crate::store::NpyMatrix) -> &Normalized {
         self.normalized[&f].get_or_init(|| {
             let rows = normalize_rows(m.as_slice(), m.cols());
-            let damaged: Vec<usize> = rows
-                .chunks_exact(m.cols())
-                .enumerate()
-                .filter(|(_, r)| r.iter().any(|v| !v.is_finite()))
-                .map(|(i, _)| i)
-                .collect();
+            // The same rows `partlens info` reports (a normalised row is non-finite exactly
+            // when its stored one is).
+            let damaged = self.index.damaged_rows(f);
             if !damaged.is_empty() {
                 tracing::warn!(
                     "{} rows of {} hold NaN or infinity (damaged index file): never returned; \

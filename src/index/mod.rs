@@ -37,6 +37,16 @@ pub fn normalize_rows(data: &[f32], dim: usize) -> Vec<f32> {
     out
 }
 
+/// Rows of a `dim`-wide matrix holding a NaN or an infinity (a damaged file: ingest never
+/// stores one).
+pub fn nonfinite_rows(data: &[f32], dim: usize) -> Vec<usize> {
+    data.chunks_exact(dim.max(1))
+        .enumerate()
+        .filter(|(_, r)| r.iter().any(|v| !v.is_finite()))
+        .map(|(i, _)| i)
+        .collect()
+}
+
 /// Exact top-`k` by cosine over unit-norm rows, keeping only ids for which `keep` is true.
 /// Ties are broken by the smaller id, so results are deterministic. A row whose score is not
 /// finite (a damaged row holding NaN or infinity) is never returned: it has no rank.
@@ -73,6 +83,23 @@ pub struct HnswParams {
     pub max_nb_connection: usize,
     /// Candidate list size while building.
     pub ef_construction: usize,
+}
+
+impl HnswParams {
+    /// Checks the parameters are in range (M 1..=4096, ef_construction 1..=2^20); the error
+    /// says which ranges. Parameters read back from a manifest are checked again.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if (1..=4096).contains(&self.max_nb_connection)
+            && (1..=1 << 20).contains(&self.ef_construction)
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "HNSW parameters out of range: M {} (1..=4096), ef_construction {} (1..=2^20)",
+                self.max_nb_connection, self.ef_construction
+            ))
+        }
+    }
 }
 
 impl Default for HnswParams {

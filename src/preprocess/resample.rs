@@ -117,22 +117,28 @@ fn horizontal_row(c: &Coeffs, row: &[u8], origin: i64, out: &mut [u8]) {
     }
 }
 
-/// One output row of a vertical pass: `out[c] = Σ k[y] · rows[y][c]`, a whole row at a time
-/// (contiguous reads, which the compiler vectorises).
-fn rows_weighted<'a>(
-    k: &[i32],
-    rows: impl Iterator<Item = &'a [u8]>,
-    acc: &mut [i32],
-    out: &mut [u8],
-) {
-    acc.fill(1i32 << (PRECISION_BITS - 1));
-    for (&ky, row) in k.iter().zip(rows) {
-        for (a, &p) in acc.iter_mut().zip(row) {
-            *a += i32::from(p) * ky;
+/// A vertical pass: output row `i` (`stride` bytes of `out`) is `Σ k[y] · row(y)` over its
+/// kept taps, a whole row at a time (contiguous reads, which the compiler vectorises).
+fn vertical_pass<'a>(c: &Coeffs, row: impl Fn(usize) -> &'a [u8], stride: usize, out: &mut [u8]) {
+    let mut acc = vec![0i32; stride];
+    for (i, (&(a, n), orow)) in c
+        .bounds
+        .iter()
+        .zip(out.chunks_exact_mut(stride))
+        .enumerate()
+    {
+        acc.fill(1i32 << (PRECISION_BITS - 1));
+        for (&ky, y) in c.weights[i * c.stride..i * c.stride + n]
+            .iter()
+            .zip(a..a + n)
+        {
+            for (a, &p) in acc.iter_mut().zip(row(y)) {
+                *a += i32::from(p) * ky;
+            }
         }
-    }
-    for (o, &a) in out.iter_mut().zip(acc.iter()) {
-        *o = clip8(a);
+        for (o, &a) in orow.iter_mut().zip(&acc) {
+            *o = clip8(a);
+        }
     }
 }
 
@@ -259,17 +265,12 @@ pub fn resize_part(
         }
         return out;
     };
-    let mut acc = vec![0i32; stride];
-    for (i, (&(a, n), orow)) in vert
-        .bounds
-        .iter()
-        .zip(out.chunks_exact_mut(stride))
-        .enumerate()
-    {
-        let k = &vert.weights[i * vert.stride..i * vert.stride + n];
-        let rows = (a..a + n).map(|y| &tmp[(y - r0) * stride..(y - r0 + 1) * stride]);
-        rows_weighted(k, rows, &mut acc, orow);
-    }
+    vertical_pass(
+        &vert,
+        |y| &tmp[(y - r0) * stride..(y - r0 + 1) * stride],
+        stride,
+        &mut out,
+    );
     out
 }
 
@@ -315,17 +316,13 @@ fn vertical_first(
     }
     // tmp: output rows × window columns c0..c1, after the vertical pass.
     let mut tmp = vec![0u8; rows.len() * tstride];
-    let mut acc = vec![0i32; tstride];
-    for (i, (&(a, n), trow)) in vert
-        .bounds
-        .iter()
-        .zip(tmp.chunks_exact_mut(tstride))
-        .enumerate()
-    {
-        let k = &vert.weights[i * vert.stride..i * vert.stride + n];
-        let rows = (a..a + n).map(|y| &image_row(win, y)[window_col(win, c0) * 3..][..tstride]);
-        rows_weighted(k, rows, &mut acc, trow);
-    }
+    let first = window_col(win, c0) * 3;
+    vertical_pass(
+        &vert,
+        |y| &image_row(win, y)[first..][..tstride],
+        tstride,
+        &mut tmp,
+    );
     for (trow, orow) in tmp.chunks_exact(tstride).zip(out.chunks_exact_mut(stride)) {
         horizontal_row(&horiz, trow, -(c0 as i64), orow);
     }

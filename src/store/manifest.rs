@@ -218,11 +218,12 @@ impl Manifest {
             }
             crate::dataset::root::check_component(&h.basename, "HNSW base name")
                 .map_err(|e| e.to_string())?;
-            if !(1..=4096).contains(&h.max_nb_connection)
-                || !(1..=1 << 20).contains(&h.ef_construction)
-            {
-                return Err(format!("HNSW parameters of {f:?} out of range"));
+            crate::index::HnswParams {
+                max_nb_connection: h.max_nb_connection,
+                ef_construction: h.ef_construction,
             }
+            .validate()
+            .map_err(|e| format!("{f:?}: {e}"))?;
         }
         Ok(())
     }

@@ -231,9 +231,7 @@ impl IndexDir {
     /// Rows of `f` holding a NaN or infinity (a damaged file: ingest never stores one).
     pub fn damaged_rows(&self, f: Feature) -> Vec<usize> {
         self.feature(f).map_or_else(Vec::new, |m| {
-            (0..m.rows())
-                .filter(|&i| m.row(i).iter().any(|v| !v.is_finite()))
-                .collect()
+            crate::index::nonfinite_rows(m.as_slice(), m.cols())
         })
     }
 
