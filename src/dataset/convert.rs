@@ -472,13 +472,15 @@ fn ade_classes(
 fn read_class_map(path: &Path, (w, h): (usize, usize)) -> Result<Vec<u32>> {
     let unreadable =
         |e: image::ImageError| Error::annotation(path, format!("unreadable class map: {e}"));
-    // The header's size first: a map of another size is refused before it is decoded.
-    let (mw, mh) = image::ImageReader::open(path)
+    // One open: the header's size first (a map of another size is refused before it is
+    // decoded), then the pixels from the same decoder.
+    let decoder = image::ImageReader::open(path)
         .at(path)?
         .with_guessed_format()
         .at(path)?
-        .into_dimensions()
+        .into_decoder()
         .map_err(unreadable)?;
+    let (mw, mh) = image::ImageDecoder::dimensions(&decoder);
     check_size(
         path,
         "class map",
@@ -486,10 +488,7 @@ fn read_class_map(path: &Path, (w, h): (usize, usize)) -> Result<Vec<u32>> {
         (w, h),
         LabelResize::Never,
     )?;
-    let img = image::ImageReader::open(path)
-        .at(path)?
-        .decode()
-        .map_err(|e| Error::annotation(path, format!("unreadable class map: {e}")))?;
+    let img = image::DynamicImage::from_decoder(decoder).map_err(unreadable)?;
     let rgb = match img {
         image::DynamicImage::ImageRgb8(i) => i,
         image::DynamicImage::ImageRgba8(_) => img.to_rgb8(),
