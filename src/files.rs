@@ -250,13 +250,15 @@ pub struct StagedDir {
 
 /// Every entry partlens writes into a staging folder (an index's, `synth`'s and `convert`'s);
 /// a leftover holding anything else is not removed.
-const STAGED_ENTRIES: [&str; 13] = [
+/// (`evals` is there because an index swapped out by `--overwrite` may hold `report`'s cache.)
+const STAGED_ENTRIES: [&str; 14] = [
     ".partlens-index",
     "manifest.json",
     "manifest.json.tmp",
     "regions",
     "features",
     "hnsw",
+    "evals",
     "img",
     "ann",
     "obj",

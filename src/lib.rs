@@ -27,6 +27,7 @@
 pub mod dataset;
 pub mod encoder;
 pub mod error;
+pub mod eval;
 pub mod files;
 pub mod index;
 pub mod ingest;

@@ -90,6 +90,9 @@ pub enum RegionKind {
 }
 
 impl RegionKind {
+    /// Both kinds.
+    pub const ALL: [RegionKind; 2] = [RegionKind::Part, RegionKind::Object];
+
     /// `"part"` or `"object"`.
     pub fn as_str(&self) -> &'static str {
         match self {

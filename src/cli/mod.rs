@@ -3,6 +3,7 @@
 //! `partlens::query::QueryEngine`, …) that a Rust program or the HTTP server can make too.
 
 mod data;
+mod eval;
 mod index;
 mod print;
 
@@ -74,6 +75,15 @@ pub enum Command {
     Dataset(data::DatasetCommand),
     /// Find the stored regions most similar to an image crop.
     Query(index::QueryArgs),
+    /// Evaluate an encoder's stored features with the paper's retrieval protocol.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
+    /// Train and evaluate classification probes on stored features (linear, k-NN).
+    #[command(subcommand)]
+    Probe(eval::ProbeCommand),
+    /// Compare indexes (one encoder each) on every task, parts next to objects: Markdown,
+    /// JSON and an HTML page with charts.
+    Report(eval::ReportArgs),
 }
 
 impl Cli {
@@ -99,5 +109,8 @@ pub fn run(cli: Cli) -> partlens::Result<()> {
         Command::Convert(a) => data::convert(a),
         Command::Dataset(data::DatasetCommand::Stats(a)) => data::dataset_stats(a),
         Command::Query(a) => index::query(a, &enc),
+        Command::Eval(c) => eval::eval(c),
+        Command::Probe(c) => eval::probe(c),
+        Command::Report(a) => eval::run_report(a),
     }
 }

@@ -42,13 +42,15 @@ pub const MARKER_TEXT: &str = "partlens index: see manifest.json\n";
 
 /// Entries an index directory may hold; anything else means a user put files there, and the
 /// folder is not replaced.
-pub const INDEX_ENTRIES: [&str; 6] = [
+/// (`evals/` holds results cached by `partlens report`.)
+pub const INDEX_ENTRIES: [&str; 7] = [
     MARKER_FILE,
     "manifest.json",
     "manifest.json.tmp",
     "regions",
     "features",
     "hnsw",
+    "evals",
 ];
 
 /// Whether `path` may be replaced by a new index: `Ok(true)` for a partlens index, `Ok(false)`

@@ -1,0 +1,196 @@
+//! Weighted k-NN classification as in DINO's evaluation (`eval_knn.py`): features L2-normalised,
+//! the training regions are the memory, each evaluation region takes its k most similar
+//! training regions by cosine (k = 20), each votes for its class with weight exp(sim / T)
+//! (T = 0.07), classes are ranked by total vote. Ties between neighbours go to the smaller
+//! region id and ties between classes to the smaller class index, so the result is fixed.
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::kernel::{inv_norm, score_tile, unit_rows};
+use super::retrieval::TopK;
+use super::{class_warnings, probe_split, Accuracy, LabeledRows, ProbeSplit, Selection};
+use crate::error::{Error, Result};
+use crate::store::IndexDir;
+
+/// Settings of `probe knn`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KnnOptions {
+    /// Neighbours per query.
+    pub k: usize,
+    /// Temperature of the vote weights exp(sim / T).
+    pub temperature: f32,
+    /// Training split (the memory).
+    pub train: String,
+    /// Evaluation split (the queries); when the index has none, a stratified share of train.
+    pub eval: String,
+    /// Seed of the derived split.
+    pub seed: u64,
+    /// Share of train held out when the split is derived.
+    pub eval_fraction: f64,
+}
+
+impl Default for KnnOptions {
+    fn default() -> Self {
+        KnnOptions {
+            k: 20,
+            temperature: 0.07,
+            train: "train".into(),
+            eval: "val".into(),
+            seed: 0,
+            eval_fraction: 0.2,
+        }
+    }
+}
+
+/// The result of `probe knn`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KnnReport {
+    /// What was evaluated (`split` is `None`: the probe's split is in `split`).
+    pub selection: Selection,
+    /// The settings.
+    pub options: KnnOptions,
+    /// Which regions trained and which evaluated.
+    pub split: ProbeSplit,
+    /// Training regions.
+    pub train_regions: usize,
+    /// Evaluation regions.
+    pub eval_regions: usize,
+    /// Class names.
+    pub classes: Vec<String>,
+    /// Top-1, top-5, per class, confusion.
+    pub accuracy: Accuracy,
+    /// Things a reader of the numbers should know.
+    pub warnings: Vec<String>,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// Runs the k-NN probe on `index`.
+pub fn knn(index: &IndexDir, sel: &Selection, opts: &KnnOptions) -> Result<KnnReport> {
+    let start = Instant::now();
+    if opts.k == 0 || !(opts.temperature.is_finite() && opts.temperature > 0.0) {
+        return Err(Error::InvalidArgument(format!(
+            "k-NN needs k ≥ 1 and a positive temperature (got k {}, T {})",
+            opts.k, opts.temperature
+        )));
+    }
+    let rows = LabeledRows::select(index, sel)?;
+    let (train, eval, split) = probe_split(
+        &rows,
+        &opts.train,
+        &opts.eval,
+        opts.seed,
+        opts.eval_fraction,
+    )?;
+    check_sets(&rows, &train, &eval)?;
+    let mut warnings = Vec::new();
+    if split.derived {
+        warnings.push(format!(
+            "no split {:?}: evaluating on {}",
+            opts.eval, split.eval
+        ));
+    }
+    class_warnings(&rows, &train, &eval, &mut warnings);
+    if train.len() < opts.k {
+        warnings.push(format!(
+            "k = {} but only {} training regions: every query sees all of them",
+            opts.k,
+            train.len()
+        ));
+    }
+    let ranked = rank(&rows, &train, &eval, opts.k, opts.temperature);
+    let truth: Vec<u32> = eval.iter().map(|&p| rows.labels[p]).collect();
+    let accuracy = Accuracy::from_rankings(&truth, &ranked, &rows.classes);
+    Ok(KnnReport {
+        selection: sel.clone(),
+        options: opts.clone(),
+        split,
+        train_regions: train.len(),
+        eval_regions: eval.len(),
+        classes: rows.classes.clone(),
+        accuracy,
+        warnings,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Refuses sets a probe cannot use: an empty one, or training data of a single class.
+pub(crate) fn check_sets(rows: &LabeledRows<'_>, train: &[usize], eval: &[usize]) -> Result<()> {
+    if train.is_empty() || eval.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "{} training and {} evaluation regions: a probe needs both",
+            train.len(),
+            eval.len()
+        )));
+    }
+    let first = rows.labels[train[0]];
+    if train.iter().all(|&p| rows.labels[p] == first) {
+        return Err(Error::InvalidArgument(format!(
+            "every training region has the label {:?}: a classifier needs two classes or more",
+            rows.classes[first as usize]
+        )));
+    }
+    Ok(())
+}
+
+/// For each evaluation position, the classes ranked by weighted vote, best first.
+pub fn rank(
+    rows: &LabeledRows<'_>,
+    train: &[usize],
+    eval: &[usize],
+    k: usize,
+    temperature: f32,
+) -> Vec<Vec<u32>> {
+    const BLOCK: usize = 64;
+    const TILE: usize = 384;
+    let (dim, data) = (rows.dim, rows.data);
+    let train_ids: Vec<usize> = train.iter().map(|&p| rows.rows[p]).collect();
+    let train_labels: Vec<u32> = train.iter().map(|&p| rows.labels[p]).collect();
+    let inv: Vec<f32> = train_ids
+        .par_iter()
+        .map(|&i| inv_norm(rows.row(i)))
+        .collect();
+    let nclass = rows.classes.len();
+    let blocks: Vec<&[usize]> = eval.chunks(BLOCK).collect();
+    blocks
+        .par_iter()
+        .flat_map_iter(|block| {
+            let ids: Vec<usize> = block.iter().map(|&p| rows.rows[p]).collect();
+            let q = unit_rows(data, dim, &ids);
+            let mut tops: Vec<TopK> = (0..ids.len()).map(|_| TopK::new(k)).collect();
+            let mut tile = Vec::new();
+            for t in (0..train_ids.len()).step_by(TILE) {
+                let te = (t + TILE).min(train_ids.len());
+                score_tile(&q, dim, data, &train_ids[t..te], &inv[t..te], &mut tile);
+                let w = te - t;
+                for (qi, top) in tops.iter_mut().enumerate() {
+                    for (j, &s) in tile[qi * w..(qi + 1) * w].iter().enumerate() {
+                        top.offer(s, train_ids[t + j], train_labels[t + j]);
+                    }
+                }
+            }
+            tops.into_iter()
+                .map(|top| vote(top.items(), nclass, temperature))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Classes ranked by Σ exp(sim / T) over the neighbours (in rank order, float32, as DINO's
+/// code sums), ties to the smaller class index.
+pub fn vote(neighbours: &[(f32, usize, u32)], nclass: usize, temperature: f32) -> Vec<u32> {
+    let mut votes = vec![0f32; nclass];
+    for &(s, _, label) in neighbours {
+        votes[label as usize] += (s / temperature).exp();
+    }
+    let mut order: Vec<u32> = (0..nclass as u32).collect();
+    order.sort_by(|&a, &b| {
+        votes[b as usize]
+            .total_cmp(&votes[a as usize])
+            .then(a.cmp(&b))
+    });
+    order
+}

@@ -1,0 +1,615 @@
+//! The linear classification probe: a softmax head on a frozen feature, the feature
+//! standardised with the statistics of the training regions (the paper's BatchNorm without
+//! affine parameters, as it acts at evaluation: (x − mean) / √(var + 1e-6), biased variance),
+//! trained by mini-batch SGD with momentum 0.9 and a cosine learning-rate schedule.
+//!
+//! Several heads — every pair of the learning rates and weight decays asked for — train in
+//! the same pass: one matrix multiply computes all their logits for a batch, one computes all
+//! their gradients. The head with the best top-1 on a held-out 10 % of the training regions
+//! (stratified, seeded) is the one reported on the evaluation split.
+//!
+//! Per step t of T (all epochs), head h: g = ∇(mean cross-entropy over the batch) + wd_h · W
+//! (no decay on the bias), v ← 0.9 v + g, W ← W − lr_h · ½(1 + cos(π t / T)) · v — PyTorch's
+//! `SGD(momentum=0.9)` with a per-step cosine schedule. Weights start N(0, 0.01²) from the
+//! seed (the same start for every head), biases 0. Batches follow one seeded permutation per
+//! epoch; the last, smaller batch of an epoch is kept. Rows are read from the memory map a
+//! batch at a time and standardised on the fly: the matrix is never copied. The result is
+//! the same bit for bit for the same seed (the matrix multiplies split the output by columns,
+//! so no sum depends on the thread count).
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::knn::check_sets;
+use super::{
+    class_warnings, probe_split, stratified_split, Accuracy, LabeledRows, ProbeSplit, Rng,
+    Selection,
+};
+use crate::error::{Error, Result};
+use crate::store::IndexDir;
+
+/// The variance epsilon of the standardisation (MAE's linear-probe BatchNorm).
+pub const BN_EPS: f64 = 1e-6;
+
+/// Settings of `probe classify`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinearOptions {
+    /// Base learning rates, one head each (× every weight decay).
+    pub lrs: Vec<f64>,
+    /// Weight decays.
+    pub weight_decays: Vec<f64>,
+    /// Passes over the training regions.
+    pub epochs: usize,
+    /// Regions per mini-batch.
+    pub batch_size: usize,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// Seed of the held-out division, the shuffles and the initial weights.
+    pub seed: u64,
+    /// Share of the training regions held out to choose the head.
+    pub holdout: f64,
+    /// Training split.
+    pub train: String,
+    /// Evaluation split; when the index has none, a stratified share of train.
+    pub eval: String,
+    /// Share of train used for evaluation when the split is derived.
+    pub eval_fraction: f64,
+    /// Bytes the probe's own state (weights, momenta, gradients, batch buffers) may take.
+    pub memory_budget: usize,
+    /// Keep every step's loss per head (for tests against a reference implementation).
+    #[serde(skip)]
+    pub trace: bool,
+}
+
+impl Default for LinearOptions {
+    fn default() -> Self {
+        LinearOptions {
+            lrs: vec![0.01, 0.03, 0.1, 0.3, 1.0],
+            weight_decays: vec![0.0],
+            epochs: 90,
+            batch_size: 256,
+            momentum: 0.9,
+            seed: 0,
+            holdout: 0.1,
+            train: "train".into(),
+            eval: "val".into(),
+            eval_fraction: 0.2,
+            memory_budget: 1 << 30,
+            trace: false,
+        }
+    }
+}
+
+/// One head's settings and how it did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadResult {
+    /// Base learning rate.
+    pub lr: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Mean training loss over the last epoch (`None` when the head diverged).
+    pub final_loss: Option<f64>,
+    /// Top-1 on the held-out regions, percent (`None` when it diverged).
+    pub holdout_top1: Option<f64>,
+}
+
+/// The result of `probe classify`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinearReport {
+    /// What was evaluated (`split` is `None`: the probe's split is in `split`).
+    pub selection: Selection,
+    /// The settings.
+    pub options: LinearOptions,
+    /// Which regions trained and which evaluated.
+    pub split: ProbeSplit,
+    /// Regions the heads trained on.
+    pub fit_regions: usize,
+    /// Held-out training regions that chose the head.
+    pub holdout_regions: usize,
+    /// Evaluation regions.
+    pub eval_regions: usize,
+    /// Class names.
+    pub classes: Vec<String>,
+    /// Every head.
+    pub heads: Vec<HeadResult>,
+    /// Index into `heads` of the chosen one.
+    pub chosen: usize,
+    /// The chosen head on the evaluation regions.
+    pub accuracy: Accuracy,
+    /// Bytes of the probe's own state at its peak (the mapped feature matrix is not copied).
+    pub state_bytes: usize,
+    /// Things a reader of the numbers should know.
+    pub warnings: Vec<String>,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// Trained heads.
+#[derive(Debug, Clone)]
+pub struct Trained {
+    /// Feature width.
+    pub dim: usize,
+    /// Classes.
+    pub nclass: usize,
+    /// (lr, weight decay) per head.
+    pub heads: Vec<(f64, f64)>,
+    /// D × (heads · classes), row-major; head h's classes are columns h·C .. (h+1)·C.
+    pub weights: Vec<f32>,
+    /// heads · classes.
+    pub bias: Vec<f32>,
+    /// Standardisation: per-dimension mean.
+    pub mean: Vec<f32>,
+    /// Standardisation: 1 / √(var + ε).
+    pub inv_std: Vec<f32>,
+    /// Per head: a non-finite loss was seen (its weights were reset and frozen).
+    pub diverged: Vec<bool>,
+    /// Per head: mean loss of the last epoch.
+    pub final_loss: Vec<f64>,
+    /// With `trace`: per step, per head, the batch's mean loss.
+    pub losses: Vec<Vec<f32>>,
+    /// Peak bytes of the state.
+    pub state_bytes: usize,
+}
+
+/// The initial weights (D × C, row-major): N(0, 0.01²) from `seed`.
+pub fn initial_weights(seed: u64, dim: usize, nclass: usize) -> Vec<f32> {
+    let mut r = Rng::new(seed ^ 0x5EED_0000_0000_0001);
+    (0..dim * nclass)
+        .map(|_| (0.01 * r.normal()) as f32)
+        .collect()
+}
+
+/// The order in which `n` training regions are visited in `epoch` (positions 0..n).
+pub fn epoch_order(seed: u64, n: usize, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    Rng::new(seed ^ (epoch as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03)).shuffle(&mut order);
+    order
+}
+
+/// Per-dimension mean and 1/√(var + ε) of the rows at `positions`, in float64.
+pub fn standardisation(rows: &LabeledRows<'_>, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
+    let d = rows.dim;
+    let n = positions.len().max(1) as f64;
+    let mut sum = vec![0f64; d];
+    for &p in positions {
+        for (s, &v) in sum.iter_mut().zip(rows.row(rows.rows[p])) {
+            *s += f64::from(v);
+        }
+    }
+    let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
+    let mut var = vec![0f64; d];
+    for &p in positions {
+        for ((s, &v), m) in var.iter_mut().zip(rows.row(rows.rows[p])).zip(&mean) {
+            *s += (f64::from(v) - m).powi(2);
+        }
+    }
+    let inv_std = var
+        .iter()
+        .map(|v| (1.0 / (v / n + BN_EPS).sqrt()) as f32)
+        .collect();
+    (mean.iter().map(|&m| m as f32).collect(), inv_std)
+}
+
+/// A raw pointer that may cross threads: each thread writes disjoint columns.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only for disjoint column ranges of one buffer, joined before reuse.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// C[:, cols] (+)= A · B[:, cols] for column chunks in parallel. A: m × k with strides
+/// (rsa, csa); B: k × n row-major; C: m × n row-major.
+#[allow(clippy::too_many_arguments)]
+fn gemm_cols(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    rsa: isize,
+    csa: isize,
+    b: &[f32],
+    c: &mut [f32],
+    beta: f32,
+) {
+    assert!(b.len() >= k * n && c.len() >= m * n);
+    let chunk = n.div_ceil(rayon::current_num_threads().max(1)).max(16);
+    let cp = SendPtr(c.as_mut_ptr());
+    (0..n.div_ceil(chunk)).into_par_iter().for_each(|t| {
+        let c0 = t * chunk;
+        let w = chunk.min(n - c0);
+        // SAFETY: a, b, c are large enough for the given shapes and strides (asserted above
+        // and by the callers); each task writes only columns c0..c0+w of c.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                w,
+                1.0,
+                a.as_ptr(),
+                rsa,
+                csa,
+                b.as_ptr().add(c0),
+                n as isize,
+                1,
+                beta,
+                cp.get().add(c0),
+                n as isize,
+                1,
+            );
+        }
+    });
+}
+
+/// Fills `x` with the standardised rows at `positions`.
+fn load_batch(
+    rows: &LabeledRows<'_>,
+    positions: &[usize],
+    mean: &[f32],
+    inv_std: &[f32],
+    x: &mut Vec<f32>,
+) {
+    x.clear();
+    for &p in positions {
+        let r = rows.row(rows.rows[p]);
+        x.extend(
+            r.iter()
+                .zip(mean)
+                .zip(inv_std)
+                .map(|((v, m), s)| (v - m) * s),
+        );
+    }
+}
+
+/// Trains every head on the regions at `fit` (positions into `rows`).
+pub fn train(rows: &LabeledRows<'_>, fit: &[usize], opts: &LinearOptions) -> Result<Trained> {
+    check_options(opts)?;
+    let d = rows.dim;
+    let c = rows.classes.len();
+    let heads: Vec<(f64, f64)> = opts
+        .lrs
+        .iter()
+        .flat_map(|&lr| opts.weight_decays.iter().map(move |&wd| (lr, wd)))
+        .collect();
+    let h = heads.len();
+    let hc = h * c;
+    let bs = opts.batch_size.min(fit.len().max(1));
+    // W, V, dW (D × HC); bias and its momentum; a batch (bs × D); logits/gradients (bs × HC).
+    let state_bytes = 4 * (3 * d * hc + 3 * hc + bs * d + bs * hc + 2 * d);
+    if state_bytes > opts.memory_budget {
+        return Err(Error::InvalidArgument(format!(
+            "{h} heads × {c} classes × {d} dimensions need {} MB of probe state, over the \
+             budget of {} MB: train fewer learning rates / weight decays at once",
+            state_bytes >> 20,
+            opts.memory_budget >> 20
+        )));
+    }
+    let (mean, inv_std) = standardisation(rows, fit);
+    let init = initial_weights(opts.seed, d, c);
+    let mut w = vec![0f32; d * hc];
+    for row in 0..d {
+        for head in 0..h {
+            w[row * hc + head * c..row * hc + (head + 1) * c]
+                .copy_from_slice(&init[row * c..(row + 1) * c]);
+        }
+    }
+    let mut v = vec![0f32; d * hc];
+    let mut grad = vec![0f32; d * hc];
+    let mut b = vec![0f32; hc];
+    let mut vb = vec![0f32; hc];
+    let mut x = Vec::with_capacity(bs * d);
+    let mut z = vec![0f32; bs * hc];
+    let mut diverged = vec![false; h];
+    let steps_per_epoch = fit.len().div_ceil(bs);
+    let total = (opts.epochs * steps_per_epoch).max(1) as f64;
+    let mut losses = Vec::new();
+    let mut epoch_loss = vec![0f64; h];
+    let momentum = opts.momentum as f32;
+    let mut step = 0usize;
+    for epoch in 0..opts.epochs {
+        epoch_loss.iter_mut().for_each(|l| *l = 0.0);
+        let order = epoch_order(opts.seed, fit.len(), epoch);
+        for batch in order.chunks(bs) {
+            let pos: Vec<usize> = batch.iter().map(|&i| fit[i]).collect();
+            let n = pos.len();
+            load_batch(rows, &pos, &mean, &inv_std, &mut x);
+            // Logits of every head: z = x · W + b.
+            for r in 0..n {
+                z[r * hc..(r + 1) * hc].copy_from_slice(&b);
+            }
+            gemm_cols(n, d, hc, &x, d as isize, 1, &w, &mut z[..n * hc], 1.0);
+            // Softmax cross-entropy per head; z becomes the gradient of the mean loss.
+            let mut step_loss = vec![0f64; h];
+            for r in 0..n {
+                let y = rows.labels[pos[r]] as usize;
+                for (head, loss) in step_loss.iter_mut().enumerate() {
+                    let zz = &mut z[r * hc + head * c..r * hc + (head + 1) * c];
+                    let max = zz.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let zy = zz[y] - max;
+                    let mut sum = 0f32;
+                    for e in zz.iter_mut() {
+                        *e = (*e - max).exp();
+                        sum += *e;
+                    }
+                    *loss += f64::from(sum.ln() - zy);
+                    for e in zz.iter_mut() {
+                        *e /= sum * n as f32;
+                    }
+                    zz[y] -= 1.0 / n as f32;
+                }
+            }
+            let lr_scale = 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total).cos());
+            // Gradient of every head at once: dW = xᵀ · z.
+            gemm_cols(d, n, hc, &x, 1, d as isize, &z[..n * hc], &mut grad, 0.0);
+            let mut trace_row = Vec::with_capacity(h);
+            for head in 0..h {
+                let loss = step_loss[head] / n as f64;
+                trace_row.push(loss as f32);
+                if !loss.is_finite() && !diverged[head] {
+                    diverged[head] = true;
+                }
+                epoch_loss[head] += loss * n as f64;
+            }
+            let lrs: Vec<f32> = heads
+                .iter()
+                .map(|&(lr, _)| (lr * lr_scale) as f32)
+                .collect();
+            let wds: Vec<f32> = heads.iter().map(|&(_, wd)| wd as f32).collect();
+            update(
+                &mut w, &mut v, &grad, hc, c, &lrs, &wds, momentum, &diverged,
+            );
+            for col in 0..hc {
+                let head = col / c;
+                if diverged[head] {
+                    b[col] = 0.0;
+                    vb[col] = 0.0;
+                    continue;
+                }
+                let g: f32 = (0..n).map(|r| z[r * hc + col]).sum();
+                vb[col] = momentum * vb[col] + g;
+                b[col] -= lrs[head] * vb[col];
+            }
+            if opts.trace {
+                losses.push(trace_row);
+            }
+            step += 1;
+        }
+    }
+    let final_loss = epoch_loss
+        .iter()
+        .map(|l| l / fit.len().max(1) as f64)
+        .collect();
+    Ok(Trained {
+        dim: d,
+        nclass: c,
+        heads,
+        weights: w,
+        bias: b,
+        mean,
+        inv_std,
+        diverged,
+        final_loss,
+        losses,
+        state_bytes,
+    })
+}
+
+/// v ← μ v + (g + wd · W); W ← W − lr · v, per head's columns; diverged heads are zeroed.
+#[allow(clippy::too_many_arguments)]
+fn update(
+    w: &mut [f32],
+    v: &mut [f32],
+    grad: &[f32],
+    hc: usize,
+    c: usize,
+    lrs: &[f32],
+    wds: &[f32],
+    momentum: f32,
+    diverged: &[bool],
+) {
+    w.par_chunks_mut(hc)
+        .zip(v.par_chunks_mut(hc))
+        .zip(grad.par_chunks(hc))
+        .for_each(|((wr, vr), gr)| {
+            for col in 0..hc {
+                let head = col / c;
+                if diverged[head] {
+                    wr[col] = 0.0;
+                    vr[col] = 0.0;
+                    continue;
+                }
+                let g = gr[col] + wds[head] * wr[col];
+                vr[col] = momentum * vr[col] + g;
+                wr[col] -= lrs[head] * vr[col];
+            }
+        });
+}
+
+fn check_options(opts: &LinearOptions) -> Result<()> {
+    let ok_list = |v: &[f64]| !v.is_empty() && v.iter().all(|x| x.is_finite() && *x >= 0.0);
+    if !ok_list(&opts.lrs)
+        || opts.lrs.contains(&0.0)
+        || !ok_list(&opts.weight_decays)
+        || opts.epochs == 0
+        || opts.batch_size == 0
+        || !(0.0..1.0).contains(&opts.momentum)
+        || !(0.0..0.5).contains(&opts.holdout)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "linear probe settings out of range: learning rates {:?} (> 0), weight decays {:?} \
+             (≥ 0), epochs {} and batch size {} (≥ 1), momentum {} ([0, 1)), holdout {} ([0, 0.5))",
+            opts.lrs, opts.weight_decays, opts.epochs, opts.batch_size, opts.momentum, opts.holdout
+        )));
+    }
+    Ok(())
+}
+
+impl Trained {
+    /// Classes ranked by head `head`'s logits (best first, ties to the smaller index) for the
+    /// regions at `positions`.
+    pub fn rank(&self, head: usize, rows: &LabeledRows<'_>, positions: &[usize]) -> Vec<Vec<u32>> {
+        let (d, c, hc) = (self.dim, self.nclass, self.heads.len() * self.nclass);
+        positions
+            .par_chunks(256)
+            .flat_map_iter(|chunk| {
+                let mut x = Vec::new();
+                load_batch(rows, chunk, &self.mean, &self.inv_std, &mut x);
+                let mut out = Vec::with_capacity(chunk.len());
+                for r in 0..chunk.len() {
+                    let xr = &x[r * d..(r + 1) * d];
+                    let logits: Vec<f32> = (0..c)
+                        .map(|k| {
+                            let col = head * c + k;
+                            let mut s = self.bias[col];
+                            for (i, &xv) in xr.iter().enumerate() {
+                                s += xv * self.weights[i * hc + col];
+                            }
+                            s
+                        })
+                        .collect();
+                    let mut order: Vec<u32> = (0..c as u32).collect();
+                    order.sort_by(|&a, &b| {
+                        logits[b as usize]
+                            .total_cmp(&logits[a as usize])
+                            .then(a.cmp(&b))
+                    });
+                    out.push(order);
+                }
+                out
+            })
+            .collect()
+    }
+
+    /// Head `head` as (C × D weight, C bias) in PyTorch's layout.
+    pub fn head(&self, head: usize) -> (Vec<f32>, Vec<f32>) {
+        let (d, c, hc) = (self.dim, self.nclass, self.heads.len() * self.nclass);
+        let mut w = vec![0f32; c * d];
+        for k in 0..c {
+            for i in 0..d {
+                w[k * d + i] = self.weights[i * hc + head * c + k];
+            }
+        }
+        (w, self.bias[head * c..(head + 1) * c].to_vec())
+    }
+}
+
+/// Runs the linear probe on `index`.
+pub fn classify(
+    index: &IndexDir,
+    sel: &Selection,
+    opts: &LinearOptions,
+) -> Result<(LinearReport, Trained)> {
+    let rows = LabeledRows::select(index, sel)?;
+    classify_rows(&rows, sel, opts)
+}
+
+/// The linear probe on a selection: split, hold out, train, choose, evaluate.
+pub fn classify_rows(
+    rows: &LabeledRows<'_>,
+    sel: &Selection,
+    opts: &LinearOptions,
+) -> Result<(LinearReport, Trained)> {
+    let start = Instant::now();
+    check_options(opts)?;
+    let (train_pos, eval, split) =
+        probe_split(rows, &opts.train, &opts.eval, opts.seed, opts.eval_fraction)?;
+    check_sets(rows, &train_pos, &eval)?;
+    let mut warnings = Vec::new();
+    if split.derived {
+        warnings.push(format!(
+            "no split {:?}: evaluating on {}",
+            opts.eval, split.eval
+        ));
+    }
+    class_warnings(rows, &train_pos, &eval, &mut warnings);
+    let (fit, holdout) = if opts.holdout > 0.0 {
+        stratified_split(
+            &rows.labels,
+            &train_pos,
+            opts.seed.wrapping_add(1),
+            opts.holdout,
+        )
+    } else {
+        (train_pos.clone(), Vec::new())
+    };
+    let trained = train(rows, &fit, opts)?;
+    let held_truth: Vec<u32> = holdout.iter().map(|&p| rows.labels[p]).collect();
+    let mut results = Vec::new();
+    for (i, &(lr, wd)) in trained.heads.iter().enumerate() {
+        let ok = !trained.diverged[i];
+        let top1 = (ok && !holdout.is_empty()).then(|| {
+            let ranked = trained.rank(i, rows, &holdout);
+            Accuracy::from_rankings(&held_truth, &ranked, &rows.classes).top1
+        });
+        results.push(HeadResult {
+            lr,
+            weight_decay: wd,
+            final_loss: ok.then_some(trained.final_loss[i]),
+            holdout_top1: top1,
+        });
+    }
+    let diverged: Vec<String> = results
+        .iter()
+        .filter(|r| r.final_loss.is_none())
+        .map(|r| format!("lr {} wd {}", r.lr, r.weight_decay))
+        .collect();
+    if diverged.len() == results.len() {
+        return Err(Error::InvalidArgument(format!(
+            "every head diverged (a non-finite loss): {}; lower the learning rates",
+            diverged.join(", ")
+        )));
+    }
+    if !diverged.is_empty() {
+        warnings.push(format!(
+            "heads diverged (non-finite loss) and were not considered: {}",
+            diverged.join(", ")
+        ));
+    }
+    if holdout.is_empty() && results.len() > 1 {
+        warnings
+            .push("no held-out regions: the head with the lowest training loss is chosen".into());
+    }
+    // Best held-out top-1, then lowest loss, then the first.
+    let chosen = (0..results.len())
+        .filter(|&i| results[i].final_loss.is_some())
+        .min_by(|&a, &b| {
+            let (ra, rb) = (&results[a], &results[b]);
+            rb.holdout_top1
+                .unwrap_or(0.0)
+                .total_cmp(&ra.holdout_top1.unwrap_or(0.0))
+                .then(
+                    ra.final_loss
+                        .unwrap_or(f64::MAX)
+                        .total_cmp(&rb.final_loss.unwrap_or(f64::MAX)),
+                )
+                .then(a.cmp(&b))
+        })
+        .expect("at least one head converged");
+    let truth: Vec<u32> = eval.iter().map(|&p| rows.labels[p]).collect();
+    let ranked = trained.rank(chosen, rows, &eval);
+    let accuracy = Accuracy::from_rankings(&truth, &ranked, &rows.classes);
+    let report = LinearReport {
+        selection: sel.clone(),
+        options: opts.clone(),
+        split,
+        fit_regions: fit.len(),
+        holdout_regions: holdout.len(),
+        eval_regions: eval.len(),
+        classes: rows.classes.clone(),
+        heads: results,
+        chosen,
+        accuracy,
+        state_bytes: trained.state_bytes,
+        warnings,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    Ok((report, trained))
+}

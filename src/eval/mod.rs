@@ -1,0 +1,508 @@
+//! The paper's evaluation protocols on stored region features: part and object retrieval
+//! (`retrieval`: scikit-learn's average precision, mAP over classes, recall@k), the linear
+//! classification probe (`linear`), DINO's weighted k-NN (`knn`), and the side-by-side report
+//! (`report`). Everything reads `features/<feature>.npy` through its memory map, a block of
+//! rows at a time: no evaluation copies the whole matrix or builds an N × N one.
+//!
+//! Shared here: which regions take part ([`Selection`] → [`LabeledRows`]: the rows of one kind
+//! and split, their classes by label name, checked for NaN and infinity), the train/eval split
+//! of a probe ([`ProbeSplit`]), and a small seeded random generator so that every result is
+//! reproducible bit for bit.
+
+pub mod ap;
+pub mod chart;
+pub mod kernel;
+pub mod knn;
+pub mod linear;
+pub mod npz;
+pub mod report;
+pub mod retrieval;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::encoder::Feature;
+use crate::error::{Error, Result};
+use crate::region::RegionKind;
+use crate::store::IndexDir;
+
+/// Which regions of an index an evaluation uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Selection {
+    /// The feature whose vectors are evaluated.
+    pub feature: Feature,
+    /// Parts or objects (the paper evaluates them separately).
+    pub kind: RegionKind,
+    /// Only regions of this split (`None`: every split).
+    pub split: Option<String>,
+}
+
+/// The selected rows of a feature matrix, with their classes.
+#[derive(Debug, Clone)]
+pub struct LabeledRows<'a> {
+    /// The feature matrix (all rows of the index, row-major, `dim` wide), memory-mapped.
+    pub data: &'a [f32],
+    /// Width of a row.
+    pub dim: usize,
+    /// Region ids (= rows) taking part, ascending.
+    pub rows: Vec<usize>,
+    /// Class of each selected row: an index into `classes`.
+    pub labels: Vec<u32>,
+    /// Class names (the regions' label names), sorted.
+    pub classes: Vec<String>,
+    /// Split of each selected row.
+    pub splits: Vec<String>,
+}
+
+/// Ids shown when an error or warning names rows.
+const SHOWN_ROWS: usize = 10;
+
+/// `ids` as text for a message: the first few and how many in all.
+pub fn name_rows(ids: &[usize]) -> String {
+    let shown: Vec<String> = ids.iter().take(SHOWN_ROWS).map(|i| i.to_string()).collect();
+    if ids.len() > SHOWN_ROWS {
+        format!("{} … ({} in all)", shown.join(", "), ids.len())
+    } else {
+        shown.join(", ")
+    }
+}
+
+impl<'a> LabeledRows<'a> {
+    /// The rows of `index` that `sel` names. Refuses, with a message saying what the index
+    /// has, a feature the index lacks, a kind or split with no region, and rows holding NaN
+    /// or infinity (named: a metric over them would be silently meaningless).
+    pub fn select(index: &'a IndexDir, sel: &Selection) -> Result<LabeledRows<'a>> {
+        let m = index.feature(sel.feature).ok_or_else(|| {
+            let have: Vec<&str> = index.feature_names().iter().map(|f| f.as_str()).collect();
+            Error::InvalidArgument(format!(
+                "index {} has no feature {:?}; it has {} (the encoder decides which features exist)",
+                index.path().display(),
+                sel.feature.as_str(),
+                have.join(", ")
+            ))
+        })?;
+        let regions = index.regions();
+        let chosen: Vec<usize> = regions
+            .iter()
+            .filter(|r| r.kind == sel.kind && sel.split.as_ref().is_none_or(|s| &r.split == s))
+            .map(|r| r.id as usize)
+            .collect();
+        if chosen.is_empty() {
+            let mut splits: Vec<&str> = regions
+                .iter()
+                .filter(|r| r.kind == sel.kind)
+                .map(|r| r.split.as_str())
+                .collect();
+            splits.sort_unstable();
+            splits.dedup();
+            let what = match &sel.split {
+                Some(s) if !splits.is_empty() => format!(
+                    "no {} region in split {s:?} (its {} regions are in {})",
+                    sel.kind.as_str(),
+                    sel.kind.as_str(),
+                    splits.join(", ")
+                ),
+                _ => format!("no {} region", sel.kind.as_str()),
+            };
+            return Err(Error::InvalidArgument(format!(
+                "index {}: {what}",
+                index.path().display()
+            )));
+        }
+        let dim = m.cols();
+        let data = m.as_slice();
+        let bad: Vec<usize> = chosen
+            .iter()
+            .copied()
+            .filter(|&i| data[i * dim..(i + 1) * dim].iter().any(|v| !v.is_finite()))
+            .collect();
+        if !bad.is_empty() {
+            return Err(Error::corrupt(
+                crate::store::feature_path(index.path(), sel.feature),
+                format!(
+                    "rows {} hold NaN or infinity (ingest never writes one: the file is damaged; \
+                     `partlens info --verify` checks it)",
+                    name_rows(&bad)
+                ),
+            ));
+        }
+        let mut names: Vec<&str> = chosen
+            .iter()
+            .map(|&i| regions[i].label_name.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let class_of: BTreeMap<&str, u32> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (*n, i as u32))
+            .collect();
+        let labels = chosen
+            .iter()
+            .map(|&i| class_of[regions[i].label_name.as_str()])
+            .collect();
+        let splits = chosen.iter().map(|&i| regions[i].split.clone()).collect();
+        Ok(LabeledRows {
+            data,
+            dim,
+            rows: chosen,
+            labels,
+            classes: names.into_iter().map(str::to_string).collect(),
+            splits,
+        })
+    }
+
+    /// Builds a selection from raw parts (tests and callers with their own matrices): `data`
+    /// holds `data.len() / dim` rows, all of which take part.
+    pub fn from_matrix(data: &'a [f32], dim: usize, labels: Vec<u32>) -> Result<LabeledRows<'a>> {
+        let n = data.len() / dim.max(1);
+        if dim == 0 || n * dim != data.len() || labels.len() != n {
+            return Err(Error::InvalidArgument(format!(
+                "{} values, {} labels: not whole rows of {dim} with one label each",
+                data.len(),
+                labels.len()
+            )));
+        }
+        let classes = (0..labels.iter().max().map_or(0, |m| m + 1))
+            .map(|c| c.to_string())
+            .collect();
+        Ok(LabeledRows {
+            data,
+            dim,
+            rows: (0..n).collect(),
+            labels,
+            classes,
+            splits: vec![String::new(); n],
+        })
+    }
+
+    /// Row of region id `id`.
+    pub fn row(&self, id: usize) -> &'a [f32] {
+        &self.data[id * self.dim..(id + 1) * self.dim]
+    }
+
+    /// Number of selected rows.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// True when nothing is selected.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Members per class.
+    pub fn class_sizes(&self) -> Vec<usize> {
+        let mut n = vec![0; self.classes.len()];
+        for &l in &self.labels {
+            n[l as usize] += 1;
+        }
+        n
+    }
+
+    /// Selected ids whose vector is all zeros (no direction: cosine treats them as scoring 0
+    /// against everything).
+    pub fn zero_rows(&self) -> Vec<usize> {
+        self.rows
+            .iter()
+            .copied()
+            .filter(|&i| self.row(i).iter().all(|&v| v == 0.0))
+            .collect()
+    }
+}
+
+/// How a probe's regions are divided into training and evaluation sets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeSplit {
+    /// Training split name.
+    pub train: String,
+    /// Evaluation split name.
+    pub eval: String,
+    /// True when the dataset has no such pair of splits and the regions were divided by
+    /// [`stratified_split`] instead.
+    pub derived: bool,
+    /// The fraction sent to evaluation when `derived`.
+    pub eval_fraction: f64,
+}
+
+/// Positions (into `rows.rows`) of the training and evaluation sets. With `train`/`eval`
+/// split names both present, those; when the eval split is absent (keypoint crops often come
+/// as one split), a deterministic stratified division of the train split's regions: per
+/// class, sorted by id, shuffled with `seed`, the first `ceil(fraction × n)` (and at least
+/// one, when the class has two or more members) go to eval.
+pub fn probe_split(
+    rows: &LabeledRows<'_>,
+    train: &str,
+    eval: &str,
+    seed: u64,
+    fraction: f64,
+) -> Result<(Vec<usize>, Vec<usize>, ProbeSplit)> {
+    let has = |s: &str| rows.splits.iter().any(|x| x == s);
+    let mut names: Vec<&str> = rows.splits.iter().map(String::as_str).collect();
+    names.sort_unstable();
+    names.dedup();
+    if !has(train) {
+        return Err(Error::InvalidArgument(format!(
+            "no region in training split {train:?}; the splits are {} (choose with --train)",
+            names.join(", ")
+        )));
+    }
+    let pos_of =
+        |s: &str| -> Vec<usize> { (0..rows.len()).filter(|&p| rows.splits[p] == s).collect() };
+    if train != eval && has(eval) {
+        let info = ProbeSplit {
+            train: train.into(),
+            eval: eval.into(),
+            derived: false,
+            eval_fraction: 0.0,
+        };
+        return Ok((pos_of(train), pos_of(eval), info));
+    }
+    let (fit, held) = stratified_split(&rows.labels, &pos_of(train), seed, fraction);
+    let info = ProbeSplit {
+        train: train.into(),
+        eval: format!(
+            "{:.0} % of {train} (stratified, seed {seed})",
+            fraction * 100.0
+        ),
+        derived: true,
+        eval_fraction: fraction,
+    };
+    Ok((fit, held, info))
+}
+
+/// Divides `positions` (into `labels`) per class: each class's positions, shuffled with
+/// `seed`, give `ceil(fraction × n)` to the second set (at least one when the class has two or
+/// more members, none when it has one). Returns both sets sorted.
+pub fn stratified_split(
+    labels: &[u32],
+    positions: &[usize],
+    seed: u64,
+    fraction: f64,
+) -> (Vec<usize>, Vec<usize>) {
+    let mut per: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for &p in positions {
+        per.entry(labels[p]).or_default().push(p);
+    }
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for (class, mut ps) in per {
+        ps.sort_unstable();
+        Rng::new(seed ^ u64::from(class).wrapping_mul(0x9E37_79B9_7F4A_7C15)).shuffle(&mut ps);
+        let take = if ps.len() < 2 {
+            0
+        } else {
+            ((fraction * ps.len() as f64).ceil() as usize).clamp(1, ps.len() - 1)
+        };
+        b.extend_from_slice(&ps[..take]);
+        a.extend_from_slice(&ps[take..]);
+    }
+    a.sort_unstable();
+    b.sort_unstable();
+    (a, b)
+}
+
+/// SplitMix64: a small, fast generator whose sequence is fixed by its seed on every platform
+/// (the probes' shuffles and initial weights depend on nothing else).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1) with 53 random bits.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in 0..n (n > 0), without modulo bias worth speaking of (n ≪ 2^64).
+    pub fn below(&mut self, n: usize) -> usize {
+        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
+    }
+
+    /// Fisher–Yates shuffle.
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i + 1);
+            v.swap(i, j);
+        }
+    }
+
+    /// A standard normal sample (Box–Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.next_f64();
+        let u2 = self.next_f64();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+}
+
+/// Top-1 / top-5 and per-class accuracy of predictions, shared by the probes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Accuracy {
+    /// Percentage of evaluation regions whose best class is right.
+    pub top1: f64,
+    /// Percentage whose right class is among the best five.
+    pub top5: f64,
+    /// Mean over classes present in the evaluation set of their recall (scikit-learn's
+    /// `balanced_accuracy_score`, in percent).
+    pub balanced: f64,
+    /// Per class present in the evaluation set: name, regions, percentage right.
+    pub per_class: Vec<ClassAccuracy>,
+    /// `confusion[t][p]`: evaluation regions of class t predicted as p (all classes, in
+    /// `classes` order).
+    pub confusion: Vec<Vec<u64>>,
+}
+
+/// One class's accuracy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassAccuracy {
+    /// Class name.
+    pub class: String,
+    /// Evaluation regions of it.
+    pub regions: usize,
+    /// Percentage of them classified right.
+    pub accuracy: f64,
+}
+
+impl Accuracy {
+    /// From each evaluation region's true class and its classes ranked best first (at least
+    /// one; top-5 counts a hit among the first five).
+    pub fn from_rankings(truth: &[u32], ranked: &[Vec<u32>], classes: &[String]) -> Accuracy {
+        let c = classes.len();
+        let mut confusion = vec![vec![0u64; c]; c];
+        let (mut top1, mut top5) = (0usize, 0usize);
+        for (t, r) in truth.iter().zip(ranked) {
+            if let Some(&p) = r.first() {
+                confusion[*t as usize][p as usize] += 1;
+                top1 += usize::from(p == *t);
+            }
+            top5 += usize::from(r.iter().take(5).any(|p| p == t));
+        }
+        let n = truth.len().max(1) as f64;
+        let per_class: Vec<ClassAccuracy> = (0..c)
+            .filter_map(|k| {
+                let total: u64 = confusion[k].iter().sum();
+                (total > 0).then(|| ClassAccuracy {
+                    class: classes[k].clone(),
+                    regions: total as usize,
+                    accuracy: 100.0 * confusion[k][k] as f64 / total as f64,
+                })
+            })
+            .collect();
+        let balanced = if per_class.is_empty() {
+            0.0
+        } else {
+            per_class.iter().map(|p| p.accuracy).sum::<f64>() / per_class.len() as f64
+        };
+        Accuracy {
+            top1: 100.0 * top1 as f64 / n,
+            top5: 100.0 * top5 as f64 / n,
+            balanced,
+            per_class,
+            confusion,
+        }
+    }
+}
+
+/// Warnings every probe gives about its classes: those with one member (they can be neither
+/// retrieved nor learned from), and those in one set but not the other.
+pub fn class_warnings(
+    rows: &LabeledRows<'_>,
+    train: &[usize],
+    eval: &[usize],
+    warnings: &mut Vec<String>,
+) {
+    let count = |set: &[usize]| {
+        let mut n = vec![0usize; rows.classes.len()];
+        for &p in set {
+            n[rows.labels[p] as usize] += 1;
+        }
+        n
+    };
+    let (nt, ne) = (count(train), count(eval));
+    let only_eval: Vec<&str> = (0..rows.classes.len())
+        .filter(|&c| nt[c] == 0 && ne[c] > 0)
+        .map(|c| rows.classes[c].as_str())
+        .collect();
+    if !only_eval.is_empty() {
+        warnings.push(format!(
+            "{} classes have evaluation regions but none to train on; they count as errors: {}",
+            only_eval.len(),
+            shorten(&only_eval)
+        ));
+    }
+    let single: Vec<&str> = (0..rows.classes.len())
+        .filter(|&c| nt[c] == 1)
+        .map(|c| rows.classes[c].as_str())
+        .collect();
+    if !single.is_empty() {
+        warnings.push(format!(
+            "{} classes have one training region: {}",
+            single.len(),
+            shorten(&single)
+        ));
+    }
+}
+
+/// A list of names for a message: the first few and how many in all.
+pub fn shorten(names: &[&str]) -> String {
+    if names.len() > SHOWN_ROWS {
+        format!(
+            "{} … ({} in all)",
+            names[..SHOWN_ROWS].join(", "),
+            names.len()
+        )
+    } else {
+        names.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stratified_split_is_deterministic_and_stratified() {
+        let labels: Vec<u32> = (0..100).map(|i| (i % 3) as u32).chain([7]).collect();
+        let pos: Vec<usize> = (0..labels.len()).collect();
+        let (a, b) = stratified_split(&labels, &pos, 5, 0.2);
+        let (a2, b2) = stratified_split(&labels, &pos, 5, 0.2);
+        assert_eq!((&a, &b), (&a2, &b2));
+        assert_eq!(a.len() + b.len(), labels.len());
+        for c in 0..3 {
+            let held = b.iter().filter(|&&p| labels[p] == c).count();
+            let n = labels.iter().filter(|&&l| l == c).count();
+            assert_eq!(held, (0.2 * n as f64).ceil() as usize);
+        }
+        // A one-member class stays in training.
+        assert!(a.contains(&100) && !b.contains(&100));
+        let (_, b3) = stratified_split(&labels, &pos, 6, 0.2);
+        assert_ne!(b, b3, "another seed, another division");
+    }
+
+    #[test]
+    fn accuracy_from_rankings() {
+        let classes: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let truth = [0, 0, 1, 2];
+        let ranked = vec![vec![0, 1], vec![1, 0], vec![1, 2], vec![0, 1]];
+        let a = Accuracy::from_rankings(&truth, &ranked, &classes);
+        assert_eq!(a.top1, 50.0);
+        assert_eq!(a.top5, 75.0);
+        // Recalls 50 %, 100 %, 0 % → balanced 50 %.
+        assert!((a.balanced - 50.0).abs() < 1e-12);
+        assert_eq!(a.confusion[0], vec![1, 1, 0]);
+        assert_eq!(a.confusion[2], vec![1, 0, 0]);
+    }
+}
