@@ -126,12 +126,17 @@ pub struct Region {
     pub label: u32,
     /// Class name.
     pub label_name: String,
-    /// Object class the region belongs to (for a part: the object class under most of its
-    /// pixels; for an object: its own class), when the dataset has object labels.
+    /// Object class the region belongs to, when the dataset has object labels: for an object,
+    /// its own class; for a part, the class of the object it is annotated as part of (formats
+    /// with instances) or the object class under most of its pixels (label maps).
     pub object_label: Option<u32>,
     /// Name of `object_label`.
     pub object_name: Option<String>,
-    /// Connected-component number of this class in this image, from 0, in raster order.
+    /// Which instance the region is. For formats that annotate instances, the annotated
+    /// instance number: Pascal-Part, the object's index in the annotation (from 0, file order),
+    /// shared by its parts; ADE20K, the instance id; COCO keypoints, the annotation's index
+    /// among the image's; listings, the row's index among the image's rows. For label maps, the
+    /// connected-component number of this class in this image, from 0, in raster order.
     pub instance: u32,
     /// Tight bounding box of the region's pixels.
     pub bbox: PixelBox,

@@ -35,6 +35,7 @@ fn count(ds: &MmsegDataset, min_area: u64, split: Option<&str>) -> (u64, u64) {
     (parts, objects)
 }
 
+/// The mmseg conversion of Pascal-Part is label maps: regions are its connected components.
 #[test]
 fn pascal_part_counts_match_independent_scipy_counts() {
     let ds = MmsegDataset::open(common::sample("pascal_part")).unwrap();
@@ -203,54 +204,236 @@ fn own_listings_and_bare_folders() {
     assert_eq!(labels, vec!["image", "cars", "image"]);
 }
 
+/// Settings for counting every region of at least `min_area` pixels, objects included.
+fn at_least(min_area: u64) -> RegionSettings {
+    RegionSettings {
+        min_area,
+        ..RegionSettings::default()
+    }
+}
+
+/// A region as `count_regions.py` lists it: `kind class object instance area x0,y0,x1,y1`.
+fn listed(r: &partlens::Region) -> String {
+    let b = r.bbox;
+    format!(
+        "{} {} {} {} {} {},{},{},{}",
+        r.kind.as_str(),
+        r.label_name,
+        r.object_name.as_deref().unwrap_or("-"),
+        r.instance,
+        r.area,
+        b.x0,
+        b.y0,
+        b.x1,
+        b.y1
+    )
+}
+
+/// Pixels inside a region's RLE mask.
+fn rle_area(r: &partlens::Region) -> u64 {
+    r.mask_rle
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .map(|&n| u64::from(n))
+        .sum()
+}
+
 #[test]
-fn pascal_part_mat_reader_agrees_with_the_scipy_conversion() {
+fn pascal_part_regions_are_the_annotated_instances_scipy_reads() {
     use partlens::dataset::PascalPartDataset;
-    use std::collections::BTreeMap;
-    // Our MAT-file reader on the raw release vs the mmseg reader on the scipy conversion
-    // (scripts/data/pascal_part_to_mmseg.py): the same regions, image by image.
+    // Our MAT-file reader vs scipy.io.loadmat (count_regions.py): the same instances, region by
+    // region and in the same order (class, object, instance, area, box), at every min area.
+    for sample in ["pascal_part_raw", "pascal_part_instances"] {
+        let ds = PascalPartDataset::open(common::sample(sample), &Default::default()).unwrap();
+        let e = &expected()[sample];
+        assert!(ds.listing_problems().is_empty());
+        assert_eq!(ds.items().len() as u64, e["images"].as_u64().unwrap());
+        for a in [1u64, 64, 256] {
+            let (mut parts, mut objects) = (0, 0);
+            for item in ds.items() {
+                let stem = item.image.trim_end_matches(".jpg");
+                let want = &e["per_image"][stem];
+                let r = ds.load(item, &at_least(a)).unwrap().regions;
+                let count = |k: RegionKind| r.iter().filter(|r| r.kind == k).count() as u64;
+                let (p, o) = (count(RegionKind::Part), count(RegionKind::Object));
+                assert_eq!(p, want["part"][a.to_string()], "{stem} parts ≥ {a}");
+                assert_eq!(o, want["object"][a.to_string()], "{stem} objects ≥ {a}");
+                (parts, objects) = (parts + p, objects + o);
+                if a == 1 {
+                    let mine: Vec<String> = r.iter().map(listed).collect();
+                    assert_eq!(mine, want["regions"].as_array().unwrap().clone(), "{stem}");
+                    for region in &r {
+                        assert_eq!(rle_area(region), region.area, "{stem}: {}", listed(region));
+                    }
+                }
+            }
+            assert_eq!(parts, e["part"][a.to_string()], "{sample} parts ≥ {a}");
+            assert_eq!(
+                objects,
+                e["object"][a.to_string()],
+                "{sample} objects ≥ {a}"
+            );
+        }
+    }
+    // Part class ids are the same as in the scipy conversion (its classes.txt).
     let raw =
         PascalPartDataset::open(common::sample("pascal_part_raw"), &Default::default()).unwrap();
     let conv = MmsegDataset::open(common::sample("pascal_part")).unwrap();
-    assert_eq!(raw.items().len(), 18);
-    assert!(raw.listing_problems().is_empty());
     assert_eq!(raw.part_classes(), conv.part_classes().unwrap());
-    type Key = (String, String, Option<String>, [i64; 4], u64);
-    let collect = |ds: &dyn Dataset| -> BTreeMap<String, Vec<Key>> {
-        let settings = RegionSettings {
-            min_area: 1,
-            ..RegionSettings::default()
-        };
-        ds.items()
-            .iter()
-            .map(|item| {
-                let stem = item.image.rsplit('/').next().unwrap().to_string();
-                let mut v: Vec<Key> = ds
-                    .load(item, &settings)
-                    .unwrap()
-                    .regions
-                    .into_iter()
-                    .map(|r| {
-                        (
-                            r.kind.as_str().into(),
-                            r.label_name,
-                            r.object_name,
-                            r.bbox.to_array(),
-                            r.area,
-                        )
-                    })
-                    .collect();
-                v.sort();
-                (stem, v)
-            })
-            .collect()
+    for item in raw.items() {
+        for r in raw.load(item, &at_least(1)).unwrap().regions {
+            let names = match r.kind {
+                RegionKind::Part => raw.part_classes(),
+                RegionKind::Object => conv.object_classes().unwrap(),
+            };
+            assert_eq!(names[r.label as usize], r.label_name);
+            assert_eq!(
+                conv.object_classes().unwrap()[r.object_label.unwrap() as usize],
+                r.object_name.unwrap()
+            );
+        }
+    }
+}
+
+#[test]
+fn pascal_part_has_one_object_region_per_annotated_object() {
+    use partlens::dataset::PascalPartDataset;
+    let ds =
+        PascalPartDataset::open(common::sample("pascal_part_raw"), &Default::default()).unwrap();
+    let e = &expected()["pascal_part_raw"];
+    assert_eq!(ds.items().len(), 18);
+    let mut total = 0;
+    for item in ds.items() {
+        let stem = item.image.trim_end_matches(".jpg");
+        let annotated = &e["per_image"][stem]["annotated"];
+        let n = annotated["objects"].as_u64().unwrap();
+        // Every object of the sample has pixels (scipy), so each must be exactly one region.
+        assert_eq!(annotated["objects_with_pixels"], n, "{stem}");
+        let r = ds.load(item, &at_least(1)).unwrap().regions;
+        let objects: Vec<&partlens::Region> =
+            r.iter().filter(|r| r.kind == RegionKind::Object).collect();
+        let instances: Vec<u32> = objects.iter().map(|o| o.instance).collect();
+        assert_eq!(instances, (0..n as u32).collect::<Vec<_>>(), "{stem}");
+        // Each part names the object it is annotated in, and that object's class.
+        for p in r.iter().filter(|r| r.kind == RegionKind::Part) {
+            let o = objects[p.instance as usize];
+            assert_eq!(p.object_label, Some(o.label), "{stem}: {}", listed(p));
+        }
+        total += n;
+    }
+    // 53 objects in the 18 annotations, where the painted object maps have 58 components.
+    assert_eq!(total, 53);
+}
+
+#[test]
+fn a_pascal_part_instance_is_one_region_whatever_its_pieces() {
+    use partlens::dataset::{components, LabelResize, PascalPartDataset};
+    // data/samples/pascal_part_instances (scripts/data/make_pascal_part_instances.py), 16 × 8:
+    // person 0's torso is two separate pieces (4 + 9 px); persons 0 and 1 touch, and so do
+    // person 0's lower torso piece and person 1's torso; car 2 has wheel_1 and wheel_2 (1 px
+    // each); person 1's lfoot and boat 3 have no pixels.
+    let root = common::sample("pascal_part_instances");
+    let ds = PascalPartDataset::open(&root, &Default::default()).unwrap();
+    let item = &ds.items()[0];
+    let r = ds.load(item, &at_least(1)).unwrap().regions;
+    let got: Vec<String> = r.iter().map(listed).collect();
+    assert_eq!(
+        got,
+        [
+            "part person/torso person 0 13 0,0,6,8",
+            "part person/head person 0 6 0,3,3,5",
+            "part person/torso person 1 9 6,5,9,8",
+            "part car/wheel car 2 1 12,7,13,8",
+            "part car/wheel car 2 1 15,7,16,8",
+            "object person person 0 48 0,0,6,8",
+            "object person person 1 48 6,0,12,8",
+            "object car car 2 16 12,4,16,8",
+        ]
+    );
+    // The two-piece torso: one mask holding both pieces, rows 0–1 and 5–7 of its 6 × 8 box.
+    assert_eq!(r[0].mask_rle, [0, 2, 4, 2, 25, 3, 3, 3, 3, 3]);
+    assert_eq!(r[0].crop_box, r[0].bbox.square_crop(0.1));
+    // Painted into label maps (what `convert` writes) and cut into components, the same
+    // annotation gives one person and torsos of 4 and 9 + 9 px.
+    let (parts, objects) = ds.label_maps(item, (16, 8), LabelResize::Never).unwrap();
+    let person = components(&objects, 1)
+        .iter()
+        .filter(|c| c.label == 15)
+        .count();
+    assert_eq!(person, 1);
+    let torso = ds.part_classes().iter().position(|c| c == "person/torso");
+    let torsos: Vec<u64> = components(&parts, 1)
+        .iter()
+        .filter(|c| Some(c.label as usize) == torso)
+        .map(|c| c.area)
+        .collect();
+    assert_eq!(torsos, [4, 18]);
+
+    // A min area drops small instances and keeps the others' instance numbers.
+    let r = ds.load(item, &at_least(2)).unwrap().regions;
+    assert_eq!(
+        r.iter().map(|r| r.instance).collect::<Vec<_>>(),
+        [0, 0, 1, 0, 1, 2]
+    );
+    // Without objects, parts still know theirs.
+    let no_objects = RegionSettings {
+        objects: false,
+        ..at_least(1)
     };
-    let (a, b) = (collect(&raw), collect(&conv));
-    assert_eq!(a.len(), 18);
-    assert_eq!(a, b);
-    // 985 parts and 58 objects at area ≥ 1 (EXPECTED.json).
-    let parts: usize = a.values().flatten().filter(|k| k.0 == "part").count();
-    assert_eq!(parts, 985);
+    let r = ds.load(item, &no_objects).unwrap().regions;
+    assert_eq!(r.len(), 5);
+    assert!(r.iter().all(|r| r.kind == RegionKind::Part));
+    assert_eq!(r[3].object_name.as_deref(), Some("car"));
+
+    // A class map renames (wheel → tyre, both wheels) and drops (`-`: no head region).
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir.path().join("map.txt");
+    std::fs::write(&map, "car/wheel car/tyre\nperson/head -\n").unwrap();
+    let opts = partlens::dataset::OpenOptions {
+        class_map: Some(map),
+        ..Default::default()
+    };
+    let mapped = PascalPartDataset::open(&root, &opts).unwrap();
+    assert_eq!(
+        mapped.part_classes(),
+        ["background", "car/tyre", "person/lfoot", "person/torso"]
+    );
+    let r = mapped
+        .load(&mapped.items()[0], &at_least(1))
+        .unwrap()
+        .regions;
+    let parts: Vec<(u32, &str, u32)> = r
+        .iter()
+        .filter(|r| r.kind == RegionKind::Part)
+        .map(|r| (r.label, r.label_name.as_str(), r.instance))
+        .collect();
+    assert_eq!(
+        parts,
+        [
+            (3, "person/torso", 0),
+            (3, "person/torso", 1),
+            (1, "car/tyre", 2),
+            (1, "car/tyre", 2)
+        ]
+    );
+
+    // Masks of another size than the image: an error, or scaled with --resize-labels nearest.
+    let big = dir.path().join("big");
+    common::copy_dir(&root, &big);
+    image::RgbImage::new(32, 16)
+        .save(big.join("instances.jpg"))
+        .unwrap();
+    let ds = PascalPartDataset::open(&big, &Default::default()).unwrap();
+    let err = ds.load(&ds.items()[0], &at_least(1)).unwrap_err();
+    assert!(err.to_string().contains("--resize-labels nearest"), "{err}");
+    let nearest = RegionSettings {
+        resize_labels: LabelResize::Nearest,
+        ..at_least(1)
+    };
+    let r = ds.load(&ds.items()[0], &nearest).unwrap().regions;
+    assert_eq!(listed(&r[0]), "part person/torso person 0 52 0,0,12,16");
+    assert_eq!(r.len(), 8);
 }
 
 #[test]

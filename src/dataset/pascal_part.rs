@@ -2,23 +2,29 @@
 //! parts[].{part_name, mask}}`), read with our MAT-file reader. Part classes are
 //! `object/part` with the `_N` instance suffix dropped (`aeroplane/wheel`, `person/head`); a
 //! class-map file (`old new` per line, `-` to drop) merges or renames them, as the paper's
-//! 193-class and the common 58/108-class groupings do. Parts are painted in file order (later
-//! parts win where masks overlap) and regions are the 4-connected components, the same rule as
-//! `scripts/data/pascal_part_to_mmseg.py`; objects come from their masks, VOC class ids 1–20.
+//! 193-class and the common 58/108-class groupings do.
+//!
+//! A region is one annotated instance: each object is one object region (its mask, VOC class
+//! ids 1–20) and each of its part masks one part region of its class, whatever other masks
+//! cover and however many pieces the mask has (an arm cut by an occluder stays one region, two
+//! touching people stay two). Parts and their object share the object's index in the file as
+//! `instance`. [`PascalPartDataset::label_maps`] paints the masks into part and object label
+//! maps instead (`convert`): objects and their parts in file order, later masks winning where
+//! they overlap, the same rule as `scripts/data/pascal_part_to_mmseg.py`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use rayon::prelude::*;
 
-use super::labelmap::LabelMap;
+use super::labelmap::{whole_region, LabelMap};
 use super::matfile::{self, MatValue};
-use super::mmseg::map_regions;
 use super::{
     Dataset, DatasetRoot, ImageItem, ImageRegions, Listing, OpenOptions, RegionSettings, Skipped,
 };
 use crate::error::{Error, Result};
 use crate::preprocess::decode_rgb;
+use crate::region::{Region, RegionKind};
 
 /// The 20 VOC classes; `class_ind` k names the (k-1)-th.
 pub const VOC_CLASSES: [&str; 20] = [
@@ -331,20 +337,52 @@ impl Dataset for PascalPartDataset {
         serde_json::json!({ "part_classes": self.part_classes.len() - 1, "class_map": self.class_map })
     }
 
+    /// One region per annotated instance: every part region (objects in file order, each
+    /// object's parts in file order), then every object region (when `settings.objects`).
     fn load(&self, item: &ImageItem, settings: &RegionSettings) -> Result<ImageRegions> {
         let image = decode_rgb(&item.image_path)?;
         let size = (image.width() as usize, image.height() as usize);
-        let (parts, objs) = self.label_maps(item, size, settings.resize_labels)?;
-        let voc: Vec<String> = std::iter::once("background")
-            .chain(VOC_CLASSES)
-            .map(str::to_string)
-            .collect();
-        let regions = map_regions(
-            item,
-            Some((&parts, Some(&self.part_classes))),
-            Some((&objs, Some(&voc))),
-            settings,
-        );
-        Ok(ImageRegions::new(image, regions))
+        let path = item.annotation("Pascal-Part annotation (.mat)")?;
+        let resize = settings.resize_labels;
+        let (mut parts, mut objects) = (Vec::new(), Vec::new());
+        for (i, o) in read_objects(path)?.into_iter().enumerate() {
+            let voc = VOC_CLASSES[usize::from(o.class_ind) - 1];
+            let object = (u32::from(o.class_ind), voc);
+            // One region for all of a mask's pixels, however many pieces; none below min_area.
+            let region = |kind: RegionKind, (label, name): (u32, &str), mask: &LabelMap| {
+                let c = whole_region(mask).filter(|c| c.area >= settings.min_area)?;
+                Some(Region {
+                    id: 0,
+                    image: item.image.clone(),
+                    split: item.split.clone(),
+                    kind,
+                    label,
+                    label_name: name.to_string(),
+                    object_label: Some(object.0),
+                    object_name: Some(voc.to_string()),
+                    instance: i as u32,
+                    bbox: c.bbox,
+                    crop_box: c.bbox.square_crop(settings.margin),
+                    area: c.area,
+                    mask_rle: c.mask_rle,
+                })
+            };
+            // Every mask is fitted, used or not: a mask of the wrong size fails the image, as
+            // it does when the masks are painted into label maps.
+            let mask = o.mask.fit(size, resize, path, "an object mask")?;
+            for (name, m) in o.parts {
+                let m = m.fit(size, resize, path, "a part mask")?;
+                let name = self.class_map.get(&name).unwrap_or(&name);
+                let Some(id) = self.part_classes.iter().position(|c| c == name) else {
+                    continue;
+                };
+                parts.extend(region(RegionKind::Part, (id as u32, name), &m));
+            }
+            if settings.objects {
+                objects.extend(region(RegionKind::Object, object, &mask));
+            }
+        }
+        parts.append(&mut objects);
+        Ok(ImageRegions::new(image, parts))
     }
 }
