@@ -9,15 +9,15 @@
 //! over the negatives (no sort of the whole ranking, O(log P) per negative).
 
 /// The distinct positive scores of one query, best first, with the positives and negatives
-/// scoring at least each.
+/// scoring at least each (12 bytes per positive; counts fit u32: a ranking of under 2^32).
 #[derive(Debug, Clone, Default)]
 pub struct Thresholds {
     /// Distinct positive scores, decreasing.
     values: Vec<f32>,
     /// Positives scoring ≥ values[j] (cumulative).
-    tp: Vec<u64>,
+    tp: Vec<u32>,
     /// Negatives whose score first reaches threshold j (cumulated in `ap`).
-    fp: Vec<u64>,
+    fp: Vec<u32>,
 }
 
 impl Thresholds {
@@ -25,14 +25,14 @@ impl Thresholds {
     pub fn new(mut positives: Vec<f32>) -> Thresholds {
         positives.sort_unstable_by(|a, b| b.total_cmp(a));
         let mut values: Vec<f32> = Vec::new();
-        let mut tp: Vec<u64> = Vec::new();
+        let mut tp: Vec<u32> = Vec::new();
         for (i, &s) in positives.iter().enumerate() {
             // -0.0 and 0.0 are one threshold, as numpy's comparison makes them.
             if values.last() == Some(&s) {
-                *tp.last_mut().expect("pushed with values") = i as u64 + 1;
+                *tp.last_mut().expect("pushed with values") = i as u32 + 1;
             } else {
                 values.push(s);
-                tp.push(i as u64 + 1);
+                tp.push(i as u32 + 1);
             }
         }
         let fp = vec![0; values.len()];
@@ -56,11 +56,11 @@ impl Thresholds {
         let Some(&p) = self.tp.last() else {
             return 0.0;
         };
-        let p = p as f64;
+        let p = f64::from(p);
         let (mut fp, mut prev_recall, mut sum) = (0u64, 0.0f64, 0.0f64);
         for j in 0..self.values.len() {
-            fp += self.fp[j];
-            let tp = self.tp[j] as f64;
+            fp += u64::from(self.fp[j]);
+            let tp = f64::from(self.tp[j]);
             let recall = tp / p;
             let precision = tp / (tp + fp as f64);
             sum += (recall - prev_recall) * precision;

@@ -260,7 +260,9 @@ pub fn exact(rows: &LabeledRows<'_>, opts: &RetrievalOptions) -> Result<Retrieva
         if sizes[c] < opts.min_members {
             continue;
         }
-        let cost = 4 * (sizes[c] + dim + TILE_ITEMS) + 64;
+        // Per query: its positives' scores and thresholds (16 bytes each at the peak), its
+        // unit vector and a row of the tile.
+        let cost = 16 * sizes[c] + 4 * (dim + TILE_ITEMS) + 64;
         let block = (per_task / cost).clamp(1, 64);
         let mut s = starts[c];
         while s < starts[c + 1] {

@@ -1,0 +1,286 @@
+//! `eval retrieval`, `probe classify`, `probe knn` and `report` end to end on indexes of the
+//! bundled Pascal-Part sample (MobileNetV2 and the tiny random ViT), and what they do with bad
+//! input: a feature the index lacks, a split with no region, NaN rows, missing splits.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::OnceLock;
+
+use common::{bin, ingest_json, run_python, sample};
+
+/// Indexes built once per test binary: (MobileNetV2, ViT) over the Pascal-Part sample.
+fn indexes() -> (&'static Path, &'static Path) {
+    static DIRS: OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> = OnceLock::new();
+    let d = DIRS.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("mobilenet"), dir.path().join("vit"));
+        ingest_json(&sample("pascal_part"), &[], &a);
+        let vit = common::vit_tiny();
+        ingest_json(
+            &sample("pascal_part"),
+            &["--model", vit.to_str().unwrap()],
+            &b,
+        );
+        (dir, a, b)
+    });
+    (&d.1, &d.2)
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().unwrap()
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    let o = run(args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn err(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(!o.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn retrieval_on_real_parts_and_objects() {
+    let (a, _) = indexes();
+    for kind in ["part", "object"] {
+        let r = json(&[
+            "eval",
+            "retrieval",
+            "--index",
+            s(a),
+            "--kind",
+            kind,
+            "--json",
+        ]);
+        let map = r["map"].as_f64().unwrap();
+        assert!(map > 5.0 && map < 100.0, "{kind}: mAP {map}");
+        let regions = r["regions"].as_u64().unwrap();
+        let skipped: u64 = r["per_class"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["ap"].is_null())
+            .map(|c| c["members"].as_u64().unwrap())
+            .sum();
+        assert_eq!(r["queries"].as_u64().unwrap() + skipped, regions, "{kind}");
+        let recall: Vec<f64> = r["recall"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["recall"].as_f64().unwrap())
+            .collect();
+        assert!(
+            recall[0] <= recall[1] && recall[1] <= recall[2],
+            "{recall:?}"
+        );
+    }
+    // With --approx: the HNSW graph's recall against exact, no AP.
+    let r = json(&["eval", "retrieval", "--index", s(a), "--approx", "--json"]);
+    assert_eq!(r["method"], "hnsw");
+    assert!(r["map"].is_null());
+    let g = r["graph_recall_at_10"].as_f64().unwrap();
+    assert!(g > 80.0, "graph recall {g}");
+    // Restricted to one split.
+    let r = json(&[
+        "eval",
+        "retrieval",
+        "--index",
+        s(a),
+        "--split",
+        "val",
+        "--json",
+    ]);
+    assert_eq!(r["selection"]["split"], "val");
+}
+
+#[test]
+fn probes_on_real_parts() {
+    let (a, b) = indexes();
+    let dir = tempfile::tempdir().unwrap();
+    let head = dir.path().join("head.npz");
+    let r = json(&[
+        "probe",
+        "classify",
+        "--index",
+        s(a),
+        "--epochs",
+        "10",
+        "--json",
+        "--save",
+        s(&head),
+    ]);
+    assert_eq!(r["split"]["derived"], false);
+    assert_eq!(r["heads"].as_array().unwrap().len(), 5);
+    let c = r["classes"].as_array().unwrap().len();
+    assert_eq!(r["accuracy"]["confusion"].as_array().unwrap().len(), c);
+    let top1 = r["accuracy"]["top1"].as_f64().unwrap();
+    assert!(top1 > 0.0 && top1 <= r["accuracy"]["top5"].as_f64().unwrap());
+    // The saved head reproduces the probe's predictions in numpy, without partlens.
+    let out = run_python(
+        "check_head.py",
+        &[head.as_os_str(), a.join("features/mean.npy").as_os_str()],
+    );
+    assert!(
+        out.contains("weight (") && out.contains(&format!("{c} classes")),
+        "{out}"
+    );
+    // k-NN on the ViT's cls feature, objects.
+    let r = json(&[
+        "probe",
+        "knn",
+        "--index",
+        s(b),
+        "--feature",
+        "cls",
+        "--kind",
+        "object",
+        "--json",
+    ]);
+    assert_eq!(r["options"]["k"], 20);
+    assert!(r["eval_regions"].as_u64().unwrap() > 0);
+    // No eval split of that name: a stratified share of train, said so.
+    let r = json(&["probe", "knn", "--index", s(a), "--eval", "test", "--json"]);
+    assert_eq!(r["split"]["derived"], true);
+    assert!(
+        r["warnings"].to_string().contains("no split \\\"test\\\""),
+        "{}",
+        r["warnings"]
+    );
+}
+
+#[test]
+fn bad_requests_are_clear_errors() {
+    let (a, _) = indexes();
+    let e = err(&["eval", "retrieval", "--index", s(a), "--feature", "cls"]);
+    assert!(e.contains("has no feature \"cls\"; it has mean"), "{e}");
+    let e = err(&["eval", "retrieval", "--index", s(a), "--split", "test"]);
+    assert!(
+        e.contains("no part region in split \"test\"") && e.contains("train, val"),
+        "{e}"
+    );
+    let e = err(&["probe", "classify", "--index", s(a), "--train", "test"]);
+    assert!(e.contains("no region in training split \"test\""), "{e}");
+    let e = err(&["probe", "knn", "--index", s(a), "-k", "0"]);
+    assert!(e.contains("k ≥ 1"), "{e}");
+    let e = err(&["probe", "classify", "--index", s(a), "--lr", "0"]);
+    assert!(e.contains("out of range"), "{e}");
+}
+
+#[test]
+fn nan_rows_are_named_not_averaged() {
+    let (a, _) = indexes();
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("idx");
+    common::copy_dir(a, &copy);
+    // Region 2 and 5 get a NaN and an infinity (same file length: the index still opens).
+    let f = copy.join("features/mean.npy");
+    let mut bytes = std::fs::read(&f).unwrap();
+    let at = |row: usize| 128 + row * 1280 * 4 + 40;
+    bytes[at(2)..at(2) + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    bytes[at(5)..at(5) + 4].copy_from_slice(&f32::INFINITY.to_le_bytes());
+    std::fs::write(&f, bytes).unwrap();
+    for cmd in [
+        vec!["eval", "retrieval"],
+        vec!["probe", "classify", "--epochs", "1"],
+        vec!["probe", "knn"],
+    ] {
+        let mut args = cmd.clone();
+        args.extend(["--index", s(&copy), "--kind", "part"]);
+        let o = run(&args);
+        let e = String::from_utf8_lossy(&o.stderr);
+        // Regions 2 and 5 are parts or objects; whichever kind holds them names them.
+        let mut args_o = cmd.clone();
+        args_o.extend(["--index", s(&copy), "--kind", "object"]);
+        let eo = String::from_utf8_lossy(&run(&args_o).stderr).into_owned();
+        let both = format!("{e}{eo}");
+        assert!(both.contains("hold NaN or infinity"), "{cmd:?}: {both}");
+        assert!(
+            both.contains("rows 2, 5") || (both.contains("rows 2") && both.contains("rows 5")),
+            "{cmd:?}: {both}"
+        );
+    }
+}
+
+#[test]
+fn report_compares_indexes_and_caches_results() {
+    let (a, b) = indexes();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    let ma = format!("mnv2={}", s(a));
+    let vb = format!("vit={}", s(b));
+    let args = [
+        "report",
+        "--index",
+        &ma,
+        "--index",
+        &vb,
+        "--out",
+        s(&out),
+        "--epochs",
+        "5",
+        "--json",
+    ];
+    let r = json(&args);
+    let cells = r["cells"].as_array().unwrap();
+    // MobileNetV2: mean; ViT: mean, cls (and projection if its spec has one) — 6 cells each.
+    assert!(cells.len() >= 18, "{}", cells.len());
+    assert!(cells.iter().all(|c| c["cached"] == false));
+    for f in ["report.md", "report.json", "report.html"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert_eq!(html.matches("<svg").count(), 3, "one chart per task");
+    assert!(
+        !html.contains("src=\"http") && !html.contains("href=\"http"),
+        "no external assets"
+    );
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("| mnv2 |") && md.contains("| vit |"), "{md}");
+    // Again: everything from the indexes' caches.
+    let r = json(&args);
+    assert!(r["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["cached"] == true));
+    assert!(a.join("evals").is_dir());
+    // Another setting is another result.
+    let r = json(&[
+        "report",
+        "--index",
+        &ma,
+        "--out",
+        s(&out),
+        "--epochs",
+        "6",
+        "--json",
+    ]);
+    let fresh: Vec<_> = r["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["cached"] == false)
+        .collect();
+    assert!(
+        fresh.iter().all(|c| c["task"] == "linear") && !fresh.is_empty(),
+        "{fresh:?}"
+    );
+    // An index holding cached results can still be replaced by ingest --overwrite.
+    let copy = dir.path().join("copy");
+    common::copy_dir(a, &copy);
+    ingest_json(&sample("pascal_part"), &["--overwrite"], &copy);
+    assert!(!copy.join("evals").exists());
+}
