@@ -151,12 +151,8 @@ fn retrieval_refuses_data_without_shared_labels() {
         .to_string();
     assert!(err.contains("no class has two or more regions"), "{err}");
     let one = LabeledRows::from_matrix(&data, 2, vec![0, 0]).unwrap();
-    let r = exact(&one, &RetrievalOptions::default()).unwrap();
-    assert!(
-        r.warnings.iter().any(|w| w.contains("one class only")),
-        "{:?}",
-        r.warnings
-    );
+    let err = exact(&one, &RetrievalOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("one class only"), "{err}");
 }
 
 /// Seeded Gaussian classes: `n` rows of `dim`, `classes` centres at distance `spread`.

@@ -97,13 +97,13 @@ pub struct RetrievalArgs {
 /// The probes' shared flags.
 #[derive(Debug, Args)]
 pub struct ProbeSplitArgs {
-    /// Training split.
-    #[arg(long, default_value = "train")]
-    train: String,
-    /// Evaluation split. When the index has no such split, a stratified, seeded share of the
-    /// training split is held out instead (printed).
-    #[arg(long, default_value = "val")]
-    eval: String,
+    /// Training split (default: train, or the only split when there is one).
+    #[arg(long)]
+    train: Option<String>,
+    /// Evaluation split (default: val). When the index has no such split, a stratified,
+    /// seeded share of the training split is held out instead (printed).
+    #[arg(long)]
+    eval: Option<String>,
     /// Share of train used for evaluation when the split is derived.
     #[arg(long, default_value_t = 0.2)]
     eval_fraction: f64,

@@ -42,7 +42,8 @@ pub fn grouped_bars(
             .margin(12)
             .x_label_area_size(48)
             .y_label_area_size(48)
-            .build_cartesian_2d(0f64..g as f64, 0f64..100f64)
+            // Headroom above 100 % for the value labels and the legend.
+            .build_cartesian_2d(0f64..g as f64, 0f64..118f64)
             .map_err(plot_err)?;
         chart
             .configure_mesh()
@@ -94,7 +95,7 @@ pub fn grouped_bars(
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(SeriesLabelPosition::UpperLeft)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK.mix(0.3))
             .draw()

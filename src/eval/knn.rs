@@ -22,10 +22,11 @@ pub struct KnnOptions {
     pub k: usize,
     /// Temperature of the vote weights exp(sim / T).
     pub temperature: f32,
-    /// Training split (the memory).
-    pub train: String,
-    /// Evaluation split (the queries); when the index has none, a stratified share of train.
-    pub eval: String,
+    /// Training split (`None`: `train`, or the only split when there is one).
+    pub train: Option<String>,
+    /// Evaluation split (`None`: `val`); when the index has no such split, a stratified,
+    /// seeded share of train.
+    pub eval: Option<String>,
     /// Seed of the derived split.
     pub seed: u64,
     /// Share of train held out when the split is derived.
@@ -37,8 +38,8 @@ impl Default for KnnOptions {
         KnnOptions {
             k: 20,
             temperature: 0.07,
-            train: "train".into(),
-            eval: "val".into(),
+            train: None,
+            eval: None,
             seed: 0,
             eval_fraction: 0.2,
         }
@@ -80,18 +81,15 @@ pub fn knn(index: &IndexDir, sel: &Selection, opts: &KnnOptions) -> Result<KnnRe
     let rows = LabeledRows::select(index, sel)?;
     let (train, eval, split) = probe_split(
         &rows,
-        &opts.train,
-        &opts.eval,
+        opts.train.as_deref(),
+        opts.eval.as_deref(),
         opts.seed,
         opts.eval_fraction,
     )?;
     check_sets(&rows, &train, &eval)?;
     let mut warnings = Vec::new();
     if split.derived {
-        warnings.push(format!(
-            "no split {:?}: evaluating on {}",
-            opts.eval, split.eval
-        ));
+        warnings.push(split.derived_note());
     }
     class_warnings(&rows, &train, &eval, &mut warnings);
     if train.len() < opts.k {

@@ -50,10 +50,11 @@ pub struct LinearOptions {
     pub seed: u64,
     /// Share of the training regions held out to choose the head.
     pub holdout: f64,
-    /// Training split.
-    pub train: String,
-    /// Evaluation split; when the index has none, a stratified share of train.
-    pub eval: String,
+    /// Training split (`None`: `train`, or the only split when there is one).
+    pub train: Option<String>,
+    /// Evaluation split (`None`: `val`); when the index has no such split, a stratified,
+    /// seeded share of train.
+    pub eval: Option<String>,
     /// Share of train used for evaluation when the split is derived.
     pub eval_fraction: f64,
     /// Bytes the probe's own state (weights, momenta, gradients, batch buffers) may take.
@@ -73,8 +74,8 @@ impl Default for LinearOptions {
             momentum: 0.9,
             seed: 0,
             holdout: 0.1,
-            train: "train".into(),
-            eval: "val".into(),
+            train: None,
+            eval: None,
             eval_fraction: 0.2,
             memory_budget: 1 << 30,
             trace: false,
@@ -519,15 +520,17 @@ pub fn classify_rows(
 ) -> Result<(LinearReport, Trained)> {
     let start = Instant::now();
     check_options(opts)?;
-    let (train_pos, eval, split) =
-        probe_split(rows, &opts.train, &opts.eval, opts.seed, opts.eval_fraction)?;
+    let (train_pos, eval, split) = probe_split(
+        rows,
+        opts.train.as_deref(),
+        opts.eval.as_deref(),
+        opts.seed,
+        opts.eval_fraction,
+    )?;
     check_sets(rows, &train_pos, &eval)?;
     let mut warnings = Vec::new();
     if split.derived {
-        warnings.push(format!(
-            "no split {:?}: evaluating on {}",
-            opts.eval, split.eval
-        ));
+        warnings.push(split.derived_note());
     }
     class_warnings(rows, &train_pos, &eval, &mut warnings);
     let (fit, holdout) = if opts.holdout > 0.0 {

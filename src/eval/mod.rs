@@ -224,17 +224,35 @@ pub struct ProbeSplit {
     pub derived: bool,
     /// The fraction sent to evaluation when `derived`.
     pub eval_fraction: f64,
+    /// The evaluation split that was asked for (or the default `val`) when it was not used.
+    pub missing: Option<String>,
 }
 
-/// Positions (into `rows.rows`) of the training and evaluation sets. With `train`/`eval`
-/// split names both present, those; when the eval split is absent (keypoint crops often come
-/// as one split), a deterministic stratified division of the train split's regions: per
-/// class, sorted by id, shuffled with `seed`, the first `ceil(fraction × n)` (and at least
-/// one, when the class has two or more members) go to eval.
+impl ProbeSplit {
+    /// The warning a derived split gives.
+    pub fn derived_note(&self) -> String {
+        match self.missing.as_deref() {
+            Some(m) if m == self.train => format!(
+                "the evaluation split is the training split: evaluating on {} instead",
+                self.eval
+            ),
+            Some(m) => format!("no split {m:?}: evaluating on {}", self.eval),
+            None => format!("evaluating on {}", self.eval),
+        }
+    }
+}
+
+/// Positions (into `rows.rows`) of the training and evaluation sets.
+///
+/// Training: the split named `train`; by default `train`, or the only split when the regions
+/// have one. Evaluation: the split named `eval` (default `val`) when it exists and differs;
+/// otherwise (keypoint crops often come as one split) a deterministic stratified share of the
+/// training regions: per class, sorted by id, shuffled with `seed`, `ceil(fraction × n)` (at
+/// least one when the class has two or more members, none when it has one) go to evaluation.
 pub fn probe_split(
     rows: &LabeledRows<'_>,
-    train: &str,
-    eval: &str,
+    train: Option<&str>,
+    eval: Option<&str>,
     seed: u64,
     fraction: f64,
 ) -> Result<(Vec<usize>, Vec<usize>, ProbeSplit)> {
@@ -242,22 +260,35 @@ pub fn probe_split(
     let mut names: Vec<&str> = rows.splits.iter().map(String::as_str).collect();
     names.sort_unstable();
     names.dedup();
-    if !has(train) {
-        return Err(Error::InvalidArgument(format!(
-            "no region in training split {train:?}; the splits are {} (choose with --train)",
-            names.join(", ")
-        )));
-    }
+    let train = match train {
+        Some(t) if has(t) => t,
+        Some(t) => {
+            return Err(Error::InvalidArgument(format!(
+                "no region in training split {t:?}; the splits are {} (choose with --train)",
+                names.join(", ")
+            )))
+        }
+        None if has("train") => "train",
+        None if names.len() == 1 => names[0],
+        None => {
+            return Err(Error::InvalidArgument(format!(
+                "no split named \"train\"; the splits are {}: choose one with --train",
+                names.join(", ")
+            )))
+        }
+    };
     let pos_of =
         |s: &str| -> Vec<usize> { (0..rows.len()).filter(|&p| rows.splits[p] == s).collect() };
-    if train != eval && has(eval) {
+    let wanted = eval.unwrap_or("val");
+    if train != wanted && has(wanted) {
         let info = ProbeSplit {
             train: train.into(),
-            eval: eval.into(),
+            eval: wanted.into(),
             derived: false,
             eval_fraction: 0.0,
+            missing: None,
         };
-        return Ok((pos_of(train), pos_of(eval), info));
+        return Ok((pos_of(train), pos_of(wanted), info));
     }
     let (fit, held) = stratified_split(&rows.labels, &pos_of(train), seed, fraction);
     let info = ProbeSplit {
@@ -268,6 +299,7 @@ pub fn probe_split(
         ),
         derived: true,
         eval_fraction: fraction,
+        missing: Some(wanted.into()),
     };
     Ok((fit, held, info))
 }

@@ -22,6 +22,10 @@ use crate::store::IndexDir;
 /// The folder inside an index that holds cached evaluation results.
 pub const EVALS_DIR: &str = "evals";
 
+/// Part of every cache key: raised whenever a protocol's arithmetic or defaults change, so
+/// results computed by an older partlens are not reused.
+pub const PROTOCOL_VERSION: u32 = 1;
+
 /// The three tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -147,6 +151,7 @@ fn cell(
     .map_err(json_err)?;
     let key = serde_json::json!({
         "partlens": env!("CARGO_PKG_VERSION"),
+        "protocol": PROTOCOL_VERSION,
         "task": task.as_str(),
         "selection": sel,
         "settings": settings,

@@ -199,11 +199,11 @@ fn prepare(rows: &LabeledRows<'_>, opts: &RetrievalOptions) -> Result<Vec<String
         )));
     }
     if sizes.len() == 1 {
-        warnings.push(format!(
-            "one class only ({}): every region is relevant to every query, AP is 100 % by \
-             construction",
+        return Err(Error::InvalidArgument(format!(
+            "one class only ({}): every region is relevant to every query, so AP is 100 % by \
+             construction and says nothing; retrieval needs two classes or more",
             rows.classes[0]
-        ));
+        )));
     }
     let small: Vec<&str> = (0..sizes.len())
         .filter(|&c| sizes[c] < opts.min_members)
