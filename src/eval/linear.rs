@@ -454,37 +454,33 @@ fn check_options(opts: &LinearOptions) -> Result<()> {
 }
 
 impl Trained {
-    /// Classes ranked by head `head`'s logits (best first, ties to the smaller index) for the
-    /// regions at `positions`.
-    pub fn rank(&self, head: usize, rows: &LabeledRows<'_>, positions: &[usize]) -> Vec<Vec<u32>> {
-        let (d, c, hc) = (self.dim, self.nclass, self.heads.len() * self.nclass);
-        positions
-            .par_chunks(256)
-            .flat_map_iter(|chunk| {
-                let mut x = Vec::new();
-                load_batch(rows, chunk, &self.mean, &self.inv_std, &mut x);
-                let mut out = Vec::with_capacity(chunk.len());
-                for r in 0..chunk.len() {
-                    let xr = &x[r * d..(r + 1) * d];
-                    let logits: Vec<f32> = (0..c)
-                        .map(|k| {
-                            let col = head * c + k;
-                            let mut s = self.bias[col];
-                            for (i, &xv) in xr.iter().enumerate() {
-                                s += xv * self.weights[i * hc + col];
-                            }
-                            s
-                        })
-                        .collect();
-                    let mut order: Vec<u32> = (0..c as u32).collect();
-                    order.sort_by(|&a, &b| {
-                        logits[b as usize]
-                            .total_cmp(&logits[a as usize])
-                            .then(a.cmp(&b))
-                    });
-                    out.push(order);
-                }
-                out
+    /// Every head's logits for the regions at `positions`: `positions.len()` × (heads ·
+    /// classes), row-major, computed a batch at a time from the memory map.
+    pub fn logits(&self, rows: &LabeledRows<'_>, positions: &[usize]) -> Vec<f32> {
+        let (d, hc) = (self.dim, self.heads.len() * self.nclass);
+        let mut out = vec![0f32; positions.len() * hc];
+        let mut x = Vec::new();
+        for (chunk, z) in positions.chunks(256).zip(out.chunks_mut(256 * hc)) {
+            load_batch(rows, chunk, &self.mean, &self.inv_std, &mut x);
+            for r in 0..chunk.len() {
+                z[r * hc..(r + 1) * hc].copy_from_slice(&self.bias);
+            }
+            gemm_cols(chunk.len(), d, hc, &x, d as isize, 1, &self.weights, z, 1.0);
+        }
+        out
+    }
+
+    /// Classes ranked by head `head` (best first, ties to the smaller index), from
+    /// [`Trained::logits`].
+    pub fn rank(&self, logits: &[f32], head: usize) -> Vec<Vec<u32>> {
+        let (c, hc) = (self.nclass, self.heads.len() * self.nclass);
+        logits
+            .chunks(hc)
+            .map(|z| {
+                let z = &z[head * c..(head + 1) * c];
+                let mut order: Vec<u32> = (0..c as u32).collect();
+                order.sort_by(|&a, &b| z[b as usize].total_cmp(&z[a as usize]).then(a.cmp(&b)));
+                order
             })
             .collect()
     }
@@ -545,11 +541,12 @@ pub fn classify_rows(
     };
     let trained = train(rows, &fit, opts)?;
     let held_truth: Vec<u32> = holdout.iter().map(|&p| rows.labels[p]).collect();
+    let held_logits = trained.logits(rows, &holdout);
     let mut results = Vec::new();
     for (i, &(lr, wd)) in trained.heads.iter().enumerate() {
         let ok = !trained.diverged[i];
         let top1 = (ok && !holdout.is_empty()).then(|| {
-            let ranked = trained.rank(i, rows, &holdout);
+            let ranked = trained.rank(&held_logits, i);
             Accuracy::from_rankings(&held_truth, &ranked, &rows.classes).top1
         });
         results.push(HeadResult {
@@ -597,7 +594,7 @@ pub fn classify_rows(
         })
         .expect("at least one head converged");
     let truth: Vec<u32> = eval.iter().map(|&p| rows.labels[p]).collect();
-    let ranked = trained.rank(chosen, rows, &eval);
+    let ranked = trained.rank(&trained.logits(rows, &eval), chosen);
     let accuracy = Accuracy::from_rankings(&truth, &ranked, &rows.classes);
     let report = LinearReport {
         selection: sel.clone(),

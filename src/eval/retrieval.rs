@@ -86,8 +86,8 @@ pub struct ClassAp {
 /// The result of `eval retrieval`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RetrievalReport {
-    /// What was evaluated.
-    pub selection: Selection,
+    /// What was evaluated (`None` for a matrix given directly to [`exact`]).
+    pub selection: Option<Selection>,
     /// The settings.
     pub options: RetrievalOptions,
     /// `exact` or `hnsw`.
@@ -178,7 +178,7 @@ pub fn retrieval(
         None => exact(&rows, opts)?,
         Some(a) => approx(index, sel, &rows, opts, a)?,
     };
-    report.selection = sel.clone();
+    report.selection = Some(sel.clone());
     Ok(report)
 }
 
@@ -313,7 +313,7 @@ pub fn exact(rows: &LabeledRows<'_>, opts: &RetrievalOptions) -> Result<Retrieva
     let queried: Vec<f64> = per_class.iter().filter_map(|c| c.ap).collect();
     let map = queried.iter().sum::<f64>() / queried.len() as f64;
     Ok(RetrievalReport {
-        selection: placeholder_selection(),
+        selection: None,
         options: opts.clone(),
         method: "exact".into(),
         regions: n,
@@ -338,15 +338,6 @@ fn recall_table(hits: &[usize; 3], queries: usize) -> Vec<RecallAt> {
             recall: 100.0 * h as f64 / queries.max(1) as f64,
         })
         .collect()
-}
-
-/// Filled in by [`retrieval`]; callers of [`exact`] on raw matrices have no index selection.
-fn placeholder_selection() -> Selection {
-    Selection {
-        feature: crate::encoder::Feature::Mean,
-        kind: crate::region::RegionKind::Part,
-        split: None,
-    }
 }
 
 /// What every query block reads: the selection in class order.
@@ -541,7 +532,7 @@ fn approx(
         })
         .collect();
     Ok(RetrievalReport {
-        selection: sel.clone(),
+        selection: Some(sel.clone()),
         options: opts.clone(),
         method: "hnsw".into(),
         regions: rows.len(),
