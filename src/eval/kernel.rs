@@ -12,11 +12,7 @@
 
 /// 1 / ‖row‖ (computed in f64), 0 for an all-zero row.
 pub fn inv_norm(row: &[f32]) -> f32 {
-    let n = row
-        .iter()
-        .map(|&v| f64::from(v) * f64::from(v))
-        .sum::<f64>()
-        .sqrt();
+    let n = crate::index::l2_norm(row);
     if n > 0.0 {
         (1.0 / n) as f32
     } else {
@@ -69,6 +65,28 @@ pub fn score_tile(
             i += mr;
         }
         j += nr;
+    }
+}
+
+/// Items per tile of [`scan`]: a tile of 64 queries × 384 items is 96 KB of scores.
+pub const TILE_ITEMS: usize = 384;
+
+/// Scores `queries` against `items` (with their inverse norms `inv`, by position) a tile of
+/// [`TILE_ITEMS`] at a time, calling `visit(first, tile)` with the position in `items` of the
+/// tile's first item and its scores (`queries × width`, row-major).
+pub fn scan(
+    queries: &[f32],
+    dim: usize,
+    data: &[f32],
+    items: &[usize],
+    inv: &[f32],
+    mut visit: impl FnMut(usize, &[f32]),
+) {
+    let mut tile = Vec::new();
+    for t in (0..items.len()).step_by(TILE_ITEMS) {
+        let te = (t + TILE_ITEMS).min(items.len());
+        score_tile(queries, dim, data, &items[t..te], &inv[t..te], &mut tile);
+        visit(t, &tile);
     }
 }
 

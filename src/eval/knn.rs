@@ -9,7 +9,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::kernel::{inv_norm, score_tile, unit_rows};
+use super::kernel::{inv_norm, scan, unit_rows};
 use super::retrieval::TopK;
 use super::{class_warnings, probe_split, Accuracy, LabeledRows, ProbeSplit, Selection};
 use crate::error::{Error, Result};
@@ -143,7 +143,6 @@ pub fn rank(
     temperature: f32,
 ) -> Vec<Vec<u32>> {
     const BLOCK: usize = 64;
-    const TILE: usize = 384;
     let (dim, data) = (rows.dim, rows.data);
     let train_ids: Vec<usize> = train.iter().map(|&p| rows.rows[p]).collect();
     let train_labels: Vec<u32> = train.iter().map(|&p| rows.labels[p]).collect();
@@ -159,17 +158,14 @@ pub fn rank(
             let ids: Vec<usize> = block.iter().map(|&p| rows.rows[p]).collect();
             let q = unit_rows(data, dim, &ids);
             let mut tops: Vec<TopK> = (0..ids.len()).map(|_| TopK::new(k)).collect();
-            let mut tile = Vec::new();
-            for t in (0..train_ids.len()).step_by(TILE) {
-                let te = (t + TILE).min(train_ids.len());
-                score_tile(&q, dim, data, &train_ids[t..te], &inv[t..te], &mut tile);
-                let w = te - t;
+            scan(&q, dim, data, &train_ids, &inv, |t, tile| {
+                let w = tile.len() / ids.len();
                 for (qi, top) in tops.iter_mut().enumerate() {
                     for (j, &s) in tile[qi * w..(qi + 1) * w].iter().enumerate() {
                         top.offer(s, train_ids[t + j], train_labels[t + j]);
                     }
                 }
-            }
+            });
             tops.into_iter()
                 .map(|top| vote(top.items(), nclass, temperature))
                 .collect::<Vec<_>>()

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::ap::Thresholds;
-use super::kernel::{inv_norm, score_tile, unit_rows};
+use super::kernel::{inv_norm, scan, unit_rows};
 use super::{shorten, LabeledRows, Selection};
 use crate::error::{Error, Result};
 use crate::index::HnswIndex;
@@ -26,9 +26,6 @@ use crate::store::IndexDir;
 
 /// The recall cut-offs reported.
 pub const RECALL_AT: [usize; 3] = [1, 5, 10];
-
-/// Items scored per tile.
-const TILE_ITEMS: usize = 384;
 
 /// Settings of a retrieval evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -262,7 +259,7 @@ pub fn exact(rows: &LabeledRows<'_>, opts: &RetrievalOptions) -> Result<Retrieva
         }
         // Per query: its positives' scores and thresholds (16 bytes each at the peak), its
         // unit vector and a row of the tile.
-        let cost = 16 * sizes[c] + 4 * (dim + TILE_ITEMS) + 64;
+        let cost = 16 * sizes[c] + 4 * (dim + super::kernel::TILE_ITEMS) + 64;
         let block = (per_task / cost).clamp(1, 64);
         let mut s = starts[c];
         while s < starts[c + 1] {
@@ -357,55 +354,35 @@ impl Ctx<'_> {
         let nq = e - s;
         let q = unit_rows(self.data, dim, &self.ids[s..e]);
         let mut tops: Vec<TopK> = (0..nq).map(|_| TopK::new(10)).collect();
-        let mut tile = Vec::new();
         // Pass 1: the class's own regions, the positives.
         let (cs, ce) = (self.starts[c], self.starts[c + 1]);
         let mut pos: Vec<Vec<f32>> = (0..nq).map(|_| Vec::with_capacity(ce - cs)).collect();
-        for t in (cs..ce).step_by(TILE_ITEMS) {
-            let te = (t + TILE_ITEMS).min(ce);
-            score_tile(
-                &q,
-                dim,
-                self.data,
-                &self.ids[t..te],
-                &self.inv[t..te],
-                &mut tile,
-            );
-            let w = te - t;
-            for qi in 0..nq {
+        let (ids, inv) = (&self.ids[cs..ce], &self.inv[cs..ce]);
+        scan(&q, dim, self.data, ids, inv, |t, tile| {
+            let w = tile.len() / nq;
+            for (qi, (p, top)) in pos.iter_mut().zip(tops.iter_mut()).enumerate() {
                 let qid = self.ids[s + qi];
                 for (j, &sc) in tile[qi * w..(qi + 1) * w].iter().enumerate() {
-                    pos[qi].push(sc);
-                    let id = self.ids[t + j];
-                    if id != qid {
-                        tops[qi].offer(sc, id, c as u32);
+                    p.push(sc);
+                    if ids[t + j] != qid {
+                        top.offer(sc, ids[t + j], c as u32);
                     }
                 }
             }
-        }
+        });
         let mut thr: Vec<Thresholds> = pos.into_iter().map(Thresholds::new).collect();
         // Pass 2: everything else, the negatives, counted against the thresholds.
-        let n = self.ids.len();
-        for (a, b) in [(0, cs), (ce, n)] {
-            for t in (a..b).step_by(TILE_ITEMS) {
-                let te = (t + TILE_ITEMS).min(b);
-                score_tile(
-                    &q,
-                    dim,
-                    self.data,
-                    &self.ids[t..te],
-                    &self.inv[t..te],
-                    &mut tile,
-                );
-                let w = te - t;
-                for qi in 0..nq {
-                    let (th, top) = (&mut thr[qi], &mut tops[qi]);
+        for (a, b) in [(0, cs), (ce, self.ids.len())] {
+            let (ids, inv, labels) = (&self.ids[a..b], &self.inv[a..b], &self.labels[a..b]);
+            scan(&q, dim, self.data, ids, inv, |t, tile| {
+                let w = tile.len() / nq;
+                for (qi, (th, top)) in thr.iter_mut().zip(tops.iter_mut()).enumerate() {
                     for (j, &sc) in tile[qi * w..(qi + 1) * w].iter().enumerate() {
                         th.count(sc);
-                        top.offer(sc, self.ids[t + j], self.labels[t + j]);
+                        top.offer(sc, ids[t + j], labels[t + j]);
                     }
                 }
-            }
+            });
         }
         thr.iter()
             .zip(&tops)
@@ -490,23 +467,13 @@ fn approx(
             let id = rows.rows[p];
             let q = unit_rows(rows.data, rows.dim, &[id]);
             let mut top = TopK::new(10);
-            let mut tile = Vec::new();
-            for t in (0..rows.len()).step_by(TILE_ITEMS) {
-                let te = (t + TILE_ITEMS).min(rows.len());
-                score_tile(
-                    &q,
-                    rows.dim,
-                    rows.data,
-                    &rows.rows[t..te],
-                    &inv[t..te],
-                    &mut tile,
-                );
+            scan(&q, rows.dim, rows.data, &rows.rows, &inv, |t, tile| {
                 for (j, &sc) in tile.iter().enumerate() {
                     if rows.rows[t + j] != id {
                         top.offer(sc, rows.rows[t + j], 0);
                     }
                 }
-            }
+            });
             let found = graph.search(&q, 11, a.ef.max(11), filter);
             let got: Vec<usize> = found
                 .iter()
@@ -555,6 +522,7 @@ fn approx(
 mod tests {
     use super::*;
     use crate::eval::ap::average_precision;
+    use crate::eval::kernel::score_tile;
     use crate::eval::Rng;
 
     /// The streaming computation equals a direct one: each query's scores against all rows,

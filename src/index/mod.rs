@@ -19,15 +19,19 @@ pub struct Hit {
     pub score: f32,
 }
 
+/// The L2 norm of a row, accumulated in float64.
+pub fn l2_norm(row: &[f32]) -> f64 {
+    row.iter()
+        .map(|&v| f64::from(v) * f64::from(v))
+        .sum::<f64>()
+        .sqrt()
+}
+
 /// Scales each `dim`-wide row to unit L2 norm (zero rows stay zero).
 pub fn normalize_rows(data: &[f32], dim: usize) -> Vec<f32> {
     let mut out = data.to_vec();
     for row in out.chunks_exact_mut(dim) {
-        let n = row
-            .iter()
-            .map(|&v| f64::from(v) * f64::from(v))
-            .sum::<f64>()
-            .sqrt();
+        let n = l2_norm(row);
         if n > 0.0 {
             for v in row.iter_mut() {
                 *v = (f64::from(*v) / n) as f32;
