@@ -327,6 +327,13 @@ pub struct SynthArgs {
     /// Image side in pixels (64 to 8192).
     #[arg(long, default_value_t = 256)]
     pub size: u32,
+    /// Nuisance, 0 to 1: 0 gives every part class a fixed colour and texture (any encoder
+    /// separates them); higher mixes in random colours (weight F) and textures (probability F),
+    /// squeezes object frames (to 1/(1 + 0.3 F)), shrinks and shifts parts in their boxes, colours
+    /// and noises the background, and from 0.5 adds unannotated distractor shapes, so that
+    /// classes show only in shape, layout and context. 1.0 is the hard setting.
+    #[arg(long, default_value_t = 0.0, value_name = "F")]
+    pub variation: f32,
 }
 
 pub(super) fn synth(a: &SynthArgs) -> Result<()> {
@@ -337,6 +344,7 @@ pub(super) fn synth(a: &SynthArgs) -> Result<()> {
             images: a.images,
             seed: a.seed,
             size: a.size,
+            variation: a.variation,
         },
     )?;
     println!(

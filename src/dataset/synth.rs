@@ -3,6 +3,28 @@
 //! `classes.txt`, `object_classes.txt`) plus a COCO-style keypoint file (`keypoints.json`, one
 //! keypoint per part centre). Every image depends only on (seed, index), images are generated in
 //! parallel and written as they are made, so memory stays flat at any size.
+//!
+//! At `variation` 0 (the default) every part class has a fixed colour and texture, which any
+//! encoder, even one with random weights, separates perfectly. `variation` v in (0, 1] makes the
+//! set harder, drawing every nuisance from a stream of its own (so a seed keeps its layout —
+//! cells, classes, sizes — at every variation, and variation 0 draws nothing and writes exactly
+//! the bytes it always did):
+//! - each part's colour is the class colour mixed with a random one (weight v; at 1 colour says
+//!   nothing about the class), and with probability v its texture is a random one;
+//! - each object's frame is squeezed along one axis to as little as 1/(1 + 0.3 v) of its side, and
+//!   each part is drawn in its box with every edge moved inward by up to 15 v % of the box's side
+//!   (size, proportions and place vary; the gaps between parts only widen);
+//! - the background takes a random colour (weight v) and its pixel noise grows to 1 + 3 v times;
+//! - from v = 0.5, 0 to ⌊6 v⌋ + 2 unannotated distractor shapes (random shape, colour, texture)
+//!   are drawn anywhere before the objects.
+//!
+//! At high variation a part's class shows only in its shape, its place in the object and its
+//! neighbours, which a pretrained encoder knows and a random one does not. The invariants hold at
+//! every variation: parts of one class never touch (nor do any two parts of an object from 128 px
+//! on; in smaller images the 4 % gaps between parts of different classes can round away, at
+//! variation 0 too), each part is one connected region, each object's map region is one
+//! connected region inside its cell. Shrunk parts are smaller, so more of them fall under an
+//! ingest's `--min-area`.
 
 use std::io::Write;
 use std::path::Path;
@@ -14,7 +36,7 @@ use serde::Serialize;
 use crate::error::{Error, IoContext, Result};
 
 /// Generator settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SynthOptions {
     /// Number of images.
     pub images: usize,
@@ -22,6 +44,10 @@ pub struct SynthOptions {
     pub seed: u64,
     /// Image side in pixels (square images, 2 × 2 cells of one object at most each).
     pub size: u32,
+    /// Nuisance from 0 (fixed colour and texture per part class, the original set) to 1 (colour
+    /// and texture random, squeezed frames, coloured noisy background, distractors); see the
+    /// module documentation.
+    pub variation: f32,
 }
 
 /// What was generated.
@@ -42,6 +68,8 @@ enum Shape {
     Triangle,
 }
 
+const SHAPES: [Shape; 3] = [Shape::Rect, Shape::Disc, Shape::Triangle];
+
 #[derive(Clone, Copy)]
 enum Texture {
     Stripes,
@@ -49,6 +77,13 @@ enum Texture {
     Dots,
     Solid,
 }
+
+const TEXTURES: [Texture; 4] = [
+    Texture::Stripes,
+    Texture::Checker,
+    Texture::Dots,
+    Texture::Solid,
+];
 
 /// A part: class name, shape, texture, colour, box in a 100 × 100 object frame.
 struct PartSpec {
@@ -232,6 +267,121 @@ impl Rng {
     fn unit(&mut self) -> f32 {
         (self.next() >> 40) as f32 / (1u64 << 24) as f32
     }
+
+    fn color(&mut self) -> [u8; 3] {
+        [0; 3].map(|_: u8| self.below(256) as u8)
+    }
+}
+
+/// Most each edge of a part's box moves inward at variation 1, as a share of the box's side.
+const MAX_SHRINK: f32 = 0.15;
+
+/// The `variation` nuisances, drawn from their own stream; at variation 0 nothing is drawn and
+/// every method returns what the original set uses.
+struct Nuisance {
+    rng: Rng,
+    v: f32,
+}
+
+impl Nuisance {
+    fn new(opts: &SynthOptions, index: usize) -> Nuisance {
+        // A stream no image's layout uses: seeded from the complement of the index.
+        let rng = Rng(Rng::new(opts.seed, !(index as u64)).next());
+        Nuisance {
+            rng,
+            v: opts.variation,
+        }
+    }
+
+    fn active(&self) -> bool {
+        self.v > 0.0
+    }
+
+    fn mix(a: [u8; 3], b: [u8; 3], w: f32) -> [u8; 3] {
+        [0, 1, 2].map(|i| (a[i] as f32 * (1.0 - w) + b[i] as f32 * w).round() as u8)
+    }
+
+    /// The background's base colour.
+    fn background(&mut self) -> [u8; 3] {
+        match self.active() {
+            true => Self::mix([125, 125, 135], self.rng.color(), self.v),
+            false => [125, 125, 135],
+        }
+    }
+
+    /// A part instance's colour: the class colour mixed with a random one.
+    fn color(&mut self, class: [u8; 3]) -> [u8; 3] {
+        match self.active() {
+            true => Self::mix(class, self.rng.color(), self.v),
+            false => class,
+        }
+    }
+
+    /// A part instance's texture: a random one with probability `v`.
+    fn texture(&mut self, class: Texture) -> Texture {
+        if self.active() && self.rng.unit() < self.v {
+            TEXTURES[self.rng.below(TEXTURES.len() as u64) as usize]
+        } else {
+            class
+        }
+    }
+
+    /// Width and height factors of an object's frame (one is 1, the other down to 1/(1 + 0.3 v)).
+    fn aspect(&mut self) -> (f32, f32) {
+        if !self.active() {
+            return (1.0, 1.0);
+        }
+        let squeeze = 1.0 / (1.0 + 0.3 * self.v * self.rng.unit());
+        match self.rng.below(2) {
+            0 => (squeeze, 1.0),
+            _ => (1.0, squeeze),
+        }
+    }
+
+    /// The box a part is drawn in: its frame box with each edge moved inward by up to
+    /// `MAX_SHRINK` · v of the box's side, so the part's size, proportions and place vary while
+    /// the gaps between parts only widen.
+    fn shrink(&mut self, frame: [f32; 4]) -> [f32; 4] {
+        if !self.active() {
+            return frame;
+        }
+        let [x0, y0, x1, y1] = frame;
+        let most = MAX_SHRINK * self.v;
+        let (w, h) = (x1 - x0, y1 - y0);
+        [
+            x0 + most * w * self.rng.unit(),
+            y0 + most * h * self.rng.unit(),
+            x1 - most * w * self.rng.unit(),
+            y1 - most * h * self.rng.unit(),
+        ]
+    }
+
+    /// Unannotated distractors drawn under the objects (from variation 0.5 on).
+    fn clutter(&mut self, image: &mut RgbImage) {
+        if self.v < 0.5 {
+            return;
+        }
+        let s = image.width();
+        let n = self.rng.below((6.0 * self.v) as u64 + 3);
+        for _ in 0..n {
+            let shape = SHAPES[self.rng.below(SHAPES.len() as u64) as usize];
+            let texture = TEXTURES[self.rng.below(TEXTURES.len() as u64) as usize];
+            let color = self.rng.color();
+            let w = (s as f32 * (0.05 + 0.15 * self.rng.unit())) as u32;
+            let h = (s as f32 * (0.05 + 0.15 * self.rng.unit())) as u32;
+            let x0 = self.rng.below(u64::from(s - w)) as u32;
+            let y0 = self.rng.below(u64::from(s - h)) as u32;
+            let phase = self.rng.below(8) as u32;
+            for y in y0..y0 + h {
+                for x in x0..x0 + w {
+                    let (u, v) = ((x - x0) as f32 + 0.5, (y - y0) as f32 + 0.5);
+                    if inside(shape, u / w as f32, v / h as f32) {
+                        image.put_pixel(x, y, Rgb(texel(texture, x, y, phase, color)));
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn inside(shape: Shape, u: f32, v: f32) -> bool {
@@ -271,12 +421,20 @@ struct Drawn {
 
 fn draw(opts: &SynthOptions, index: usize) -> Drawn {
     let mut rng = Rng::new(opts.seed, index as u64);
+    let mut nuisance = Nuisance::new(opts, index);
     let s = opts.size;
     let classes = part_classes();
+    let base = nuisance.background();
+    let gain = 1.0 + 3.0 * opts.variation;
     let mut image = RgbImage::from_fn(s, s, |_, _| {
         let g = 110 + (rng.below(30) as u8);
-        Rgb([g, g, g + 10])
+        if !nuisance.active() {
+            return Rgb([g, g, g + 10]);
+        }
+        let noise = (f32::from(g) - 125.0) * gain;
+        Rgb(base.map(|c| (f32::from(c) + noise).round().clamp(0.0, 255.0) as u8))
     });
+    nuisance.clutter(&mut image);
     let mut parts = GrayImage::new(s, s);
     let mut objects = GrayImage::new(s, s);
     let mut annotations = Vec::new();
@@ -291,11 +449,12 @@ fn draw(opts: &SynthOptions, index: usize) -> Drawn {
         let oi = rng.below(OBJECTS.len() as u64) as usize;
         let spec = &OBJECTS[oi];
         let side = cell as f32 * (0.55 + 0.35 * rng.unit());
+        let (aw, ah) = nuisance.aspect();
+        let (w, h) = (side * aw, side * ah);
         // A 2-px moat inside each cell keeps objects (and their object-map regions) in
         // neighbouring cells from touching.
-        let free = cell as f32 - side - 4.0;
-        let ox = (c % 2) as f32 * cell as f32 + 2.0 + rng.unit() * free;
-        let oy = (c / 2) as f32 * cell as f32 + 2.0 + rng.unit() * free;
+        let ox = (c % 2) as f32 * cell as f32 + 2.0 + rng.unit() * (cell as f32 - w - 4.0);
+        let oy = (c / 2) as f32 * cell as f32 + 2.0 + rng.unit() * (cell as f32 - h - 4.0);
         let phase = rng.below(8) as u32;
         let mut keypoints = Vec::new();
         for p in spec.parts {
@@ -304,28 +463,34 @@ fn draw(opts: &SynthOptions, index: usize) -> Drawn {
                 .position(|n| *n == format!("{}/{}", spec.name, p.name))
                 .unwrap_or(0) as u8
                 + 1;
-            let [fx0, fy0, fx1, fy1] = p.frame.map(|f| f * side / 100.0);
-            let (x0, y0) = ((ox + fx0).round() as u32, (oy + fy0).round() as u32);
-            let (x1, y1) = ((ox + fx1).round() as u32, (oy + fy1).round() as u32);
-            let (w, h) = ((x1 - x0).max(1), (y1 - y0).max(1));
+            // Frame units to pixels: the part's frame box, and the box it is drawn in.
+            let to_pixels = |[fx0, fy0, fx1, fy1]: [f32; 4]| {
+                [(fx0, ox, w), (fy0, oy, h), (fx1, ox, w), (fy1, oy, h)]
+                    .map(|(f, o, side)| (o + f * side / 100.0).round() as u32)
+            };
+            let [bx0, by0, bx1, by1] = to_pixels(p.frame);
+            let [x0, y0, x1, y1] = to_pixels(nuisance.shrink(p.frame));
+            let (color, texture) = (nuisance.color(p.color), nuisance.texture(p.texture));
+            let (pw, ph) = ((x1 - x0).max(1), (y1 - y0).max(1));
             let mut drawn = false;
             for y in y0..y1.min(s) {
                 for x in x0..x1.min(s) {
-                    let (u, v) = ((x - x0) as f32 / w as f32, (y - y0) as f32 / h as f32);
-                    if inside(p.shape, u + 0.5 / w as f32, v + 0.5 / h as f32) {
-                        image.put_pixel(x, y, Rgb(texel(p.texture, x, y, phase, p.color)));
+                    let (u, v) = ((x - x0) as f32 / pw as f32, (y - y0) as f32 / ph as f32);
+                    if inside(p.shape, u + 0.5 / pw as f32, v + 0.5 / ph as f32) {
+                        image.put_pixel(x, y, Rgb(texel(texture, x, y, phase, color)));
                         parts.put_pixel(x, y, Luma([pid]));
                         drawn = true;
                     }
                 }
             }
-            // The object map covers each part's box grown by 3 % of the object, which bridges
-            // the 4 % gaps between parts: one connected region per object, inside its cell.
-            let grow = (0.03 * side).ceil() as u32;
+            // The object map covers each part's frame box grown by 3 % of the object, which
+            // bridges the 4 % gaps between parts: one connected region per object, inside its cell.
+            let grow = (0.03 * w.max(h)).ceil() as u32;
             let (cx0, cy0) = ((c % 2) * cell, (c / 2) * cell);
-            for y in y0.saturating_sub(grow).max(cy0 + 1)..(y1 + grow).min(cy0 + cell - 1).min(s) {
+            for y in by0.saturating_sub(grow).max(cy0 + 1)..(by1 + grow).min(cy0 + cell - 1).min(s)
+            {
                 for x in
-                    x0.saturating_sub(grow).max(cx0 + 1)..(x1 + grow).min(cx0 + cell - 1).min(s)
+                    bx0.saturating_sub(grow).max(cx0 + 1)..(bx1 + grow).min(cx0 + cell - 1).min(s)
                 {
                     objects.put_pixel(x, y, Luma([oi as u8 + 1]));
                 }
@@ -339,7 +504,7 @@ fn draw(opts: &SynthOptions, index: usize) -> Drawn {
                 ));
             }
         }
-        annotations.push((oi as u32 + 1, [ox, oy, side, side], keypoints));
+        annotations.push((oi as u32 + 1, [ox, oy, w, h], keypoints));
     }
     Drawn {
         image,
@@ -364,6 +529,12 @@ pub fn generate(out: &Path, opts: &SynthOptions) -> Result<SynthSummary> {
         return Err(Error::InvalidArgument(format!(
             "synthetic images must be 64 to {MAX_SIZE} px on a side, got {}",
             opts.size
+        )));
+    }
+    if !(0.0..=1.0).contains(&opts.variation) {
+        return Err(Error::InvalidArgument(format!(
+            "--variation must be between 0 and 1, got {}",
+            opts.variation
         )));
     }
     if opts.images == 0 || opts.images > MAX_IMAGES {
