@@ -134,7 +134,7 @@ pub(crate) fn check_sets(rows: &LabeledRows<'_>, train: &[usize], eval: &[usize]
     Ok(())
 }
 
-/// For each evaluation position, the classes ranked by weighted vote, best first.
+/// For each evaluation position, the five classes with the most weighted votes, best first.
 pub fn rank(
     rows: &LabeledRows<'_>,
     train: &[usize],
@@ -173,18 +173,12 @@ pub fn rank(
         .collect()
 }
 
-/// Classes ranked by Σ exp(sim / T) over the neighbours (in rank order, float32, as DINO's
-/// code sums), ties to the smaller class index.
+/// The five classes with the largest Σ exp(sim / T) over the neighbours (summed in rank
+/// order, float32, as DINO's code sums), best first, ties to the smaller class index.
 pub fn vote(neighbours: &[(f32, usize, u32)], nclass: usize, temperature: f32) -> Vec<u32> {
     let mut votes = vec![0f32; nclass];
     for &(s, _, label) in neighbours {
         votes[label as usize] += (s / temperature).exp();
     }
-    let mut order: Vec<u32> = (0..nclass as u32).collect();
-    order.sort_by(|&a, &b| {
-        votes[b as usize]
-            .total_cmp(&votes[a as usize])
-            .then(a.cmp(&b))
-    });
-    order
+    super::linear::best5(&votes)
 }

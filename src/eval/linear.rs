@@ -403,6 +403,24 @@ pub fn train(rows: &LabeledRows<'_>, fit: &[usize], opts: &LinearOptions) -> Res
     })
 }
 
+/// The (up to) five largest entries' indices, best first, ties to the smaller index.
+pub fn best5(scores: &[f32]) -> Vec<u32> {
+    let better = |a: u32, b: u32| {
+        scores[b as usize]
+            .total_cmp(&scores[a as usize])
+            .then(a.cmp(&b))
+    };
+    let mut top: Vec<u32> = Vec::with_capacity(6);
+    for i in 0..scores.len() as u32 {
+        let at = top.partition_point(|&t| better(t, i).is_lt());
+        if at < 5 {
+            top.insert(at, i);
+            top.truncate(5);
+        }
+    }
+    top
+}
+
 /// v ← μ v + (g + wd · W); W ← W − lr · v, per head's columns; diverged heads are zeroed.
 #[allow(clippy::too_many_arguments)]
 fn update(
@@ -454,35 +472,39 @@ fn check_options(opts: &LinearOptions) -> Result<()> {
 }
 
 impl Trained {
-    /// Every head's logits for the regions at `positions`: `positions.len()` × (heads ·
-    /// classes), row-major, computed a batch at a time from the memory map.
-    pub fn logits(&self, rows: &LabeledRows<'_>, positions: &[usize]) -> Vec<f32> {
-        let (d, hc) = (self.dim, self.heads.len() * self.nclass);
-        let mut out = vec![0f32; positions.len() * hc];
-        let mut x = Vec::new();
-        for (chunk, z) in positions.chunks(256).zip(out.chunks_mut(256 * hc)) {
+    /// Each head's five best classes (best first, ties to the smaller index) for the
+    /// regions at `positions`: `[head][position]`. Logits are computed a batch at a time
+    /// from the memory map, for all heads with one matrix multiply; only the rankings are
+    /// kept.
+    pub fn top5(&self, rows: &LabeledRows<'_>, positions: &[usize]) -> Vec<Vec<Vec<u32>>> {
+        let (d, c, h) = (self.dim, self.nclass, self.heads.len());
+        let hc = h * c;
+        let mut out: Vec<Vec<Vec<u32>>> = vec![Vec::with_capacity(positions.len()); h];
+        let (mut x, mut z) = (Vec::new(), Vec::new());
+        for chunk in positions.chunks(256) {
             load_batch(rows, chunk, &self.mean, &self.inv_std, &mut x);
-            for r in 0..chunk.len() {
-                z[r * hc..(r + 1) * hc].copy_from_slice(&self.bias);
+            z.clear();
+            for _ in chunk {
+                z.extend_from_slice(&self.bias);
             }
-            gemm_cols(chunk.len(), d, hc, &x, d as isize, 1, &self.weights, z, 1.0);
+            gemm_cols(
+                chunk.len(),
+                d,
+                hc,
+                &x,
+                d as isize,
+                1,
+                &self.weights,
+                &mut z,
+                1.0,
+            );
+            for zr in z.chunks(hc) {
+                for (head, ranked) in out.iter_mut().enumerate() {
+                    ranked.push(best5(&zr[head * c..(head + 1) * c]));
+                }
+            }
         }
         out
-    }
-
-    /// Classes ranked by head `head` (best first, ties to the smaller index), from
-    /// [`Trained::logits`].
-    pub fn rank(&self, logits: &[f32], head: usize) -> Vec<Vec<u32>> {
-        let (c, hc) = (self.nclass, self.heads.len() * self.nclass);
-        logits
-            .chunks(hc)
-            .map(|z| {
-                let z = &z[head * c..(head + 1) * c];
-                let mut order: Vec<u32> = (0..c as u32).collect();
-                order.sort_by(|&a, &b| z[b as usize].total_cmp(&z[a as usize]).then(a.cmp(&b)));
-                order
-            })
-            .collect()
     }
 
     /// Head `head` as (C × D weight, C bias) in PyTorch's layout.
@@ -541,13 +563,13 @@ pub fn classify_rows(
     };
     let trained = train(rows, &fit, opts)?;
     let held_truth: Vec<u32> = holdout.iter().map(|&p| rows.labels[p]).collect();
-    let held_logits = trained.logits(rows, &holdout);
+    let held = trained.top5(rows, &holdout);
     let mut results = Vec::new();
     for (i, &(lr, wd)) in trained.heads.iter().enumerate() {
         let ok = !trained.diverged[i];
         let top1 = (ok && !holdout.is_empty()).then(|| {
-            let ranked = trained.rank(&held_logits, i);
-            Accuracy::from_rankings(&held_truth, &ranked, &rows.classes).top1
+            let ranked = &held[i];
+            Accuracy::from_rankings(&held_truth, ranked, &rows.classes).top1
         });
         results.push(HeadResult {
             lr,
@@ -594,7 +616,7 @@ pub fn classify_rows(
         })
         .expect("at least one head converged");
     let truth: Vec<u32> = eval.iter().map(|&p| rows.labels[p]).collect();
-    let ranked = trained.rank(&trained.logits(rows, &eval), chosen);
+    let ranked = trained.top5(rows, &eval).swap_remove(chosen);
     let accuracy = Accuracy::from_rankings(&truth, &ranked, &rows.classes);
     let report = LinearReport {
         selection: sel.clone(),
@@ -612,4 +634,19 @@ pub fn classify_rows(
         seconds: start.elapsed().as_secs_f64(),
     };
     Ok((report, trained))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::best5;
+
+    #[test]
+    fn best5_orders_by_score_then_index() {
+        assert_eq!(
+            best5(&[0.1, 0.5, 0.5, -1.0, 0.2, 0.9, 0.5]),
+            vec![5, 1, 2, 6, 4]
+        );
+        assert_eq!(best5(&[0.0, 0.0]), vec![0, 1]);
+        assert!(best5(&[]).is_empty());
+    }
 }
