@@ -13,8 +13,11 @@ JSON object as the last line of stdout.
       The same loop over every row: mean AP over queries and mAP (mean over classes of the
       class's mean AP), in percent.
   linear X.npy LABELS.npy SETS.npy [--C C] [--max-iter M] [--target-acc A] [--budget S]
+         [--grid C1,C2,...]
       LogisticRegression(lbfgs) trained on the rows where SETS == 0, evaluated on SETS == 2
-      (1 = held out by the bench's probe, unused here). Features standardised with the
+      (SETS == 1: the rows partlens's probe holds out to choose its learning rate; with
+      --grid, one fit per C, the C with the best top-1 on those rows is chosen, as partlens
+      chooses its head, and every fit's time counts). Features standardised with the
       training rows' statistics as partlens's probe does: (x - mean) / sqrt(var + 1e-6),
       biased variance, statistics in float64, features float32. Only `fit` is timed. When the
       fit stops at max_iter (ConvergenceWarning) and --target-acc is given, max_iter is
@@ -116,17 +119,20 @@ def linear(args):
     x, labels = load(args.x, args.labels)
     sets = np.load(args.sets)
     fit_rows, val_rows = np.flatnonzero(sets == 0), np.flatnonzero(sets == 2)
+    held_rows = np.flatnonzero(sets == 1)
     xf = np.asarray(x[fit_rows], dtype=np.float64)
     mean = xf.mean(axis=0)
     inv_std = 1.0 / np.sqrt(xf.var(axis=0) + 1e-6)
     del xf
     z_fit = ((np.asarray(x[fit_rows]) - mean.astype(np.float32)) * inv_std.astype(np.float32))
     z_val = ((np.asarray(x[val_rows]) - mean.astype(np.float32)) * inv_std.astype(np.float32))
+    z_held = ((np.asarray(x[held_rows]) - mean.astype(np.float32)) * inv_std.astype(np.float32))
     z_fit, z_val = z_fit.astype(np.float32), z_val.astype(np.float32)
-    y_fit, y_val = labels[fit_rows], labels[val_rows]
+    z_held = z_held.astype(np.float32)
+    y_fit, y_val, y_held = labels[fit_rows], labels[val_rows], labels[held_rows]
 
-    def run(max_iter):
-        clf = LogisticRegression(C=args.C, solver="lbfgs", max_iter=max_iter)
+    def run(max_iter, c=args.C):
+        clf = LogisticRegression(C=c, solver="lbfgs", max_iter=max_iter)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
             t0 = time.perf_counter()
@@ -134,7 +140,10 @@ def linear(args):
             seconds = time.perf_counter() - t0
         stopped = any(issubclass(w.category, ConvergenceWarning) for w in caught)
         acc = 100.0 * float((clf.predict(z_val) == y_val).mean())
+        held = 100.0 * float((clf.predict(z_held) == y_held).mean()) if len(y_held) else None
         return {
+            "C": c,
+            "held_top1": held,
             "max_iter": max_iter,
             "n_iter": int(np.max(clf.n_iter_)),
             "convergence_warning": stopped,
@@ -143,6 +152,20 @@ def linear(args):
             "coef_dtype": str(clf.coef_.dtype),
         }
 
+    if args.grid:
+        fits = [run(args.max_iter, float(c)) for c in args.grid.split(",")]
+        best = max(fits, key=lambda f: (f["held_top1"] or 0.0, -f["C"]))
+        return {
+            "fit_rows": int(len(fit_rows)),
+            "held_rows": int(len(held_rows)),
+            "val_rows": int(len(val_rows)),
+            "solver": "lbfgs",
+            "feature_dtype": str(z_fit.dtype),
+            "grid": fits,
+            "seconds": float(sum(f["seconds"] for f in fits)),
+            "chosen": best,
+            "threads": thread_info(),
+        }
     first = run(args.max_iter)
     more = []
     spent = first["seconds"]
@@ -187,6 +210,7 @@ def main():
     lin.add_argument("--max-iter", type=int, default=100)
     lin.add_argument("--target-acc", type=float)
     lin.add_argument("--budget", type=float, default=120.0)
+    lin.add_argument("--grid", help="comma-separated C values, chosen on the SETS == 1 rows")
     args = p.parse_args()
     out = {"retrieval": retrieval, "retrieval-full": retrieval_full, "linear": linear}[args.cmd](
         args
