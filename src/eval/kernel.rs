@@ -7,8 +7,9 @@
 //! a retrieval query) equals the same pair's score in another pass bit for bit. Retrieval's
 //! tie grouping relies on it. On x86-64 with AVX2 and FMA (checked at run time) the lanes are
 //! one register and each step one fused multiply-add; elsewhere a portable loop computes the
-//! same lane structure with separate multiply and add (the two paths differ in the last bit;
-//! one process always uses one).
+//! same lane structure with separate multiply and add; with AVX-512 (checked first) the lanes
+//! are sixteen, reduced to eight and then in the same order. The paths differ in the last bits;
+//! one process always uses one.
 
 /// 1 / ‖row‖ (computed in f64), 0 for an all-zero row.
 pub fn inv_norm(row: &[f32]) -> f32 {
@@ -42,29 +43,70 @@ pub fn score_tile(
     inv: &[f32],
     out: &mut Vec<f32>,
 ) {
-    let nq = queries.len() / dim;
-    let ni = items.len();
+    let t = Tile {
+        queries,
+        dim,
+        data,
+        items,
+        inv,
+    };
     out.clear();
-    out.resize(nq * ni, 0.0);
-    let row = |j: usize| &data[items[j] * dim..(items[j] + 1) * dim];
-    let mut j = 0;
-    while j < ni {
-        let nr = (ni - j).min(NR);
-        let xs: [&[f32]; NR] = std::array::from_fn(|t| row(j + t.min(nr - 1)));
-        let mut i = 0;
-        while i < nq {
-            let mr = (nq - i).min(MR);
-            let qs: [&[f32]; MR] =
-                std::array::from_fn(|t| &queries[(i + t.min(mr - 1)) * dim..][..dim]);
-            let dots = dot_block(qs, xs, dim);
-            for a in 0..mr {
-                for b in 0..nr {
-                    out[(i + a) * ni + j + b] = dots[a][b] * inv[j + b];
-                }
-            }
-            i += mr;
+    out.resize(queries.len() / dim * items.len(), 0.0);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked above); every row is `dim` long.
+            return t.run::<6, 4>(out, |q, x, d| unsafe { avx512::dot_block(q, x, d) });
         }
-        j += nr;
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA (checked above); every row is `dim` long.
+            return t.run::<4, 3>(out, |q, x, d| unsafe { avx2::dot_block(q, x, d) });
+        }
+    }
+    t.run::<4, 3>(out, portable_dot_block)
+}
+
+/// One tile's inputs.
+struct Tile<'a> {
+    queries: &'a [f32],
+    dim: usize,
+    data: &'a [f32],
+    items: &'a [usize],
+    inv: &'a [f32],
+}
+
+impl Tile<'_> {
+    /// Walks the tile in micro-tiles of MR queries × NR items (rows repeat at the edges; their
+    /// results are discarded), items outer so each group of item rows stays in L1 while every
+    /// query passes over it.
+    #[inline(always)]
+    fn run<const MR: usize, const NR: usize>(
+        &self,
+        out: &mut [f32],
+        dot: impl Fn([&[f32]; MR], [&[f32]; NR], usize) -> [[f32; NR]; MR],
+    ) {
+        let dim = self.dim;
+        let (nq, ni) = (self.queries.len() / dim, self.items.len());
+        let row = |j: usize| &self.data[self.items[j] * dim..(self.items[j] + 1) * dim];
+        let mut j = 0;
+        while j < ni {
+            let nr = (ni - j).min(NR);
+            let xs: [&[f32]; NR] = std::array::from_fn(|t| row(j + t.min(nr - 1)));
+            let mut i = 0;
+            while i < nq {
+                let mr = (nq - i).min(MR);
+                let qs: [&[f32]; MR] =
+                    std::array::from_fn(|t| &self.queries[(i + t.min(mr - 1)) * dim..][..dim]);
+                let dots = dot(qs, xs, dim);
+                for a in 0..mr {
+                    for b in 0..nr {
+                        out[(i + a) * ni + j + b] = dots[a][b] * self.inv[j + b];
+                    }
+                }
+                i += mr;
+            }
+            j += nr;
+        }
     }
 }
 
@@ -90,33 +132,20 @@ pub fn scan(
     }
 }
 
-/// Queries per micro-tile.
-const MR: usize = 4;
-/// Items per micro-tile.
-const NR: usize = 3;
-/// Lanes per accumulator.
+/// Lanes per accumulator of the portable and AVX2 paths.
 const LANES: usize = 8;
 
-/// The MR × NR dot products of a micro-tile (rows may repeat at the edges; their results are
-/// discarded). Each dot product's arithmetic does not depend on the others.
-fn dot_block(qs: [&[f32]; MR], xs: [&[f32]; NR], dim: usize) -> [[f32; NR]; MR] {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA (checked above); every row is `dim` long.
-            return unsafe { avx::dot_block(qs, xs, dim) };
-        }
-    }
-    portable_dot_block(qs, xs, dim)
-}
-
-/// Sum of eight lanes in the one fixed order both paths use.
+/// Sum of eight lanes in the one fixed order.
 #[inline(always)]
 fn reduce(l: [f32; LANES]) -> f32 {
     ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]))
 }
 
-fn portable_dot_block(qs: [&[f32]; MR], xs: [&[f32]; NR], dim: usize) -> [[f32; NR]; MR] {
+fn portable_dot_block<const MR: usize, const NR: usize>(
+    qs: [&[f32]; MR],
+    xs: [&[f32]; NR],
+    dim: usize,
+) -> [[f32; NR]; MR] {
     let body = dim - dim % LANES;
     let mut acc = [[[0f32; LANES]; NR]; MR];
     for d in (0..body).step_by(LANES) {
@@ -142,16 +171,16 @@ fn portable_dot_block(qs: [&[f32]; MR], xs: [&[f32]; NR], dim: usize) -> [[f32; 
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx {
-    use super::{reduce, LANES, MR, NR};
+mod avx2 {
+    use super::{reduce, LANES};
     use std::arch::x86_64::*;
 
-    /// AVX2 + FMA micro-kernel: 12 accumulators of 8 lanes.
+    /// AVX2 + FMA micro-kernel: MR × NR accumulators of 8 lanes.
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA; every slice must hold at least `dim` values.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_block(
+    pub(super) unsafe fn dot_block<const MR: usize, const NR: usize>(
         qs: [&[f32]; MR],
         xs: [&[f32]; NR],
         dim: usize,
@@ -175,6 +204,52 @@ mod avx {
                 let mut l = [0f32; LANES];
                 _mm256_storeu_ps(l.as_mut_ptr(), acc[a][b]);
                 let mut s = reduce(l);
+                for t in body..dim {
+                    s = qs[a][t].mul_add(xs[b][t], s);
+                }
+                out[a][b] = s;
+            }
+        }
+        out
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::reduce;
+    use std::arch::x86_64::*;
+
+    /// AVX-512 micro-kernel: MR × NR accumulators of 16 lanes, reduced 16 → 8 (lane i plus
+    /// lane i + 8) and then in the fixed eight-lane order.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; every slice must hold at least `dim` values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dot_block<const MR: usize, const NR: usize>(
+        qs: [&[f32]; MR],
+        xs: [&[f32]; NR],
+        dim: usize,
+    ) -> [[f32; NR]; MR] {
+        const W: usize = 16;
+        let body = dim - dim % W;
+        let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+        let mut d = 0;
+        while d < body {
+            let x: [__m512; NR] = std::array::from_fn(|b| _mm512_loadu_ps(xs[b].as_ptr().add(d)));
+            for a in 0..MR {
+                let q = _mm512_loadu_ps(qs[a].as_ptr().add(d));
+                for b in 0..NR {
+                    acc[a][b] = _mm512_fmadd_ps(q, x[b], acc[a][b]);
+                }
+            }
+            d += W;
+        }
+        let mut out = [[0f32; NR]; MR];
+        for a in 0..MR {
+            for b in 0..NR {
+                let mut l = [0f32; W];
+                _mm512_storeu_ps(l.as_mut_ptr(), acc[a][b]);
+                let mut s = reduce(std::array::from_fn(|i| l[i] + l[i + 8]));
                 for t in body..dim {
                     s = qs[a][t].mul_add(xs[b][t], s);
                 }
