@@ -42,8 +42,9 @@ pub fn grouped_bars(
             .margin(12)
             .x_label_area_size(48)
             .y_label_area_size(48)
-            // Headroom above 100 % for the value labels and the legend.
-            .build_cartesian_2d(0f64..g as f64, 0f64..118f64)
+            // Headroom above 100 % for the value labels and the legend (the band above 100
+            // has no tick labels).
+            .build_cartesian_2d(0f64..g as f64, 0f64..140f64)
             .map_err(plot_err)?;
         chart
             .configure_mesh()
@@ -51,7 +52,14 @@ pub fn grouped_bars(
             .disable_x_axis()
             .x_labels(0)
             .y_desc(y_label)
-            .y_labels(6)
+            .y_labels(8)
+            .y_label_formatter(&|v| {
+                if *v <= 100.0 {
+                    format!("{v:.0}")
+                } else {
+                    String::new()
+                }
+            })
             .draw()
             .map_err(plot_err)?;
         let ns = series.len().max(1) as f64;
