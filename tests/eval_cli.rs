@@ -125,7 +125,11 @@ fn probes_on_real_parts() {
     assert_eq!(r["split"]["derived"], false);
     assert_eq!(r["heads"].as_array().unwrap().len(), 5);
     let c = r["classes"].as_array().unwrap().len();
-    assert_eq!(r["accuracy"]["confusion"].as_array().unwrap().len(), c);
+    // The confusion matrix is sparse: (true, predicted, regions) for the non-zero cells.
+    let cells = r["accuracy"]["confusion"].as_array().unwrap();
+    let total: u64 = cells.iter().map(|t| t[2].as_u64().unwrap()).sum();
+    assert_eq!(total, r["eval_regions"].as_u64().unwrap());
+    assert!(cells.iter().all(|t| (t[0].as_u64().unwrap() as usize) < c));
     let top1 = r["accuracy"]["top1"].as_f64().unwrap();
     assert!(top1 > 0.0 && top1 <= r["accuracy"]["top5"].as_f64().unwrap());
     // The saved head reproduces the probe's predictions in numpy, without partlens.
@@ -151,14 +155,36 @@ fn probes_on_real_parts() {
     ]);
     assert_eq!(r["options"]["k"], 20);
     assert!(r["eval_regions"].as_u64().unwrap() > 0);
-    // No eval split of that name: a stratified share of train, said so.
-    let r = json(&["probe", "knn", "--index", s(a), "--eval", "test", "--json"]);
+    // Evaluating on the training split: a stratified share of it is held out, said so.
+    let r = json(&["probe", "knn", "--index", s(a), "--eval", "train", "--json"]);
     assert_eq!(r["split"]["derived"], true);
     assert!(
-        r["warnings"].to_string().contains("no split \\\"test\\\""),
+        r["warnings"].to_string().contains("is the training split"),
         "{}",
         r["warnings"]
     );
+    // Sizes past the data are clamped, not allocated.
+    let r = json(&[
+        "probe",
+        "knn",
+        "--index",
+        s(a),
+        "-k",
+        "1000000000000",
+        "--json",
+    ]);
+    assert!(r["accuracy"]["top1"].as_f64().unwrap() > 0.0);
+    let r = json(&[
+        "eval",
+        "retrieval",
+        "--index",
+        s(a),
+        "--approx",
+        "--ef",
+        "1000000000000",
+        "--json",
+    ]);
+    assert!(r["graph_recall_at_10"].as_f64().unwrap() > 99.0);
 }
 
 #[test]
@@ -177,6 +203,21 @@ fn bad_requests_are_clear_errors() {
     assert!(e.contains("k ≥ 1"), "{e}");
     let e = err(&["probe", "classify", "--index", s(a), "--lr", "0"]);
     assert!(e.contains("out of range"), "{e}");
+    let e = err(&["probe", "classify", "--index", s(a), "--lr", "1e300"]);
+    assert!(e.contains("out of range"), "{e}");
+    let e = err(&["probe", "knn", "--index", s(a), "--eval", "test"]);
+    assert!(e.contains("no region in evaluation split \"test\""), "{e}");
+    let e = err(&[
+        "probe",
+        "knn",
+        "--index",
+        s(a),
+        "--eval",
+        "train",
+        "--eval-fraction",
+        "0",
+    ]);
+    assert!(e.contains("between 0 and 1"), "{e}");
 }
 
 #[test]
@@ -278,6 +319,20 @@ fn report_compares_indexes_and_caches_results() {
         fresh.iter().all(|c| c["task"] == "linear") && !fresh.is_empty(),
         "{fresh:?}"
     );
+    // A path holding '=' is a path, not NAME=PATH.
+    let odd = dir.path().join("run=3").join("idx");
+    common::copy_dir(a, &odd);
+    let r = json(&[
+        "report",
+        "--index",
+        s(&odd),
+        "--out",
+        s(&out),
+        "--epochs",
+        "5",
+        "--json",
+    ]);
+    assert_eq!(r["cells"][0]["index"], "idx");
     // An index holding cached results can still be replaced by ingest --overwrite.
     let copy = dir.path().join("copy");
     common::copy_dir(a, &copy);

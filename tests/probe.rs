@@ -268,7 +268,8 @@ fn linear_probe_is_within_one_point_of_logistic_regression() {
 
 #[test]
 fn linear_probe_is_reproducible_bit_for_bit() {
-    let (data, labels) = blobs(500, 12, 3, 0.5, 9);
+    // 5 heads × 10 classes = 50 columns: two column chunks on two threads, one on one.
+    let (data, labels) = blobs(500, 12, 10, 0.5, 9);
     let rows = LabeledRows::from_matrix(&data, 12, labels).unwrap();
     let fit: Vec<usize> = (0..500).collect();
     let opts = LinearOptions {
@@ -330,4 +331,64 @@ fn knn_matches_numpy_exactly() {
         right > 30 && right < 100,
         "a problem with room either way: {right} of 100"
     );
+}
+
+#[test]
+fn knn_top5_counts_only_k_neighbours_and_tiny_temperatures_stay_finite() {
+    let (data, labels) = blobs(300, 16, 8, 0.4, 5);
+    let rows = LabeledRows::from_matrix(&data, 16, labels).unwrap();
+    let train_pos: Vec<usize> = (0..250).collect();
+    let eval_pos: Vec<usize> = (250..300).collect();
+    // k = 1: one vote, one class (DINO's top-5 counts min(5, k) predictions).
+    let one = rank(&rows, &train_pos, &eval_pos, 1, 0.07);
+    assert!(one.iter().all(|r| r.len() == 1));
+    // T = 0.001: exp(1/T) overflows float32; the ranking is computed shifted, and the nearest
+    // neighbour's class dominates as it must.
+    let tiny = rank(&rows, &train_pos, &eval_pos, 20, 0.001);
+    let same = tiny.iter().zip(&one).filter(|(a, b)| a[0] == b[0]).count();
+    assert!(same >= 45, "{same} of 50 agree with 1-NN");
+}
+
+#[test]
+fn diverging_heads_and_vanishing_rows_are_named_not_used() {
+    let (dim, classes) = (16, 4u32);
+    let (mut data, labels) = blobs(400, dim, classes, 0.5, 3);
+    let mut rows = LabeledRows::from_matrix(&data, dim, labels.clone()).unwrap();
+    rows.splits = (0..400)
+        .map(|i| if i < 320 { "train" } else { "val" }.to_string())
+        .collect();
+    let sel = Selection {
+        feature: Feature::Mean,
+        kind: RegionKind::Part,
+        split: None,
+    };
+    let opts = LinearOptions {
+        lrs: vec![0.1, 1e38],
+        epochs: 3,
+        ..LinearOptions::default()
+    };
+    let (rep, _) = classify_rows(&rows, &sel, &opts).unwrap();
+    assert!(rep.heads[1].final_loss.is_none(), "{:?}", rep.heads);
+    assert_eq!(rep.chosen, 0);
+    assert!(
+        rep.warnings
+            .iter()
+            .any(|w| w.contains("diverged")
+                && w.contains("lr 1000000000000000000000000000000000000")),
+        "{:?}",
+        rep.warnings
+    );
+    // A row so small that 1/‖x‖ overflows float32 scores 0, not +∞, and is named.
+    for v in &mut data[7 * dim..8 * dim] {
+        *v = 1e-41;
+    }
+    let rows = LabeledRows::from_matrix(&data, dim, labels).unwrap();
+    let r = exact(&rows, &RetrievalOptions::default()).unwrap();
+    assert!(r.map.unwrap().is_finite());
+    assert!(
+        r.warnings.iter().any(|w| w.contains("regions 7 ")),
+        "{:?}",
+        r.warnings
+    );
+    assert!(r.recall[0].recall > 50.0, "{:?}", r.recall);
 }

@@ -1,7 +1,7 @@
 //! Commands that evaluate an encoder on an index: `eval retrieval`, `probe classify`,
 //! `probe knn`, `report`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 
@@ -97,14 +97,15 @@ pub struct RetrievalArgs {
 /// The probes' shared flags.
 #[derive(Debug, Args)]
 pub struct ProbeSplitArgs {
-    /// Training split (default: train, or the only split when there is one).
+    /// Training split (default: train or training, or the only split when there is one).
     #[arg(long)]
     train: Option<String>,
-    /// Evaluation split (default: val). When the index has no such split, a stratified,
-    /// seeded share of the training split is held out instead (printed).
+    /// Evaluation split (default: val, validation or test). When the index has none, or
+    /// --eval names the training split, a stratified, seeded share of the training split is
+    /// held out instead (printed).
     #[arg(long)]
     eval: Option<String>,
-    /// Share of train used for evaluation when the split is derived.
+    /// Share of train used for evaluation when the split is derived (between 0 and 1).
     #[arg(long, default_value_t = 0.2)]
     eval_fraction: f64,
     /// Seed (splits, shuffles, initial weights).
@@ -166,6 +167,13 @@ pub struct ReportArgs {
     /// Linear-probe epochs.
     #[arg(long, default_value_t = 90)]
     epochs: usize,
+    /// The probes' training split (default: train or training, or the only split).
+    #[arg(long)]
+    train: Option<String>,
+    /// The probes' evaluation split (default: val, validation or test; else a stratified
+    /// share of train).
+    #[arg(long)]
+    eval: Option<String>,
     /// Recompute every result even when the index has it cached.
     #[arg(long)]
     refresh: bool,
@@ -379,7 +387,11 @@ pub(super) fn run_report(a: &ReportArgs) -> Result<()> {
         .indexes
         .iter()
         .map(|s| match s.split_once('=') {
-            Some((n, p)) if !n.is_empty() => (n.to_string(), PathBuf::from(p)),
+            // NAME=PATH, unless the whole argument is a path (`/data/run=3/idx`) or what
+            // precedes '=' could not be a name.
+            Some((n, p)) if !n.is_empty() && !n.contains('/') && !Path::new(s).exists() => {
+                (n.to_string(), PathBuf::from(p))
+            }
             _ => {
                 let p = PathBuf::from(s);
                 let name = p
@@ -394,7 +406,14 @@ pub(super) fn run_report(a: &ReportArgs) -> Result<()> {
         refresh: a.refresh,
         linear: LinearOptions {
             epochs: a.epochs,
+            train: a.train.clone(),
+            eval: a.eval.clone(),
             ..LinearOptions::default()
+        },
+        knn: KnnOptions {
+            train: a.train.clone(),
+            eval: a.eval.clone(),
+            ..KnnOptions::default()
         },
         ..ReportOptions::default()
     };

@@ -11,11 +11,13 @@
 //! are sixteen, reduced to eight and then in the same order. The paths differ in the last bits;
 //! one process always uses one.
 
-/// 1 / ‖row‖ (computed in f64), 0 for an all-zero row.
+/// 1 / ‖row‖ (computed in f64), 0 for a row without a usable direction: all zeros, or so
+/// small that the inverse overflows float32 (it would score +∞ against everything).
 pub fn inv_norm(row: &[f32]) -> f32 {
     let n = crate::index::l2_norm(row);
-    if n > 0.0 {
-        (1.0 / n) as f32
+    let inv = (1.0 / n) as f32;
+    if n > 0.0 && inv.is_finite() {
+        inv
     } else {
         0.0
     }

@@ -92,6 +92,7 @@ pub fn knn(index: &IndexDir, sel: &Selection, opts: &KnnOptions) -> Result<KnnRe
         warnings.push(split.derived_note());
     }
     class_warnings(&rows, &train, &eval, &mut warnings);
+    warnings.extend(rows.zero_rows_warning());
     if train.len() < opts.k {
         warnings.push(format!(
             "k = {} but only {} training regions: every query sees all of them",
@@ -99,7 +100,8 @@ pub fn knn(index: &IndexDir, sel: &Selection, opts: &KnnOptions) -> Result<KnnRe
             train.len()
         ));
     }
-    let ranked = rank(&rows, &train, &eval, opts.k, opts.temperature);
+    let k = opts.k.min(train.len());
+    let ranked = rank(&rows, &train, &eval, k, opts.temperature);
     let truth: Vec<u32> = eval.iter().map(|&p| rows.labels[p]).collect();
     let accuracy = Accuracy::from_rankings(&truth, &ranked, &rows.classes);
     Ok(KnnReport {
@@ -134,7 +136,8 @@ pub(crate) fn check_sets(rows: &LabeledRows<'_>, train: &[usize], eval: &[usize]
     Ok(())
 }
 
-/// For each evaluation position, the five classes with the most weighted votes, best first.
+/// For each evaluation position, the (up to) five classes with the most weighted votes, best
+/// first.
 pub fn rank(
     rows: &LabeledRows<'_>,
     train: &[usize],
@@ -173,12 +176,22 @@ pub fn rank(
         .collect()
 }
 
-/// The five classes with the largest Σ exp(sim / T) over the neighbours (summed in rank
-/// order, float32, as DINO's code sums), best first, ties to the smaller class index.
+/// The classes with the largest Σ exp(sim / T) over the neighbours (summed in rank order,
+/// float32, as DINO's code sums), best first, ties to the smaller class index: the first
+/// min(5, k), as DINO's top-5 counts. When exp(1 / T) could overflow float32 (T below
+/// ~0.012), every weight is divided by exp(s₁ / T), s₁ the best neighbour's score: the same
+/// ranking, computed without infinities.
 pub fn vote(neighbours: &[(f32, usize, u32)], nclass: usize, temperature: f32) -> Vec<u32> {
+    let k = neighbours.len();
+    let shift = match neighbours.first() {
+        Some(&(best, _, _)) if 1.0 / temperature + (k.max(1) as f32).ln() > 80.0 => best,
+        _ => 0.0,
+    };
     let mut votes = vec![0f32; nclass];
     for &(s, _, label) in neighbours {
-        votes[label as usize] += (s / temperature).exp();
+        votes[label as usize] += ((s - shift) / temperature).exp();
     }
-    super::linear::best5(&votes)
+    let mut top = super::linear::best5(&votes);
+    top.truncate(k.min(5));
+    top
 }

@@ -392,6 +392,14 @@ pub fn train(rows: &LabeledRows<'_>, fit: &[usize], opts: &LinearOptions) -> Res
             step += 1;
         }
     }
+    // Weights that became non-finite on the last updates (after the last loss was seen).
+    for (head, d) in diverged.iter_mut().enumerate() {
+        let cols = head * c..(head + 1) * c;
+        let finite = b[cols.clone()].iter().all(|v| v.is_finite())
+            && w.chunks(hc)
+                .all(|row| row[cols.clone()].iter().all(|v| v.is_finite()));
+        *d |= !finite;
+    }
     let final_loss = epoch_loss
         .iter()
         .map(|l| l / fit.len().max(1) as f64)
@@ -411,13 +419,18 @@ pub fn train(rows: &LabeledRows<'_>, fit: &[usize], opts: &LinearOptions) -> Res
     })
 }
 
-/// The (up to) five largest entries' indices, best first, ties to the smaller index.
+/// The (up to) five largest entries' indices, best first, ties to the smaller index; NaN
+/// ranks below everything.
 pub fn best5(scores: &[f32]) -> Vec<u32> {
-    let better = |a: u32, b: u32| {
-        scores[b as usize]
-            .total_cmp(&scores[a as usize])
-            .then(a.cmp(&b))
+    let key = |i: u32| {
+        let v = scores[i as usize];
+        if v.is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            v
+        }
     };
+    let better = |a: u32, b: u32| key(b).total_cmp(&key(a)).then(a.cmp(&b));
     let mut top: Vec<u32> = Vec::with_capacity(6);
     for i in 0..scores.len() as u32 {
         let at = top.partition_point(|&t| better(t, i).is_lt());
@@ -461,7 +474,12 @@ fn update(
 }
 
 fn check_options(opts: &LinearOptions) -> Result<()> {
-    let ok_list = |v: &[f64]| !v.is_empty() && v.iter().all(|x| x.is_finite() && *x >= 0.0);
+    // Finite in float32 too: the updates compute in float32.
+    let ok_list = |v: &[f64]| {
+        !v.is_empty()
+            && v.iter()
+                .all(|&x| x.is_finite() && x >= 0.0 && (x as f32).is_finite())
+    };
     if !ok_list(&opts.lrs)
         || opts.lrs.contains(&0.0)
         || !ok_list(&opts.weight_decays)
@@ -655,6 +673,7 @@ mod tests {
             vec![5, 1, 2, 6, 4]
         );
         assert_eq!(best5(&[0.0, 0.0]), vec![0, 1]);
+        assert_eq!(best5(&[f32::NAN, -5.0, 1.0]), vec![2, 1, 0]);
         assert!(best5(&[]).is_empty());
     }
 }

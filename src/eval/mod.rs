@@ -201,14 +201,25 @@ impl<'a> LabeledRows<'a> {
         n
     }
 
-    /// Selected ids whose vector is all zeros (no direction: cosine treats them as scoring 0
-    /// against everything).
+    /// Selected ids whose vector has no usable direction: all zeros, or so close to zero
+    /// that 1/‖x‖ overflows float32 (cosine treats them as scoring 0 against everything).
     pub fn zero_rows(&self) -> Vec<usize> {
         self.rows
             .iter()
             .copied()
-            .filter(|&i| self.row(i).iter().all(|&v| v == 0.0))
+            .filter(|&i| kernel::inv_norm(self.row(i)) == 0.0)
             .collect()
+    }
+
+    /// The warning [`LabeledRows::zero_rows`] gives, if any.
+    pub fn zero_rows_warning(&self) -> Option<String> {
+        let zero = self.zero_rows();
+        (!zero.is_empty()).then(|| {
+            format!(
+                "regions {} have all-zero (or vanishing) features: they score 0 against everything",
+                name_rows(&zero)
+            )
+        })
     }
 }
 
@@ -236,19 +247,30 @@ impl ProbeSplit {
                 "the evaluation split is the training split: evaluating on {} instead",
                 self.eval
             ),
-            Some(m) => format!("no split {m:?}: evaluating on {}", self.eval),
+            Some(_) => format!(
+                "no evaluation split ({}): evaluating on {}",
+                EVAL_SPLITS.join(", "),
+                self.eval
+            ),
             None => format!("evaluating on {}", self.eval),
         }
     }
 }
 
+/// Training splits tried, in order, when none is named.
+pub const TRAIN_SPLITS: [&str; 2] = ["train", "training"];
+/// Evaluation splits tried, in order, when none is named.
+pub const EVAL_SPLITS: [&str; 3] = ["val", "validation", "test"];
+
 /// Positions (into `rows.rows`) of the training and evaluation sets.
 ///
-/// Training: the split named `train`; by default `train`, or the only split when the regions
-/// have one. Evaluation: the split named `eval` (default `val`) when it exists and differs;
-/// otherwise (keypoint crops often come as one split) a deterministic stratified share of the
-/// training regions: per class, sorted by id, shuffled with `seed`, `ceil(fraction × n)` (at
-/// least one when the class has two or more members, none when it has one) go to evaluation.
+/// Training: the split named `train`; by default the first of [`TRAIN_SPLITS`] present, or
+/// the only split when the regions have one. Evaluation: the split named `eval` (it must
+/// exist; naming the training split asks for a derived division); by default the first of
+/// [`EVAL_SPLITS`] present. When there is none (keypoint crops often come as one split), a
+/// deterministic stratified share of the training regions: per class, sorted by id, shuffled
+/// with `seed`, `ceil(fraction × n)` (at least one when the class has two or more members,
+/// none when it has one) go to evaluation.
 pub fn probe_split(
     rows: &LabeledRows<'_>,
     train: Option<&str>,
@@ -256,6 +278,11 @@ pub fn probe_split(
     seed: u64,
     fraction: f64,
 ) -> Result<(Vec<usize>, Vec<usize>, ProbeSplit)> {
+    if !(fraction > 0.0 && fraction < 1.0) {
+        return Err(Error::InvalidArgument(format!(
+            "the evaluation fraction must be between 0 and 1 (exclusive), not {fraction}"
+        )));
+    }
     let has = |s: &str| rows.splits.iter().any(|x| x == s);
     let mut names: Vec<&str> = rows.splits.iter().map(String::as_str).collect();
     names.sort_unstable();
@@ -268,27 +295,40 @@ pub fn probe_split(
                 names.join(", ")
             )))
         }
-        None if has("train") => "train",
-        None if names.len() == 1 => names[0],
-        None => {
-            return Err(Error::InvalidArgument(format!(
-                "no split named \"train\"; the splits are {}: choose one with --train",
-                names.join(", ")
-            )))
-        }
+        None => match TRAIN_SPLITS.iter().find(|t| has(t)) {
+            Some(t) => t,
+            None if names.len() == 1 => names[0],
+            None => {
+                return Err(Error::InvalidArgument(format!(
+                    "no split named train or training; the splits are {}: choose one with --train",
+                    names.join(", ")
+                )))
+            }
+        },
     };
     let pos_of =
         |s: &str| -> Vec<usize> { (0..rows.len()).filter(|&p| rows.splits[p] == s).collect() };
-    let wanted = eval.unwrap_or("val");
-    if train != wanted && has(wanted) {
+    let chosen = match eval {
+        Some(e) if e == train => None,
+        Some(e) if has(e) => Some(e),
+        Some(e) => {
+            return Err(Error::InvalidArgument(format!(
+                "no region in evaluation split {e:?}; the splits are {} (choose with --eval, or \
+                 name the training split to hold out a stratified share of it)",
+                names.join(", ")
+            )))
+        }
+        None => EVAL_SPLITS.iter().copied().find(|e| *e != train && has(e)),
+    };
+    if let Some(e) = chosen {
         let info = ProbeSplit {
             train: train.into(),
-            eval: wanted.into(),
+            eval: e.into(),
             derived: false,
             eval_fraction: 0.0,
             missing: None,
         };
-        return Ok((pos_of(train), pos_of(wanted), info));
+        return Ok((pos_of(train), pos_of(e), info));
     }
     let (fit, held) = stratified_split(&rows.labels, &pos_of(train), seed, fraction);
     let info = ProbeSplit {
@@ -299,7 +339,7 @@ pub fn probe_split(
         ),
         derived: true,
         eval_fraction: fraction,
-        missing: Some(wanted.into()),
+        missing: Some(eval.unwrap_or("val").into()),
     };
     Ok((fit, held, info))
 }
@@ -392,9 +432,10 @@ pub struct Accuracy {
     pub balanced: f64,
     /// Per class present in the evaluation set: name, regions, percentage right.
     pub per_class: Vec<ClassAccuracy>,
-    /// `confusion[t][p]`: evaluation regions of class t predicted as p (all classes, in
-    /// `classes` order).
-    pub confusion: Vec<Vec<u64>>,
+    /// The confusion matrix, sparse: `(true class, predicted class, regions)` for every
+    /// non-zero cell, class indices in `classes` order, sorted (at most one entry per
+    /// evaluation region, whatever the number of classes).
+    pub confusion: Vec<(u32, u32, u64)>,
 }
 
 /// One class's accuracy.
@@ -413,24 +454,33 @@ impl Accuracy {
     /// one; top-5 counts a hit among the first five).
     pub fn from_rankings(truth: &[u32], ranked: &[Vec<u32>], classes: &[String]) -> Accuracy {
         let c = classes.len();
-        let mut confusion = vec![vec![0u64; c]; c];
+        let mut pairs: Vec<(u32, u32)> = Vec::with_capacity(truth.len());
         let (mut top1, mut top5) = (0usize, 0usize);
+        let (mut total, mut right) = (vec![0u64; c], vec![0u64; c]);
         for (t, r) in truth.iter().zip(ranked) {
+            total[*t as usize] += 1;
             if let Some(&p) = r.first() {
-                confusion[*t as usize][p as usize] += 1;
+                pairs.push((*t, p));
                 top1 += usize::from(p == *t);
+                right[*t as usize] += u64::from(p == *t);
             }
             top5 += usize::from(r.iter().take(5).any(|p| p == t));
         }
+        pairs.sort_unstable();
+        let mut confusion: Vec<(u32, u32, u64)> = Vec::new();
+        for (t, p) in pairs {
+            match confusion.last_mut() {
+                Some(last) if (last.0, last.1) == (t, p) => last.2 += 1,
+                _ => confusion.push((t, p, 1)),
+            }
+        }
         let n = truth.len().max(1) as f64;
         let per_class: Vec<ClassAccuracy> = (0..c)
-            .filter_map(|k| {
-                let total: u64 = confusion[k].iter().sum();
-                (total > 0).then(|| ClassAccuracy {
-                    class: classes[k].clone(),
-                    regions: total as usize,
-                    accuracy: 100.0 * confusion[k][k] as f64 / total as f64,
-                })
+            .filter(|&k| total[k] > 0)
+            .map(|k| ClassAccuracy {
+                class: classes[k].clone(),
+                regions: total[k] as usize,
+                accuracy: 100.0 * right[k] as f64 / total[k] as f64,
             })
             .collect();
         let balanced = if per_class.is_empty() {
@@ -534,7 +584,9 @@ mod tests {
         assert_eq!(a.top5, 75.0);
         // Recalls 50 %, 100 %, 0 % → balanced 50 %.
         assert!((a.balanced - 50.0).abs() < 1e-12);
-        assert_eq!(a.confusion[0], vec![1, 1, 0]);
-        assert_eq!(a.confusion[2], vec![1, 0, 0]);
+        assert_eq!(
+            a.confusion,
+            vec![(0, 0, 1), (0, 1, 1), (1, 1, 1), (2, 0, 1)]
+        );
     }
 }

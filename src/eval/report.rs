@@ -179,7 +179,7 @@ fn cell(
         detail: None,
     };
     if !opts.refresh {
-        let hit = crate::files::read_limited(&file, 64 << 20)
+        let hit = crate::files::read_limited(&file, 256 << 20)
             .ok()
             .and_then(|b| serde_json::from_slice::<Cached>(&b).ok())
             .filter(|c| c.key == key);
@@ -238,7 +238,7 @@ fn cell(
     let write = || -> Result<()> {
         std::fs::create_dir_all(&dir).at(&dir)?;
         let tmp = file.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&cached).map_err(json_err)?).at(&tmp)?;
+        std::fs::write(&tmp, serde_json::to_vec(&cached).map_err(json_err)?).at(&tmp)?;
         std::fs::rename(&tmp, &file).at(&file)
     };
     match write() {

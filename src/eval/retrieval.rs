@@ -222,13 +222,7 @@ fn prepare(rows: &LabeledRows<'_>, opts: &RetrievalOptions) -> Result<Vec<String
              construction) and has no other relevant region for recall@k"
         ));
     }
-    let zero = rows.zero_rows();
-    if !zero.is_empty() {
-        warnings.push(format!(
-            "regions {} have all-zero features: they score 0 against everything",
-            super::name_rows(&zero)
-        ));
-    }
+    warnings.extend(rows.zero_rows_warning());
     Ok(warnings)
 }
 
@@ -257,10 +251,7 @@ pub fn exact(rows: &LabeledRows<'_>, opts: &RetrievalOptions) -> Result<Retrieva
         if sizes[c] < opts.min_members {
             continue;
         }
-        // Per query: its positives' scores and thresholds (16 bytes each at the peak), its
-        // unit vector and a row of the tile.
-        let cost = 16 * sizes[c] + 4 * (dim + super::kernel::TILE_ITEMS) + 64;
-        let block = (per_task / cost).clamp(1, 64);
+        let block = (per_task / cost_of(sizes[c], dim)).clamp(1, 64);
         let mut s = starts[c];
         while s < starts[c + 1] {
             let e = (s + block).min(starts[c + 1]);
@@ -276,10 +267,24 @@ pub fn exact(rows: &LabeledRows<'_>, opts: &RetrievalOptions) -> Result<Retrieva
         inv: &inv,
         starts: &starts,
     };
-    let results: Vec<Vec<QueryResult>> = tasks
+    // A task over a class so large that even one query's positives exceed a thread's share
+    // of the budget runs alone, so the budget holds whatever the thread count.
+    let big = |c: u32| cost_of(sizes[c as usize], dim) > per_task;
+    let mut results: Vec<Vec<QueryResult>> = tasks
         .par_iter()
-        .map(|&(c, s, e)| ctx.run_block(c as usize, s, e))
+        .map(|&(c, s, e)| {
+            if big(c) {
+                Vec::new()
+            } else {
+                ctx.run_block(c as usize, s, e)
+            }
+        })
         .collect();
+    for (r, &(c, s, e)) in results.iter_mut().zip(&tasks) {
+        if big(c) {
+            *r = ctx.run_block(c as usize, s, e);
+        }
+    }
     // Sums in query order: the same result whatever the thread count.
     let mut class_sum = vec![0.0f64; sizes.len()];
     let mut class_n = vec![0usize; sizes.len()];
@@ -324,6 +329,12 @@ pub fn exact(rows: &LabeledRows<'_>, opts: &RetrievalOptions) -> Result<Retrieva
         warnings,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Bytes one query of a class of `members` regions needs: its positives' scores and
+/// thresholds (16 bytes each at the peak), its unit vector and a row of the tile.
+fn cost_of(members: usize, dim: usize) -> usize {
+    16 * members + 4 * (dim + super::kernel::TILE_ITEMS) + 64
 }
 
 fn recall_table(hits: &[usize; 3], queries: usize) -> Vec<RecallAt> {
@@ -436,12 +447,14 @@ fn approx(
             .expect("filtered to the selection");
         rows.labels[p]
     };
+    // Wider than the graph is pointless, and a huge --ef would size huge buffers.
+    let ef = a.ef.clamp(11, n_all.max(11));
     let results: Vec<[bool; 3]> = queried
         .par_iter()
         .map(|&p| {
             let id = rows.rows[p];
             let q = unit_rows(rows.data, rows.dim, &[id]);
-            let hits = graph.search(&q, 11, a.ef.max(11), filter);
+            let hits = graph.search(&q, 11, ef, filter);
             let others: Vec<(f32, usize, u32)> = hits
                 .iter()
                 .filter(|h| h.id != id)
@@ -458,7 +471,7 @@ fn approx(
         }
     }
     // The graph's recall@10 against the exact ten nearest others, on evenly spaced queries.
-    let step = (queried.len() / a.check_queries.max(1)).max(1);
+    let step = queried.len().div_ceil(a.check_queries.max(1)).max(1);
     let sample: Vec<usize> = queried.iter().step_by(step).copied().collect();
     let inv: Vec<f32> = rows.rows.iter().map(|&i| inv_norm(rows.row(i))).collect();
     let overlap: Vec<f64> = sample
@@ -474,7 +487,7 @@ fn approx(
                     }
                 }
             });
-            let found = graph.search(&q, 11, a.ef.max(11), filter);
+            let found = graph.search(&q, 11, ef, filter);
             let got: Vec<usize> = found
                 .iter()
                 .filter(|h| h.id != id)
@@ -489,7 +502,7 @@ fn approx(
     warnings.push(format!(
         "--approx ranks with the HNSW graph (ef {}): recall@k only; AP and mAP need the exact \
          ranking (run without --approx)",
-        a.ef
+        ef
     ));
     let per_class = (0..sizes.len())
         .map(|c| ClassAp {
