@@ -132,6 +132,10 @@ pub struct ClassifyArgs {
     /// Mini-batch size.
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
+    /// Memory for the probe's own state (weights, momenta, gradients, a batch), MB; the
+    /// features are read from the memory map a batch at a time whatever their size.
+    #[arg(long, default_value_t = 1024, value_name = "MB")]
+    memory_mb: usize,
     /// Write the chosen head (weight, bias, mean, inv_std, classes) as a NumPy .npz.
     #[arg(long, value_name = "FILE")]
     save: Option<PathBuf>,
@@ -274,6 +278,7 @@ fn probe_classify(a: &ClassifyArgs) -> Result<()> {
         train: a.split.train.clone(),
         eval: a.split.eval.clone(),
         eval_fraction: a.split.eval_fraction,
+        memory_budget: a.memory_mb.max(1) << 20,
         ..LinearOptions::default()
     };
     let (r, trained) = classify(&index, &sel, &opts)?;
