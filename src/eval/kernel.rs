@@ -112,7 +112,7 @@ impl Tile<'_> {
     }
 }
 
-/// Items per tile of [`scan`]: a tile of 64 queries × 384 items is 96 KB of scores.
+/// Items per tile of [`scan`]: a tile of 256 queries × 384 items is 384 KB of scores.
 pub const TILE_ITEMS: usize = 384;
 
 /// Scores `queries` against `items` (with their inverse norms `inv`, by position) a tile of
