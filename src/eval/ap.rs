@@ -39,6 +39,12 @@ impl Thresholds {
         Thresholds { values, tp, fp }
     }
 
+    /// The lowest positive score (−∞ without positives): a negative below it changes nothing.
+    #[inline]
+    pub fn lowest(&self) -> f32 {
+        self.values.last().copied().unwrap_or(f32::NEG_INFINITY)
+    }
+
     /// Counts a negative scoring `s`: it precedes every threshold ≤ s.
     #[inline]
     pub fn count(&mut self, s: f32) {

@@ -155,6 +155,16 @@ impl TopK {
     pub(crate) fn items(&self) -> &[(f32, usize, u32)] {
         &self.best
     }
+
+    /// A score below this cannot enter (−∞ until k are held).
+    #[inline]
+    pub(crate) fn floor(&self) -> f32 {
+        if self.best.len() == self.k {
+            self.best[self.k - 1].0
+        } else {
+            f32::NEG_INFINITY
+        }
+    }
 }
 
 /// Per-query outcome.
@@ -390,9 +400,18 @@ impl Ctx<'_> {
             scan(&q, dim, self.data, ids, inv, |t, tile| {
                 let w = tile.len() / nq;
                 for (qi, (th, top)) in thr.iter_mut().zip(tops.iter_mut()).enumerate() {
+                    // Most scores change neither the counts nor the top 10: one comparison.
+                    let low = th.lowest();
+                    let mut floor = top.floor();
                     for (j, &sc) in tile[qi * w..(qi + 1) * w].iter().enumerate() {
+                        if sc < low && sc < floor {
+                            continue;
+                        }
                         th.count(sc);
-                        top.offer(sc, ids[t + j], labels[t + j]);
+                        if sc >= floor {
+                            top.offer(sc, ids[t + j], labels[t + j]);
+                            floor = top.floor();
+                        }
                     }
                 }
             });
