@@ -442,8 +442,28 @@ pub(super) fn demo(a: &DemoArgs, enc: &EncoderOptions) -> Result<()> {
         ..SearchOptions::default()
     };
     print::hits(&engine.search_image_file(&image, Some(b), &opts)?);
+
+    // The paper's retrieval protocol on the same index, parts next to objects.
+    println!("\nretrieval (every region queries all of its kind; scikit-learn AP):");
+    for kind in RegionKind::ALL {
+        let sel = partlens::eval::Selection {
+            feature: partlens::Feature::Mean,
+            kind,
+            split: None,
+        };
+        let opts = partlens::eval::retrieval::RetrievalOptions::default();
+        let r = partlens::eval::retrieval::retrieval(engine.index(), &sel, &opts)?;
+        println!(
+            "  {:<7} mAP {:5.1} %  recall@1 {:5.1} %  ({} regions, {} classes queried)",
+            kind.as_str(),
+            r.map.unwrap_or(f64::NAN),
+            r.recall[0].recall,
+            r.regions,
+            r.classes
+        );
+    }
     println!(
-        "\nindex written to {} — try:\n  partlens info {}\n  partlens query --index {} --image {} --box {},{},{},{} -k 10",
+        "\nindex written to {} — try:\n  partlens info {}\n  partlens query --index {} --image {} --box {},{},{},{} -k 10\n  partlens probe knn --index {} --kind object\n  partlens report --index {} --out reports/demo",
         a.out.display(),
         a.out.display(),
         a.out.display(),
@@ -451,7 +471,9 @@ pub(super) fn demo(a: &DemoArgs, enc: &EncoderOptions) -> Result<()> {
         b.x0,
         b.y0,
         b.x1,
-        b.y1
+        b.y1,
+        a.out.display(),
+        a.out.display()
     );
     Ok(())
 }
