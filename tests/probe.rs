@@ -149,7 +149,7 @@ fn retrieval_refuses_data_without_shared_labels() {
     let err = exact(&sel, &RetrievalOptions::default())
         .unwrap_err()
         .to_string();
-    assert!(err.contains("no class has two or more regions"), "{err}");
+    assert!(err.contains("no class has 2 or more regions"), "{err}");
     let one = LabeledRows::from_matrix(&data, 2, vec![0, 0]).unwrap();
     let err = exact(&one, &RetrievalOptions::default())
         .unwrap_err()

@@ -611,13 +611,13 @@ pub fn classify_rows(
         .collect();
     if diverged.len() == results.len() {
         return Err(Error::InvalidArgument(format!(
-            "every head diverged (a non-finite loss): {}; lower the learning rates",
+            "every head diverged (a non-finite loss or weights): {}; lower the learning rates",
             diverged.join(", ")
         )));
     }
     if !diverged.is_empty() {
         warnings.push(format!(
-            "heads diverged (non-finite loss) and were not considered: {}",
+            "heads diverged (a non-finite loss or weights) and were not considered: {}",
             diverged.join(", ")
         ));
     }

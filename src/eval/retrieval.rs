@@ -198,11 +198,17 @@ fn prepare(rows: &LabeledRows<'_>, opts: &RetrievalOptions) -> Result<Vec<String
     }
     let sizes = rows.class_sizes();
     let mut warnings = Vec::new();
-    if !sizes.iter().any(|&n| n >= opts.min_members.max(2)) {
+    let need = opts.min_members.max(2);
+    if !sizes.iter().any(|&n| n >= need) {
         return Err(Error::InvalidArgument(format!(
-            "no class has two or more regions among the {} selected: retrieval needs regions \
-             that share a label",
-            rows.len()
+            "no class has {need} or more regions among the {} selected: retrieval needs \
+             regions that share a label{}",
+            rows.len(),
+            if need > 2 {
+                " (lower --min-members)"
+            } else {
+                ""
+            }
         )));
     }
     if sizes.len() == 1 {
