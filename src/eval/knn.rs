@@ -145,7 +145,8 @@ pub fn rank(
     k: usize,
     temperature: f32,
 ) -> Vec<Vec<u32>> {
-    const BLOCK: usize = 64;
+    // Each training row is read once per block of queries (as retrieval's blocks).
+    const BLOCK: usize = 256;
     let (dim, data) = (rows.dim, rows.data);
     let train_ids: Vec<usize> = train.iter().map(|&p| rows.rows[p]).collect();
     let train_labels: Vec<u32> = train.iter().map(|&p| rows.labels[p]).collect();

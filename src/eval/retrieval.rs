@@ -139,6 +139,9 @@ impl TopK {
     #[inline]
     pub(crate) fn offer(&mut self, score: f32, id: usize, label: u32) {
         let better = |a: (f32, usize), b: (f32, usize)| a.0 > b.0 || (a.0 == b.0 && a.1 < b.1);
+        if self.k == 0 {
+            return;
+        }
         if self.best.len() == self.k {
             let w = self.best[self.k - 1];
             if !better((score, id), (w.0, w.1)) {
@@ -159,7 +162,9 @@ impl TopK {
     /// A score below this cannot enter (−∞ until k are held).
     #[inline]
     pub(crate) fn floor(&self) -> f32 {
-        if self.best.len() == self.k {
+        if self.k == 0 {
+            f32::INFINITY
+        } else if self.best.len() == self.k {
             self.best[self.k - 1].0
         } else {
             f32::NEG_INFINITY
@@ -564,6 +569,20 @@ mod tests {
     use crate::eval::ap::average_precision;
     use crate::eval::kernel::score_tile;
     use crate::eval::Rng;
+
+    #[test]
+    fn top_k_of_zero_holds_nothing() {
+        let mut t = TopK::new(0);
+        t.offer(1.0, 3, 0);
+        assert!(t.items().is_empty());
+        assert_eq!(t.floor(), f32::INFINITY);
+        let mut t = TopK::new(2);
+        for (s, id) in [(0.5, 4), (0.9, 2), (0.5, 1), (0.1, 0)] {
+            t.offer(s, id, 0);
+        }
+        let ids: Vec<usize> = t.items().iter().map(|e| e.1).collect();
+        assert_eq!(ids, vec![2, 1], "ties to the smaller id");
+    }
 
     /// The streaming computation equals a direct one: each query's scores against all rows,
     /// then [`average_precision`] — on data with exact duplicates (ties across classes).
