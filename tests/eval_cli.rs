@@ -205,6 +205,15 @@ fn bad_requests_are_clear_errors() {
     assert!(e.contains("out of range"), "{e}");
     let e = err(&["probe", "classify", "--index", s(a), "--lr", "1e300"]);
     assert!(e.contains("out of range"), "{e}");
+    let e = err(&[
+        "probe",
+        "classify",
+        "--index",
+        s(a),
+        "--save",
+        "/nonexistent/h.npz",
+    ]);
+    assert!(e.contains("the folder /nonexistent does not exist"), "{e}");
     let e = err(&["probe", "knn", "--index", s(a), "--eval", "test"]);
     assert!(e.contains("no region in evaluation split \"test\""), "{e}");
     let e = err(&[

@@ -281,6 +281,24 @@ fn probe_classify(a: &ClassifyArgs) -> Result<()> {
         memory_budget: a.memory_mb.max(1) << 20,
         ..LinearOptions::default()
     };
+    if let Some(path) = &a.save {
+        // Checked before training, not after minutes of it.
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if path.is_dir() || !parent.is_dir() {
+            return Err(Error::InvalidArgument(format!(
+                "--save {}: {}",
+                path.display(),
+                if path.is_dir() {
+                    "is a folder; give a file name such as head.npz".to_string()
+                } else {
+                    format!("the folder {} does not exist", parent.display())
+                }
+            )));
+        }
+    }
     let (r, trained) = classify(&index, &sel, &opts)?;
     if let Some(path) = &a.save {
         save_head(path, &trained, r.chosen, &r.classes, &sel, &index)?;

@@ -64,6 +64,12 @@ pub fn write_npz(path: &Path, arrays: &[(&str, Array<'_>)]) -> Result<()> {
     let mut central = Vec::new();
     for (name, array) in arrays {
         let data = npy(array);
+        if data.len() > u32::MAX as usize / 2 {
+            return Err(crate::error::Error::InvalidArgument(format!(
+                "array {name} is {} bytes: too large for an .npz without ZIP64",
+                data.len()
+            )));
+        }
         let fname = format!("{name}.npy");
         let mut crc = flate2::Crc::new();
         crc.update(&data);
@@ -101,11 +107,21 @@ pub fn write_npz(path: &Path, arrays: &[(&str, Array<'_>)]) -> Result<()> {
     zip.extend_from_slice(&(central.len() as u32).to_le_bytes());
     zip.extend_from_slice(&cd_offset.to_le_bytes());
     zip.extend_from_slice(&0u16.to_le_bytes());
+    if path.is_dir() {
+        return Err(crate::error::Error::InvalidArgument(format!(
+            "{} is a folder: --save needs a file name (e.g. head.npz)",
+            path.display()
+        )));
+    }
     let tmp = path.with_extension("npz.tmp");
-    {
+    let written = (|| {
         let mut f = std::fs::File::create(&tmp).at(&tmp)?;
         f.write_all(&zip).at(&tmp)?;
         f.sync_all().at(&tmp)?;
+        std::fs::rename(&tmp, path).at(path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path).at(path)
+    written
 }
