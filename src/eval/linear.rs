@@ -391,6 +391,16 @@ pub fn train(rows: &LabeledRows<'_>, fit: &[usize], opts: &LinearOptions) -> Res
             }
             step += 1;
         }
+        if (epoch + 1) % 10 == 0 || epoch + 1 == opts.epochs {
+            let n = fit.len().max(1) as f64;
+            let losses: Vec<String> = epoch_loss.iter().map(|l| format!("{:.4}", l / n)).collect();
+            tracing::info!(
+                "linear probe: epoch {}/{}, mean loss per head {}",
+                epoch + 1,
+                opts.epochs,
+                losses.join(" ")
+            );
+        }
     }
     // Weights that became non-finite on the last updates (after the last loss was seen).
     for (head, d) in diverged.iter_mut().enumerate() {
