@@ -191,7 +191,7 @@ pub(super) fn eval(c: &EvalCommand) -> Result<()> {
     let (index, sel) = a.common.open(a.split.clone())?;
     let opts = RetrievalOptions {
         min_members: a.min_members,
-        memory_budget: a.memory_mb.max(1) << 20,
+        memory_budget: megabytes(a.memory_mb)?,
         approx: a.approx.then_some(ApproxOptions {
             ef: a.ef,
             ..ApproxOptions::default()
@@ -241,6 +241,15 @@ pub(super) fn eval(c: &EvalCommand) -> Result<()> {
     Ok(())
 }
 
+/// `--memory-mb` in bytes (at least 1 MB; a value past the address space is refused).
+fn megabytes(mb: usize) -> Result<usize> {
+    mb.max(1).checked_mul(1 << 20).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "--memory-mb {mb} is more memory than can be addressed"
+        ))
+    })
+}
+
 fn warnings(w: &[String]) {
     for w in w {
         println!("warning: {w}");
@@ -278,7 +287,7 @@ fn probe_classify(a: &ClassifyArgs) -> Result<()> {
         train: a.split.train.clone(),
         eval: a.split.eval.clone(),
         eval_fraction: a.split.eval_fraction,
-        memory_budget: a.memory_mb.max(1) << 20,
+        memory_budget: megabytes(a.memory_mb)?,
         ..LinearOptions::default()
     };
     if let Some(path) = &a.save {
@@ -287,17 +296,23 @@ fn probe_classify(a: &ClassifyArgs) -> Result<()> {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        if path.is_dir() || !parent.is_dir() {
+        let trailing = path.as_os_str().to_string_lossy().ends_with('/');
+        if path.is_dir() || trailing || !parent.is_dir() {
             return Err(Error::InvalidArgument(format!(
                 "--save {}: {}",
                 path.display(),
-                if path.is_dir() {
+                if path.is_dir() || trailing {
                     "is a folder; give a file name such as head.npz".to_string()
                 } else {
                     format!("the folder {} does not exist", parent.display())
                 }
             )));
         }
+        // A folder we cannot write to is found now too.
+        let probe = path.with_extension("npz.tmp");
+        std::fs::write(&probe, b"")
+            .map_err(|e| Error::InvalidArgument(format!("--save {}: {e}", path.display())))?;
+        let _ = std::fs::remove_file(&probe);
     }
     let (r, trained) = classify(&index, &sel, &opts)?;
     if let Some(path) = &a.save {
@@ -388,7 +403,7 @@ fn probe_knn(a: &KnnArgs) -> Result<()> {
     }
     println!(
         "{}-NN (T {}), {}s of {}, feature {}: memory {} ({} regions), eval {} ({} regions), {} classes, {:.2} s",
-        opts.k,
+        opts.k.min(r.train_regions),
         opts.temperature,
         sel.kind.as_str(),
         index.path().display(),

@@ -22,10 +22,10 @@ pub struct KnnOptions {
     pub k: usize,
     /// Temperature of the vote weights exp(sim / T).
     pub temperature: f32,
-    /// Training split (`None`: `train`, or the only split when there is one).
+    /// Training split (`None`: `train`, then `training`, then the only split).
     pub train: Option<String>,
-    /// Evaluation split (`None`: `val`); when the index has no such split, a stratified,
-    /// seeded share of train.
+    /// Evaluation split (`None`: `val`, then `validation`, then `test`); when the index has
+    /// none, a stratified, seeded share of train.
     pub eval: Option<String>,
     /// Seed of the derived split.
     pub seed: u64,
@@ -180,19 +180,39 @@ pub fn rank(
 /// The classes with the largest Σ exp(sim / T) over the neighbours (summed in rank order,
 /// float32, as DINO's code sums), best first, ties to the smaller class index: the first
 /// min(5, k), as DINO's top-5 counts. When exp(1 / T) could overflow float32 (T below
-/// ~0.012), every weight is divided by exp(s₁ / T), s₁ the best neighbour's score: the same
-/// ranking, computed without infinities.
+/// ~0.012), classes are ranked by log Σ exp(sim / T) instead, computed per class from its own
+/// best score in float64: the same order, without overflow, and without the underflow that
+/// would tie a voted class with classes that got no vote.
 pub fn vote(neighbours: &[(f32, usize, u32)], nclass: usize, temperature: f32) -> Vec<u32> {
     let k = neighbours.len();
-    let shift = match neighbours.first() {
-        Some(&(best, _, _)) if 1.0 / temperature + (k.max(1) as f32).ln() > 80.0 => best,
-        _ => 0.0,
+    let mut top = if 1.0 / temperature + (k.max(1) as f32).ln() > 80.0 {
+        let t = f64::from(temperature);
+        let mut best = vec![f64::NEG_INFINITY; nclass];
+        for &(s, _, label) in neighbours {
+            best[label as usize] = best[label as usize].max(f64::from(s));
+        }
+        let mut sum = vec![0f64; nclass];
+        for &(s, _, label) in neighbours {
+            sum[label as usize] += ((f64::from(s) - best[label as usize]) / t).exp();
+        }
+        // log Σ = best / T + ln(Σ exp((s − best) / T)); classes without a vote stay −∞.
+        let lse: Vec<f64> = (0..nclass)
+            .map(|c| {
+                if sum[c] > 0.0 {
+                    best[c] / t + sum[c].ln()
+                } else {
+                    f64::NEG_INFINITY
+                }
+            })
+            .collect();
+        super::linear::best5(&lse)
+    } else {
+        let mut votes = vec![0f32; nclass];
+        for &(s, _, label) in neighbours {
+            votes[label as usize] += (s / temperature).exp();
+        }
+        super::linear::best5(&votes)
     };
-    let mut votes = vec![0f32; nclass];
-    for &(s, _, label) in neighbours {
-        votes[label as usize] += ((s - shift) / temperature).exp();
-    }
-    let mut top = super::linear::best5(&votes);
     top.truncate(k.min(5));
     top
 }

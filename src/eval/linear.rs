@@ -51,10 +51,10 @@ pub struct LinearOptions {
     pub seed: u64,
     /// Share of the training regions held out to choose the head.
     pub holdout: f64,
-    /// Training split (`None`: `train`, or the only split when there is one).
+    /// Training split (`None`: `train`, then `training`, then the only split).
     pub train: Option<String>,
-    /// Evaluation split (`None`: `val`); when the index has no such split, a stratified,
-    /// seeded share of train.
+    /// Evaluation split (`None`: `val`, then `validation`, then `test`); when the index has
+    /// none, a stratified, seeded share of train.
     pub eval: Option<String>,
     /// Share of train used for evaluation when the split is derived.
     pub eval_fraction: f64,
@@ -431,11 +431,11 @@ pub fn train(rows: &LabeledRows<'_>, fit: &[usize], opts: &LinearOptions) -> Res
 
 /// The (up to) five largest entries' indices, best first, ties to the smaller index; NaN
 /// ranks below everything.
-pub fn best5(scores: &[f32]) -> Vec<u32> {
+pub fn best5<T: Copy + Into<f64>>(scores: &[T]) -> Vec<u32> {
     let key = |i: u32| {
-        let v = scores[i as usize];
+        let v: f64 = scores[i as usize].into();
         if v.is_nan() {
-            f32::NEG_INFINITY
+            f64::NEG_INFINITY
         } else {
             v
         }
@@ -684,6 +684,6 @@ mod tests {
         );
         assert_eq!(best5(&[0.0, 0.0]), vec![0, 1]);
         assert_eq!(best5(&[f32::NAN, -5.0, 1.0]), vec![2, 1, 0]);
-        assert!(best5(&[]).is_empty());
+        assert!(best5::<f32>(&[]).is_empty());
     }
 }

@@ -112,17 +112,22 @@ impl<'a> LabeledRows<'a> {
         }
         let dim = m.cols();
         let data = m.as_slice();
+        // NaN, infinity, or a norm past float32's range (its dot products would overflow).
         let bad: Vec<usize> = chosen
             .iter()
             .copied()
-            .filter(|&i| data[i * dim..(i + 1) * dim].iter().any(|v| !v.is_finite()))
+            .filter(|&i| {
+                let row = &data[i * dim..(i + 1) * dim];
+                row.iter().any(|v| !v.is_finite())
+                    || crate::index::l2_norm(row) > f64::from(f32::MAX)
+            })
             .collect();
         if !bad.is_empty() {
             return Err(Error::corrupt(
                 crate::store::feature_path(index.path(), sel.feature),
                 format!(
-                    "rows {} hold NaN or infinity (ingest never writes one: the file is damaged; \
-                     `partlens info --verify` checks it)",
+                    "rows {} hold NaN or infinity, or values too large to compare (ingest never \
+                     writes one: the file is damaged; `partlens info --verify` checks it)",
                     name_rows(&bad)
                 ),
             ));
@@ -278,11 +283,6 @@ pub fn probe_split(
     seed: u64,
     fraction: f64,
 ) -> Result<(Vec<usize>, Vec<usize>, ProbeSplit)> {
-    if !(fraction > 0.0 && fraction < 1.0) {
-        return Err(Error::InvalidArgument(format!(
-            "the evaluation fraction must be between 0 and 1 (exclusive), not {fraction}"
-        )));
-    }
     let has = |s: &str| rows.splits.iter().any(|x| x == s);
     let mut names: Vec<&str> = rows.splits.iter().map(String::as_str).collect();
     names.sort_unstable();
@@ -330,6 +330,11 @@ pub fn probe_split(
         };
         return Ok((pos_of(train), pos_of(e), info));
     }
+    if !(fraction > 0.0 && fraction < 1.0) {
+        return Err(Error::InvalidArgument(format!(
+            "the evaluation fraction must be between 0 and 1 (exclusive), not {fraction}"
+        )));
+    }
     let (fit, held) = stratified_split(&rows.labels, &pos_of(train), seed, fraction);
     let info = ProbeSplit {
         train: train.into(),
@@ -339,7 +344,11 @@ pub fn probe_split(
         ),
         derived: true,
         eval_fraction: fraction,
-        missing: Some(eval.unwrap_or("val").into()),
+        missing: Some(match eval {
+            Some(e) => e.into(),
+            None if EVAL_SPLITS.contains(&train) => train.into(),
+            None => "val".into(),
+        }),
     };
     Ok((fit, held, info))
 }

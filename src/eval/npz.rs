@@ -64,10 +64,10 @@ pub fn write_npz(path: &Path, arrays: &[(&str, Array<'_>)]) -> Result<()> {
     let mut central = Vec::new();
     for (name, array) in arrays {
         let data = npy(array);
-        if data.len() > u32::MAX as usize / 2 {
+        // Every offset and size of a ZIP without ZIP64 is 32 bits (headers are < 1 KB each).
+        if (zip.len() + central.len() + data.len() + 4096) as u64 > u64::from(u32::MAX) {
             return Err(crate::error::Error::InvalidArgument(format!(
-                "array {name} is {} bytes: too large for an .npz without ZIP64",
-                data.len()
+                "array {name}: the archive would pass 4 GB, too large for an .npz without ZIP64"
             )));
         }
         let fname = format!("{name}.npy");

@@ -24,7 +24,7 @@ pub const EVALS_DIR: &str = "evals";
 
 /// Part of every cache key: raised whenever a protocol's arithmetic or defaults change, so
 /// results computed by an older partlens are not reused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The three tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

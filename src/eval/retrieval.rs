@@ -274,7 +274,13 @@ pub fn exact(rows: &LabeledRows<'_>, opts: &RetrievalOptions) -> Result<Retrieva
         }
         // Up to 256 queries (1.3 MB of 1280-d unit rows: L2-sized): each item row is read
         // from memory once per block (the bench: 64 → 256 took 10.4 s to 8.2 s).
-        let block = (per_task / cost_of(sizes[c], dim)).clamp(1, 256);
+        // A class too large for a thread's share runs alone (below), with the whole budget.
+        let share = if cost_of(sizes[c], dim) > per_task {
+            opts.memory_budget
+        } else {
+            per_task
+        };
+        let block = (share / cost_of(sizes[c], dim)).clamp(1, 256);
         let mut s = starts[c];
         while s < starts[c + 1] {
             let e = (s + block).min(starts[c + 1]);
