@@ -5,7 +5,8 @@
 //! rows at a time: no evaluation copies the whole matrix or builds an N × N one.
 //!
 //! Shared here: which regions take part ([`Selection`] → [`LabeledRows`]: the rows of one kind
-//! and split, their classes by label name, checked for NaN and infinity), the train/eval split
+//! and split, their classes by label name, checked for NaN, infinity and norms past float32),
+//! the train/eval split
 //! of a probe ([`ProbeSplit`]), and a small seeded random generator so that every result is
 //! reproducible bit for bit.
 
