@@ -6,9 +6,8 @@
 //!
 //! Shared here: which regions take part ([`Selection`] → [`LabeledRows`]: the rows of one kind
 //! and split, their classes by label name, checked for NaN, infinity and norms past float32),
-//! the train/eval split
-//! of a probe ([`ProbeSplit`]), and a small seeded random generator so that every result is
-//! reproducible bit for bit.
+//! the train/eval split of a probe ([`ProbeSplit`]), and a small seeded random generator so
+//! that every result is reproducible bit for bit.
 
 pub mod ap;
 pub mod chart;
