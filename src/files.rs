@@ -248,17 +248,11 @@ pub struct StagedDir {
     pub cleaned: Vec<String>,
 }
 
-/// Every entry partlens writes into a staging folder (an index's, `synth`'s and `convert`'s);
-/// a leftover holding anything else is not removed.
-/// (`evals` is there because an index swapped out by `--overwrite` may hold `report`'s cache.)
-const STAGED_ENTRIES: [&str; 14] = [
-    ".partlens-index",
-    "manifest.json",
-    "manifest.json.tmp",
-    "regions",
-    "features",
-    "hnsw",
-    "evals",
+/// Entries partlens writes into a staging folder besides an index's own
+/// ([`crate::store::INDEX_ENTRIES`], which includes `evals/`: an index swapped out by
+/// `--overwrite` may hold `report`'s cache): `synth`'s and `convert`'s outputs. A leftover
+/// holding anything else is not removed.
+const DATASET_ENTRIES: [&str; 7] = [
     "img",
     "ann",
     "obj",
@@ -271,8 +265,12 @@ const STAGED_ENTRIES: [&str; 14] = [
 /// Whether folder `p` holds only entries partlens stages.
 fn only_staged(p: &Path) -> bool {
     std::fs::read_dir(p).is_ok_and(|d| {
-        d.filter_map(|e| e.ok())
-            .all(|e| STAGED_ENTRIES.contains(&e.file_name().to_string_lossy().as_ref()))
+        d.filter_map(|e| e.ok()).all(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            crate::store::INDEX_ENTRIES.contains(&name.as_ref())
+                || DATASET_ENTRIES.contains(&name.as_ref())
+        })
     })
 }
 
