@@ -25,6 +25,17 @@ fn files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// `opts` written twice (to `dir/a` and `dir/b`) gives the same summary and bytes; seed 8
+/// instead (to `dir/c`) gives other bytes.
+fn same_seed_same_bytes(dir: &std::path::Path, opts: &SynthOptions) {
+    let a = generate(&dir.join("a"), opts).unwrap();
+    let b = generate(&dir.join("b"), opts).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(files(&dir.join("a")), files(&dir.join("b")));
+    generate(&dir.join("c"), &SynthOptions { seed: 8, ..*opts }).unwrap();
+    assert_ne!(files(&dir.join("a")), files(&dir.join("c")));
+}
+
 #[test]
 fn same_seed_same_bytes_other_seed_other_images() {
     let dir = tempfile::tempdir().unwrap();
@@ -34,12 +45,7 @@ fn same_seed_same_bytes_other_seed_other_images() {
         size: 128,
         variation: 0.0,
     };
-    let a = generate(&dir.path().join("a"), &opts).unwrap();
-    let b = generate(&dir.path().join("b"), &opts).unwrap();
-    assert_eq!(a, b);
-    assert_eq!(files(&dir.path().join("a")), files(&dir.path().join("b")));
-    generate(&dir.path().join("c"), &SynthOptions { seed: 8, ..opts }).unwrap();
-    assert_ne!(files(&dir.path().join("a")), files(&dir.path().join("c")));
+    same_seed_same_bytes(dir.path(), &opts);
     // Refuses to write into a folder that has files.
     assert!(generate(&dir.path().join("a"), &opts).is_err());
 }
@@ -161,12 +167,7 @@ fn variation_is_deterministic_and_bounded() {
         size: 128,
         variation: 0.7,
     };
-    let a = generate(&dir.path().join("a"), &opts).unwrap();
-    let b = generate(&dir.path().join("b"), &opts).unwrap();
-    assert_eq!(a, b);
-    assert_eq!(files(&dir.path().join("a")), files(&dir.path().join("b")));
-    generate(&dir.path().join("c"), &SynthOptions { seed: 8, ..opts }).unwrap();
-    assert_ne!(files(&dir.path().join("a")), files(&dir.path().join("c")));
+    same_seed_same_bytes(dir.path(), &opts);
     // The same seed at another variation: the same layout, other pixels.
     generate(
         &dir.path().join("d"),
