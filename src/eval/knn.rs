@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::kernel::{inv_norm, scan, unit_rows};
 use super::retrieval::TopK;
-use super::{class_warnings, probe_split, Accuracy, LabeledRows, ProbeSplit, Selection};
+use super::{
+    check_sets, class_warnings, probe_split, Accuracy, LabeledRows, ProbeSplit, Selection,
+};
 use crate::error::{Error, Result};
 use crate::store::IndexDir;
 
@@ -117,25 +119,6 @@ pub fn knn(index: &IndexDir, sel: &Selection, opts: &KnnOptions) -> Result<KnnRe
     })
 }
 
-/// Refuses sets a probe cannot use: an empty one, or training data of a single class.
-pub(crate) fn check_sets(rows: &LabeledRows<'_>, train: &[usize], eval: &[usize]) -> Result<()> {
-    if train.is_empty() || eval.is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "{} training and {} evaluation regions: a probe needs both",
-            train.len(),
-            eval.len()
-        )));
-    }
-    let first = rows.labels[train[0]];
-    if train.iter().all(|&p| rows.labels[p] == first) {
-        return Err(Error::InvalidArgument(format!(
-            "every training region has the label {:?}: a classifier needs two classes or more",
-            rows.classes[first as usize]
-        )));
-    }
-    Ok(())
-}
-
 /// For each evaluation position, the (up to) five classes with the most weighted votes, best
 /// first.
 pub fn rank(
@@ -205,13 +188,13 @@ pub fn vote(neighbours: &[(f32, usize, u32)], nclass: usize, temperature: f32) -
                 }
             })
             .collect();
-        super::linear::best5(&lse)
+        super::best5(&lse)
     } else {
         let mut votes = vec![0f32; nclass];
         for &(s, _, label) in neighbours {
             votes[label as usize] += (s / temperature).exp();
         }
-        super::linear::best5(&votes)
+        super::best5(&votes)
     };
     top.truncate(k.min(5));
     top

@@ -23,10 +23,9 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::knn::check_sets;
 use super::{
-    class_warnings, probe_split, stratified_split, Accuracy, LabeledRows, ProbeSplit, Rng,
-    Selection,
+    best5, check_sets, class_warnings, probe_split, stratified_split, Accuracy, LabeledRows,
+    ProbeSplit, Rng, Selection,
 };
 use crate::error::{Error, Result};
 use crate::store::IndexDir;
@@ -429,29 +428,6 @@ pub fn train(rows: &LabeledRows<'_>, fit: &[usize], opts: &LinearOptions) -> Res
     })
 }
 
-/// The (up to) five largest entries' indices, best first, ties to the smaller index; NaN
-/// ranks below everything.
-pub fn best5<T: Copy + Into<f64>>(scores: &[T]) -> Vec<u32> {
-    let key = |i: u32| {
-        let v: f64 = scores[i as usize].into();
-        if v.is_nan() {
-            f64::NEG_INFINITY
-        } else {
-            v
-        }
-    };
-    let better = |a: u32, b: u32| key(b).total_cmp(&key(a)).then(a.cmp(&b));
-    let mut top: Vec<u32> = Vec::with_capacity(6);
-    for i in 0..scores.len() as u32 {
-        let at = top.partition_point(|&t| better(t, i).is_lt());
-        if at < 5 {
-            top.insert(at, i);
-            top.truncate(5);
-        }
-    }
-    top
-}
-
 /// v ← μ v + (g + wd · W); W ← W − lr · v, per head's columns; diverged heads are zeroed.
 #[allow(clippy::too_many_arguments)]
 fn update(
@@ -670,20 +646,4 @@ pub fn classify_rows(
         seconds: start.elapsed().as_secs_f64(),
     };
     Ok((report, trained))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::best5;
-
-    #[test]
-    fn best5_orders_by_score_then_index() {
-        assert_eq!(
-            best5(&[0.1, 0.5, 0.5, -1.0, 0.2, 0.9, 0.5]),
-            vec![5, 1, 2, 6, 4]
-        );
-        assert_eq!(best5(&[0.0, 0.0]), vec![0, 1]);
-        assert_eq!(best5(&[f32::NAN, -5.0, 1.0]), vec![2, 1, 0]);
-        assert!(best5::<f32>(&[]).is_empty());
-    }
 }

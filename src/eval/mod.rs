@@ -6,8 +6,9 @@
 //!
 //! Shared here: which regions take part ([`Selection`] → [`LabeledRows`]: the rows of one kind
 //! and split, their classes by label name, checked for NaN, infinity and norms past float32),
-//! the train/eval split of a probe ([`ProbeSplit`]), and a small seeded random generator so
-//! that every result is reproducible bit for bit.
+//! the train/eval split of a probe ([`ProbeSplit`]), what the probes share about their sets
+//! and rankings ([`check_sets`], [`best5`], [`Accuracy`]), and a small seeded random generator
+//! so that every result is reproducible bit for bit.
 
 pub mod ap;
 pub mod chart;
@@ -507,6 +508,48 @@ impl Accuracy {
     }
 }
 
+/// Refuses sets a probe cannot use: an empty one, or training data of a single class.
+pub fn check_sets(rows: &LabeledRows<'_>, train: &[usize], eval: &[usize]) -> Result<()> {
+    if train.is_empty() || eval.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "{} training and {} evaluation regions: a probe needs both",
+            train.len(),
+            eval.len()
+        )));
+    }
+    let first = rows.labels[train[0]];
+    if train.iter().all(|&p| rows.labels[p] == first) {
+        return Err(Error::InvalidArgument(format!(
+            "every training region has the label {:?}: a classifier needs two classes or more",
+            rows.classes[first as usize]
+        )));
+    }
+    Ok(())
+}
+
+/// The (up to) five largest entries' indices, best first, ties to the smaller index; NaN
+/// ranks below everything.
+pub fn best5<T: Copy + Into<f64>>(scores: &[T]) -> Vec<u32> {
+    let key = |i: u32| {
+        let v: f64 = scores[i as usize].into();
+        if v.is_nan() {
+            f64::NEG_INFINITY
+        } else {
+            v
+        }
+    };
+    let better = |a: u32, b: u32| key(b).total_cmp(&key(a)).then(a.cmp(&b));
+    let mut top: Vec<u32> = Vec::with_capacity(6);
+    for i in 0..scores.len() as u32 {
+        let at = top.partition_point(|&t| better(t, i).is_lt());
+        if at < 5 {
+            top.insert(at, i);
+            top.truncate(5);
+        }
+    }
+    top
+}
+
 /// Warnings every probe gives about its classes: those with one member (they can be neither
 /// retrieved nor learned from), and those in one set but not the other.
 pub fn class_warnings(
@@ -597,5 +640,16 @@ mod tests {
             a.confusion,
             vec![(0, 0, 1), (0, 1, 1), (1, 1, 1), (2, 0, 1)]
         );
+    }
+
+    #[test]
+    fn best5_orders_by_score_then_index() {
+        assert_eq!(
+            best5(&[0.1, 0.5, 0.5, -1.0, 0.2, 0.9, 0.5]),
+            vec![5, 1, 2, 6, 4]
+        );
+        assert_eq!(best5(&[0.0, 0.0]), vec![0, 1]);
+        assert_eq!(best5(&[f32::NAN, -5.0, 1.0]), vec![2, 1, 0]);
+        assert!(best5::<f32>(&[]).is_empty());
     }
 }
