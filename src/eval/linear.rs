@@ -314,6 +314,7 @@ pub fn train(rows: &LabeledRows<'_>, fit: &[usize], opts: &LinearOptions) -> Res
     let mut losses = Vec::new();
     let mut epoch_loss = vec![0f64; h];
     let momentum = opts.momentum as f32;
+    let wds: Vec<f32> = heads.iter().map(|&(_, wd)| wd as f32).collect();
     let mut step = 0usize;
     for epoch in 0..opts.epochs {
         epoch_loss.iter_mut().for_each(|l| *l = 0.0);
@@ -370,7 +371,6 @@ pub fn train(rows: &LabeledRows<'_>, fit: &[usize], opts: &LinearOptions) -> Res
                 .iter()
                 .map(|&(lr, _)| (lr * lr_scale) as f32)
                 .collect();
-            let wds: Vec<f32> = heads.iter().map(|&(_, wd)| wd as f32).collect();
             update(
                 &mut w, &mut v, &grad, hc, c, &lrs, &wds, momentum, &diverged,
             );
