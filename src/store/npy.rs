@@ -1,5 +1,6 @@
-//! `.npy` float32 matrices: written row by row, read back through `memmap2`, and opened by
-//! `numpy.load(path, mmap_mode="r")` without this tool.
+//! `.npy` arrays: float32 matrices ([`NpyWriter`], [`NpyMatrix`]) and float16 arrays of any
+//! rank ([`HalfWriter`], [`HalfArray`]: dense grids and patch tokens), written row by row, read
+//! back through `memmap2`, and opened by `numpy.load(path, mmap_mode="r")` without this tool.
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
@@ -21,7 +22,19 @@ compile_error!(
 const HEADER_LEN: usize = 128;
 
 fn header(rows: usize, cols: usize) -> Vec<u8> {
-    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    header_of("<f4", rows, &[cols])
+}
+
+/// A header for `descr` and shape `(rows, inner…)`, padded to [`HEADER_LEN`].
+fn header_of(descr: &str, rows: usize, inner: &[usize]) -> Vec<u8> {
+    let shape: Vec<String> = std::iter::once(rows)
+        .chain(inner.iter().copied())
+        .map(|d| d.to_string())
+        .collect();
+    let dict = format!(
+        "{{'descr': '{descr}', 'fortran_order': False, 'shape': ({}), }}",
+        shape.join(", ")
+    );
     let mut h = Vec::with_capacity(HEADER_LEN);
     h.extend_from_slice(b"\x93NUMPY\x01\x00");
     h.extend_from_slice(&((HEADER_LEN - 10) as u16).to_le_bytes());
@@ -97,7 +110,16 @@ pub struct NpyMatrix {
 }
 
 fn parse_header(bytes: &[u8], path: &Path) -> Result<(usize, usize, usize)> {
-    let bad = |m: &str| Error::corrupt(path, format!("not a float32 .npy matrix: {m}"));
+    let (offset, dims) = parse_any(bytes, path, "<f4")?;
+    match dims[..] {
+        [r, c] => Ok((offset, r, c)),
+        _ => Err(Error::corrupt(path, "not a float32 .npy matrix: not 2-D")),
+    }
+}
+
+/// The data offset and shape of a C-order `.npy` of dtype `descr`.
+fn parse_any(bytes: &[u8], path: &Path, descr: &str) -> Result<(usize, Vec<usize>)> {
+    let bad = |m: &str| Error::corrupt(path, format!("not a {descr} .npy array: {m}"));
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(bad("missing magic"));
     }
@@ -113,8 +135,8 @@ fn parse_header(bytes: &[u8], path: &Path) -> Result<(usize, usize, usize)> {
         .get(start..start + hlen)
         .and_then(|d| std::str::from_utf8(d).ok())
         .ok_or_else(|| bad("truncated header"))?;
-    if !dict.contains("'descr': '<f4'") || !dict.contains("'fortran_order': False") {
-        return Err(bad("dtype must be '<f4', C order"));
+    if !dict.contains(&format!("'descr': '{descr}'")) || !dict.contains("'fortran_order': False") {
+        return Err(bad(&format!("dtype must be '{descr}', C order")));
     }
     let shape = dict
         .split("'shape': (")
@@ -127,10 +149,10 @@ fn parse_header(bytes: &[u8], path: &Path) -> Result<(usize, usize, usize)> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse().map_err(|_| bad("bad shape")))
         .collect::<Result<_>>()?;
-    match dims[..] {
-        [r, c] => Ok((start + hlen, r, c)),
-        _ => Err(bad("not 2-D")),
+    if dims.is_empty() || dims.len() > 8 {
+        return Err(bad("rank must be 1 to 8"));
     }
+    Ok((start + hlen, dims))
 }
 
 impl NpyMatrix {
@@ -193,6 +215,169 @@ impl NpyMatrix {
     }
 }
 
+/// Appends float16 rows of a fixed inner shape (e.g. `[D]` for grid cells, `[T, D]` for a
+/// region's tokens) to a `.npy` file (`<f2`); values arrive as float32 and are rounded to
+/// nearest even. Values beyond float16's range (±65,504) would become infinite and are
+/// refused, naming the file.
+#[derive(Debug)]
+pub struct HalfWriter {
+    path: PathBuf,
+    file: std::io::BufWriter<File>,
+    inner: Vec<usize>,
+    row_len: usize,
+    rows: usize,
+    buf: Vec<half::f16>,
+}
+
+impl HalfWriter {
+    /// Creates (truncates) `path` for rows of shape `inner`.
+    pub fn create(path: impl AsRef<Path>, inner: &[usize]) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let row_len = inner.iter().product::<usize>();
+        if row_len == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "{}: empty row shape {inner:?}",
+                path.display()
+            )));
+        }
+        let mut file = std::io::BufWriter::new(File::create(&path).at(&path)?);
+        file.write_all(&header_of("<f2", 0, inner)).at(&path)?;
+        Ok(HalfWriter {
+            path,
+            file,
+            inner: inner.to_vec(),
+            row_len,
+            rows: 0,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Appends `values.len() / row_len` rows.
+    pub fn append(&mut self, values: &[f32]) -> Result<()> {
+        use half::slice::HalfFloatSliceExt;
+        if !values.len().is_multiple_of(self.row_len) {
+            return Err(Error::InvalidArgument(format!(
+                "{}: {} values are not whole rows of {}",
+                self.path.display(),
+                values.len(),
+                self.row_len
+            )));
+        }
+        self.buf.clear();
+        self.buf.resize(values.len(), half::f16::ZERO);
+        self.buf.convert_from_f32_slice(values);
+        if let Some(i) = self.buf.iter().position(|v| !v.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "{}: value {} (row {}) does not fit float16 (largest 65504)",
+                self.path.display(),
+                values[i],
+                self.rows + i / self.row_len
+            )));
+        }
+        self.file
+            .write_all(bytemuck::cast_slice(&self.buf))
+            .at(&self.path)?;
+        self.rows += values.len() / self.row_len;
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Writes the final shape into the header and syncs the file. Returns the row count.
+    pub fn finish(self) -> Result<usize> {
+        let path = self.path;
+        let mut file = self
+            .file
+            .into_inner()
+            .map_err(|e| Error::io(&path, e.into_error()))?;
+        file.seek(SeekFrom::Start(0)).at(&path)?;
+        file.write_all(&header_of("<f2", self.rows, &self.inner))
+            .at(&path)?;
+        file.sync_all().at(&path)?;
+        Ok(self.rows)
+    }
+}
+
+/// A memory-mapped float16 `.npy` array (`<f2`, C order) of any rank; row = first axis.
+#[derive(Debug)]
+pub struct HalfArray {
+    mmap: Mmap,
+    offset: usize,
+    shape: Vec<usize>,
+    row_len: usize,
+}
+
+impl HalfArray {
+    /// Maps `path` and checks its header and length; a truncated file is
+    /// [`Error::DataCorruption`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let file = crate::files::open_regular(path)?;
+        // SAFETY: as for `NpyMatrix::open`: finished index files are never modified in place,
+        // and the length is checked below.
+        let mmap = unsafe { Mmap::map(&file) }.at(path)?;
+        let (offset, shape) = parse_any(&mmap, path, "<f2")?;
+        let count = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| Error::corrupt(path, format!("impossible shape {shape:?}")))?;
+        let need = count
+            .checked_mul(2)
+            .and_then(|n| n.checked_add(offset))
+            .ok_or_else(|| Error::corrupt(path, format!("impossible shape {shape:?}")))?;
+        if mmap.len() != need {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "file is {} bytes, its header ({shape:?} float16) needs {need}: truncated?",
+                    mmap.len()
+                ),
+            ));
+        }
+        if !offset.is_multiple_of(2) {
+            return Err(Error::corrupt(path, "data not 2-byte aligned"));
+        }
+        let row_len = shape[1..].iter().product();
+        Ok(HalfArray {
+            mmap,
+            offset,
+            shape,
+            row_len,
+        })
+    }
+
+    /// The shape, first axis = rows.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Number of rows (the first axis).
+    pub fn rows(&self) -> usize {
+        self.shape[0]
+    }
+
+    /// Values per row (the product of the other axes).
+    pub fn row_len(&self) -> usize {
+        self.row_len
+    }
+
+    /// All values, without copying.
+    pub fn as_slice(&self) -> &[half::f16] {
+        // Length and 2-byte alignment were checked by `open`.
+        bytemuck::try_cast_slice(&self.mmap[self.offset..]).unwrap_or(&[])
+    }
+
+    /// Rows `start..start + n` converted to float32 into `out` (`n × row_len` values).
+    pub fn read_rows(&self, start: usize, n: usize, out: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        let s = &self.as_slice()[start * self.row_len..(start + n) * self.row_len];
+        s.convert_to_f32_slice(&mut out[..s.len()]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,6 +396,29 @@ mod tests {
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() - 4]).unwrap();
         let err = NpyMatrix::open(&p).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
+    }
+
+    #[test]
+    fn half_arrays_round_trip_refuse_overflow_and_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.npy");
+        let mut w = HalfWriter::create(&p, &[2, 3]).unwrap();
+        let vals: Vec<f32> = (0..12).map(|i| i as f32 * 0.5 - 2.0).collect();
+        w.append(&vals).unwrap();
+        let err = w.append(&[1e6; 6]).unwrap_err();
+        assert!(err.to_string().contains("float16"), "{err}");
+        assert_eq!(w.finish().unwrap(), 2);
+        let a = HalfArray::open(&p).unwrap();
+        assert_eq!((a.shape(), a.rows(), a.row_len()), (&[2, 2, 3][..], 2, 6));
+        let mut out = vec![0f32; 6];
+        a.read_rows(1, 1, &mut out);
+        assert_eq!(out, vals[6..]);
+        // float32 readers refuse it, and a truncated file is corruption.
+        assert!(NpyMatrix::open(&p).is_err());
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() - 2]).unwrap();
+        let err = HalfArray::open(&p).unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
     }
 }
