@@ -107,6 +107,39 @@ pub struct Features {
     pub values: BTreeMap<Feature, Vec<f32>>,
 }
 
+/// The patch grid a model produces for one input: its patch tokens (ViT) or last feature map
+/// (CNN) as `rows × cols` cells of `dim` values, each cell covering `cell × cell` input pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenGrid {
+    /// Cells per column of the input.
+    pub rows: usize,
+    /// Cells per row of the input.
+    pub cols: usize,
+    /// Values per cell.
+    pub dim: usize,
+    /// Input pixels per cell side (the patch size, or the feature map's stride).
+    pub cell: usize,
+    /// Which output the grid comes from: `patch_tokens` or `feature_map`.
+    pub source: GridSource,
+}
+
+/// Where a model's token grid comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GridSource {
+    /// A ViT's patch tokens, `[B, N, D]`, raster order.
+    PatchTokens,
+    /// A CNN's feature map, `[B, C, h, w]`.
+    FeatureMap,
+}
+
+impl TokenGrid {
+    /// Cells per input (`rows × cols`).
+    pub fn tokens(&self) -> usize {
+        self.rows * self.cols
+    }
+}
+
 /// A loaded, validated encoder.
 pub struct Encoder {
     path: PathBuf,
@@ -116,6 +149,8 @@ pub struct Encoder {
     dims: BTreeMap<Feature, usize>,
     /// The batch size the graph is fixed to, if its batch dimension is not dynamic.
     fixed_batch: Option<usize>,
+    /// The token grid, or why the model has none usable.
+    grid: std::result::Result<TokenGrid, String>,
     session: Mutex<Session>,
 }
 
@@ -267,6 +302,7 @@ impl Encoder {
             provider,
             dims: BTreeMap::new(),
             fixed_batch: None,
+            grid: Err("not validated".into()),
             session: Mutex::new(session),
         };
         enc.validate()?;
@@ -391,6 +427,7 @@ impl Encoder {
                 ));
             }
         }
+        self.grid = grid_of(&self.spec, patch.as_deref(), fmap.as_deref());
         self.dims.insert(Feature::Mean, mean_dim as usize);
         if let Some(c) = cls {
             self.dims.insert(Feature::Cls, c[1] as usize);
@@ -444,6 +481,22 @@ impl Encoder {
     /// every feature the model has. Models exported with a fixed batch size are fed in chunks of
     /// that size (the last one zero-padded).
     pub fn embed(&self, pixels: &[f32], n: usize) -> Result<Features> {
+        Ok(self.embed_with_tokens(pixels, n, false)?.0)
+    }
+
+    /// [`Encoder::embed`], and with `tokens` also each region's token grid (`n × cells × dim`,
+    /// cells first, as [`Encoder::embed_tokens`]) from the same run.
+    pub fn embed_with_tokens(
+        &self,
+        pixels: &[f32],
+        n: usize,
+        tokens: bool,
+    ) -> Result<(Features, Option<Vec<f32>>)> {
+        let grid = if tokens {
+            Some(self.token_grid()?)
+        } else {
+            None
+        };
         if n == 0 {
             if !pixels.is_empty() {
                 return Err(Error::InvalidArgument(format!(
@@ -452,7 +505,7 @@ impl Encoder {
                 )));
             }
             let values = self.dims.keys().map(|f| (*f, Vec::new())).collect();
-            return Ok(Features { n: 0, values });
+            return Ok((Features { n: 0, values }, grid.map(|_| Vec::new())));
         }
         let tlen = self.preprocessor().tensor_len();
         if pixels.len() != n.saturating_mul(tlen) {
@@ -462,17 +515,18 @@ impl Encoder {
             )));
         }
         let Some(b) = self.fixed_batch.filter(|&b| b != n) else {
-            return self.embed_exact(pixels, n);
+            return self.embed_exact(pixels, n, grid.as_ref());
         };
         let mut all = Features {
             n,
             values: BTreeMap::new(),
         };
+        let mut all_tokens = grid.map(|g| Vec::with_capacity(n * g.tokens() * g.dim));
         for chunk in pixels.chunks(b * tlen) {
             let m = chunk.len() / tlen;
             let mut padded = chunk.to_vec();
             padded.resize(b * tlen, 0.0);
-            let f = self.embed_exact(&padded, b)?;
+            let (f, t) = self.embed_exact(&padded, b, grid.as_ref())?;
             for (feat, v) in f.values {
                 let d = v.len() / b;
                 all.values
@@ -480,15 +534,31 @@ impl Encoder {
                     .or_insert_with(|| Vec::with_capacity(n * d))
                     .extend_from_slice(&v[..m * d]);
             }
+            if let (Some(all_t), Some(t), Some(g)) = (&mut all_tokens, t, grid) {
+                all_t.extend_from_slice(&t[..m * g.tokens() * g.dim]);
+            }
         }
-        Ok(all)
+        Ok((all, all_tokens))
     }
 
-    fn embed_exact(&self, pixels: &[f32], n: usize) -> Result<Features> {
+    fn embed_exact(
+        &self,
+        pixels: &[f32],
+        n: usize,
+        grid: Option<&TokenGrid>,
+    ) -> Result<(Features, Option<Vec<f32>>)> {
         let o = self.spec.outputs.clone();
         let mut values = BTreeMap::new();
         let mut tokens_mean = None;
-        let needed = o.for_features();
+        let mut tokens = None;
+        let mut needed = o.for_features();
+        let token_output = grid.map(|g| match g.source {
+            GridSource::PatchTokens => o.patch_tokens.clone().unwrap_or_default(),
+            GridSource::FeatureMap => o.feature_map.clone().unwrap_or_default(),
+        });
+        if let Some(t) = token_output.as_ref().filter(|t| !needed.contains(t)) {
+            needed.push(t.clone());
+        }
         let raw = self.run_raw(pixels, n, &needed, |name, shape, data| {
             (name.to_string(), shape, data.to_vec())
         })?;
@@ -500,12 +570,23 @@ impl Encoder {
                 values.insert(Feature::Projection, data);
             } else if is(&o.pooled) {
                 values.insert(Feature::Mean, data);
-            } else if is(&o.patch_tokens) {
-                let (t, d) = (shape[1] as usize, shape[2] as usize);
-                tokens_mean = Some(mean_rows(&data, n, t, d, false));
-            } else if is(&o.feature_map) {
-                let (c, hw) = (shape[1] as usize, (shape[2] * shape[3]) as usize);
-                tokens_mean = Some(mean_rows(&data, n, hw, c, true));
+            } else if is(&o.patch_tokens) || is(&o.feature_map) {
+                let fmap = is(&o.feature_map);
+                let (t, d) = if fmap {
+                    ((shape[2] * shape[3]) as usize, shape[1] as usize)
+                } else {
+                    (shape[1] as usize, shape[2] as usize)
+                };
+                if o.pooled.is_none() {
+                    tokens_mean = Some(mean_rows(&data, n, t, d, fmap));
+                }
+                if token_output.as_deref() == Some(name.as_str()) {
+                    tokens = Some(if fmap {
+                        cells_first(&data, n, t, d)
+                    } else {
+                        data
+                    });
+                }
             }
         }
         if let (false, Some(m)) = (values.contains_key(&Feature::Mean), tokens_mean) {
@@ -516,8 +597,7 @@ impl Encoder {
                 return Err(Error::model(
                     &self.path,
                     format!(
-                        "produced a non-finite {f} value for region {} of the batch; refusing to \
-                         store it",
+                        "produced a non-finite {f} value for region {} of the batch; refusing to                          store it",
                         i / (v.len() / n).max(1)
                     ),
                 ));
@@ -532,7 +612,101 @@ impl Encoder {
                 ));
             }
         }
-        Ok(Features { n, values })
+        if let (Some(g), Some(t)) = (grid, &tokens) {
+            if t.len() != n * g.tokens() * g.dim {
+                return Err(Error::model(
+                    &self.path,
+                    format!(
+                        "token output holds {} values for {n} inputs, expected {n} × {} × {}",
+                        t.len(),
+                        g.tokens(),
+                        g.dim
+                    ),
+                ));
+            }
+            if let Some(i) = t.iter().position(|x| !x.is_finite()) {
+                return Err(Error::model(
+                    &self.path,
+                    format!(
+                        "produced a non-finite token value for input {} of the batch",
+                        i / (g.tokens() * g.dim)
+                    ),
+                ));
+            }
+        }
+        Ok((Features { n, values }, tokens))
+    }
+
+    /// The model's token grid (patch tokens or feature map as cells), or why it has none: a
+    /// spec without either output, or tokens that do not form a square grid of the input.
+    pub fn token_grid(&self) -> Result<TokenGrid> {
+        self.grid
+            .clone()
+            .map_err(|why| Error::model(&self.path, why))
+    }
+
+    /// Runs `n` preprocessed inputs and returns their token grids, `n × cells × dim` floats,
+    /// cells in raster order (a feature map is transposed to cells-first).
+    pub fn embed_tokens(&self, pixels: &[f32], n: usize) -> Result<Vec<f32>> {
+        let g = self.token_grid()?;
+        let tlen = self.preprocessor().tensor_len();
+        if n == 0 || pixels.len() != n.saturating_mul(tlen) {
+            return Err(Error::InvalidArgument(format!(
+                "batch holds {} floats, expected {n} × {tlen} (n ≥ 1)",
+                pixels.len()
+            )));
+        }
+        let per = g.tokens() * g.dim;
+        let b = self.fixed_batch.unwrap_or(n);
+        let mut out = Vec::with_capacity(n * per);
+        for chunk in pixels.chunks(b * tlen) {
+            let m = chunk.len() / tlen;
+            let mut padded;
+            let input = if m == b {
+                chunk
+            } else {
+                padded = chunk.to_vec();
+                padded.resize(b * tlen, 0.0);
+                &padded
+            };
+            let t = self.run_tokens(input, b, &g)?;
+            out.extend_from_slice(&t[..m * per]);
+        }
+        if let Some(i) = out.iter().position(|x| !x.is_finite()) {
+            return Err(Error::model(
+                &self.path,
+                format!(
+                    "produced a non-finite token value for input {} of the batch",
+                    i / per
+                ),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// One run of exactly `b` inputs (the graph's batch), tokens cells-first.
+    fn run_tokens(&self, pixels: &[f32], b: usize, g: &TokenGrid) -> Result<Vec<f32>> {
+        let o = &self.spec.outputs;
+        let name = match g.source {
+            GridSource::PatchTokens => o.patch_tokens.clone(),
+            GridSource::FeatureMap => o.feature_map.clone(),
+        }
+        .unwrap_or_default();
+        let per = g.tokens() * g.dim;
+        let mut raw = self.run_raw(pixels, b, &[name], |_, shape, data| {
+            (shape.iter().product::<i64>() as usize, data.to_vec())
+        })?;
+        let (len, data) = raw.pop().unwrap_or_default();
+        if len != b * per || data.len() != len {
+            return Err(Error::model(
+                &self.path,
+                format!("token output holds {len} values for {b} inputs, expected {b} × {per}"),
+            ));
+        }
+        Ok(match g.source {
+            GridSource::PatchTokens => data,
+            GridSource::FeatureMap => cells_first(&data, b, g.tokens(), g.dim),
+        })
     }
 
     /// The model file.
@@ -568,6 +742,68 @@ impl Encoder {
             std: self.spec.std,
         }
     }
+}
+
+/// The token grid of a model from its outputs' per-image shapes (`[1, N, D]` patch tokens or
+/// `[1, C, h, w]` feature map): cells must tile the input exactly.
+fn grid_of(
+    spec: &ModelSpec,
+    patch: Option<&[i64]>,
+    fmap: Option<&[i64]>,
+) -> std::result::Result<TokenGrid, String> {
+    let [h, w] = spec.input_size;
+    let (rows, cols, dim, source) = if let Some(s) = fmap {
+        (
+            s[2] as usize,
+            s[3] as usize,
+            s[1] as usize,
+            GridSource::FeatureMap,
+        )
+    } else if let Some(s) = patch {
+        let (n, d) = (s[1] as usize, s[2] as usize);
+        let (rows, cols) = match spec.patch_size {
+            Some(p) => (h / p, w / p),
+            None => {
+                // A square grid over the input's aspect: rows/cols = h/w.
+                let r = ((n as f64 * h as f64 / w as f64).sqrt()).round() as usize;
+                (r, n / r.max(1))
+            }
+        };
+        if rows * cols != n {
+            return Err(format!(
+                "its {n} patch tokens do not form the {rows} × {cols} grid of a {h} × {w} input                  (a class token among them? set patch_size in the spec)"
+            ));
+        }
+        (rows, cols, d, GridSource::PatchTokens)
+    } else {
+        return Err("its spec names neither patch_tokens nor feature_map, so it has no token                     grid (needed for dense features and --tokens)"
+            .into());
+    };
+    if rows == 0 || cols == 0 || h % rows != 0 || w % cols != 0 || h / rows != w / cols {
+        return Err(format!(
+            "its {rows} × {cols} token grid does not tile the {h} × {w} input in square cells"
+        ));
+    }
+    Ok(TokenGrid {
+        rows,
+        cols,
+        dim,
+        cell: h / rows,
+        source,
+    })
+}
+
+/// `[n, d, t]` (a feature map, channels first) as `[n, t, d]` (cells first).
+fn cells_first(data: &[f32], n: usize, t: usize, d: usize) -> Vec<f32> {
+    let mut out = vec![0f32; n * t * d];
+    for (src, dst) in data.chunks_exact(t * d).zip(out.chunks_exact_mut(t * d)) {
+        for c in 0..d {
+            for k in 0..t {
+                dst[k * d + c] = src[c * t + k];
+            }
+        }
+    }
+    out
 }
 
 /// Mean over the token axis: `data` is `[n, t, d]` (or `[n, d, t]` when `channels_first`);
