@@ -304,14 +304,13 @@ impl MmsegDataset {
     fn read_map(
         &self,
         path: &Path,
-        image: &image::RgbImage,
+        size: (usize, usize),
         names: Option<&[String]>,
         settings: &RegionSettings,
     ) -> Result<LabelMap> {
         if !path.exists() {
             return Err(Error::annotation(path, "annotation missing"));
         }
-        let size = (image.width() as usize, image.height() as usize);
         let map = LabelMap::read_png_for(path, size, settings.resize_labels, "label map")?;
         if let (Some(names), Some(max)) = (names, map.max_label()) {
             if max as usize >= names.len() {
@@ -409,6 +408,27 @@ impl Dataset for MmsegDataset {
         "mmseg"
     }
 
+    fn map_classes(&self) -> (Option<Vec<String>>, Option<Vec<String>>) {
+        (self.part_classes.clone(), self.object_classes.clone())
+    }
+
+    fn label_maps(
+        &self,
+        item: &ImageItem,
+        size: (usize, usize),
+        settings: &RegionSettings,
+    ) -> Result<(Option<LabelMap>, Option<LabelMap>)> {
+        let read = |p: &Option<std::path::PathBuf>, names: Option<&[String]>| {
+            p.as_ref()
+                .map(|p| self.read_map(p, size, names, settings))
+                .transpose()
+        };
+        Ok((
+            read(&item.part_ann, self.part_classes.as_deref())?,
+            read(&item.object_ann, self.object_classes.as_deref())?,
+        ))
+    }
+
     fn listing(&self) -> &Listing {
         &self.listing
     }
@@ -417,15 +437,9 @@ impl Dataset for MmsegDataset {
         let image = decode_rgb(&item.image_path)?;
         let part_names = self.part_classes.as_deref();
         let object_names = self.object_classes.as_deref();
-        let parts = match &item.part_ann {
-            Some(p) => Some(self.read_map(p, &image, part_names, settings)?),
-            None => None,
-        };
+        let size = (image.width() as usize, image.height() as usize);
         // The object map is read even when object regions are off: parts learn their object.
-        let objects = match &item.object_ann {
-            Some(p) => Some(self.read_map(p, &image, object_names, settings)?),
-            None => None,
-        };
+        let (parts, objects) = self.label_maps(item, size, settings)?;
         let regions = map_regions(
             item,
             parts.as_ref().map(|m| (m, part_names)),

@@ -166,6 +166,23 @@ pub trait Dataset: Sync {
     fn listing(&self) -> &Listing;
     /// Decodes one image and cuts its regions. Errors name the offending file.
     fn load(&self, item: &ImageItem, settings: &RegionSettings) -> Result<ImageRegions>;
+    /// Class names of the whole-image label maps [`Dataset::label_maps`] returns, indexed by
+    /// map value (0 = background): `(parts, objects)`. `None` where the format has no such
+    /// maps, or has them without names (values are then named `class_<k>`).
+    fn map_classes(&self) -> (Option<Vec<String>>, Option<Vec<String>>) {
+        (None, None)
+    }
+    /// The image's whole part and object label maps, `size` = the image's `(width, height)`,
+    /// checked (and, with `--resize-labels nearest`, resized) like the maps regions are cut
+    /// from: what dense features are scored against. `None` where the format has none.
+    fn label_maps(
+        &self,
+        _item: &ImageItem,
+        _size: (usize, usize),
+        _settings: &RegionSettings,
+    ) -> Result<(Option<LabelMap>, Option<LabelMap>)> {
+        Ok((None, None))
+    }
     /// Reader options worth recording in the manifest (e.g. keypoint classes).
     fn options(&self) -> serde_json::Value {
         serde_json::Value::Null

@@ -333,6 +333,24 @@ impl Dataset for PascalPartDataset {
         &self.listing
     }
 
+    fn map_classes(&self) -> (Option<Vec<String>>, Option<Vec<String>>) {
+        let objects = std::iter::once("background")
+            .chain(VOC_CLASSES)
+            .map(String::from)
+            .collect();
+        (Some(self.part_classes.clone()), Some(objects))
+    }
+
+    fn label_maps(
+        &self,
+        item: &ImageItem,
+        size: (usize, usize),
+        settings: &RegionSettings,
+    ) -> Result<(Option<LabelMap>, Option<LabelMap>)> {
+        let (p, o) = PascalPartDataset::label_maps(self, item, size, settings.resize_labels)?;
+        Ok((Some(p), Some(o)))
+    }
+
     fn options(&self) -> serde_json::Value {
         serde_json::json!({ "part_classes": self.part_classes.len() - 1, "class_map": self.class_map })
     }
