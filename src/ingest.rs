@@ -20,13 +20,17 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::dataset::{Dataset, ImageItem, RegionSettings, Skipped};
+use crate::dense::DenseOptions;
 use crate::encoder::{Encoder, EncoderOptions, Feature, Features};
 use crate::error::{Error, IoContext, Result};
 use crate::files::StagedDir;
 use crate::index::{HnswIndex, HnswParams};
 use crate::region::{Region, RegionKind};
+use crate::store::dense::{TokensInfo, TOKENS_FILE};
 use crate::store::manifest::{Counts, DatasetInfo, EncoderInfo, FileRecord, HnswInfo, Manifest};
-use crate::store::{feature_path, NpyMatrix, NpyWriter, RegionWriter, MARKER_FILE, MARKER_TEXT};
+use crate::store::{
+    feature_path, HalfWriter, NpyMatrix, NpyWriter, RegionWriter, MARKER_FILE, MARKER_TEXT,
+};
 
 /// Largest `--batch-size` accepted.
 pub const MAX_BATCH: usize = 4096;
@@ -55,6 +59,10 @@ pub struct IngestOptions {
     pub progress: bool,
     /// HNSW parameters.
     pub hnsw: HnswParams,
+    /// Also store every image's token grid (`--dense`); see [`crate::dense`].
+    pub dense: Option<DenseOptions>,
+    /// Also keep each region's own patch tokens (`--tokens`), for the attentive probe.
+    pub tokens: bool,
 }
 
 impl IngestOptions {
@@ -68,6 +76,8 @@ impl IngestOptions {
             overwrite: false,
             progress: false,
             hnsw: HnswParams::default(),
+            dense: None,
+            tokens: false,
         }
     }
 
@@ -103,14 +113,21 @@ pub struct IngestReport {
     pub hnsw_seconds: f64,
     /// Seconds inference waited for preprocessed regions (high: input-bound).
     pub wait_seconds: f64,
+    /// Seconds of the dense pass (`--dense`), encoder included.
+    pub dense_seconds: f64,
+    /// Seconds the dense pass spent inside the encoder.
+    pub dense_encode_seconds: f64,
+    /// Windows the dense pass encoded.
+    pub dense_windows: u64,
     /// Leftovers of killed runs for the same `--out` that were cleaned up first.
     pub cleaned: Vec<String>,
 }
 
 impl IngestReport {
-    /// Regions embedded per second of wall time (excluding the HNSW build).
+    /// Regions embedded per second of wall time (excluding the HNSW build and the dense pass).
     pub fn regions_per_second(&self) -> f64 {
-        self.manifest.counts.regions as f64 / (self.seconds - self.hnsw_seconds).max(1e-9)
+        self.manifest.counts.regions as f64
+            / (self.seconds - self.hnsw_seconds - self.dense_seconds).max(1e-9)
     }
 }
 
@@ -228,17 +245,34 @@ struct Batch {
 struct Sink {
     parquet: RegionWriter,
     npy: BTreeMap<Feature, NpyWriter>,
+    tokens: Option<HalfWriter>,
     next_id: u64,
     counts: Counts,
 }
 
 impl Sink {
     /// Creates the region file and one `.npy` per feature in `dir`.
-    fn create(dir: &Path, shard: &str, dims: &BTreeMap<Feature, usize>) -> Result<Sink> {
+    fn create(
+        dir: &Path,
+        shard: &str,
+        dims: &BTreeMap<Feature, usize>,
+        tokens: Option<&TokensInfo>,
+    ) -> Result<Sink> {
         for sub in ["regions", "features", "hnsw"] {
             std::fs::create_dir_all(dir.join(sub)).at(dir.join(sub))?;
         }
+        let tokens = match tokens {
+            Some(t) => {
+                std::fs::create_dir_all(dir.join("tokens")).at(dir.join("tokens"))?;
+                Some(HalfWriter::create(
+                    dir.join(TOKENS_FILE),
+                    &[t.tokens, t.dim],
+                )?)
+            }
+            None => None,
+        };
         Ok(Sink {
+            tokens,
             parquet: RegionWriter::create(dir.join(shard), dims)?,
             npy: dims
                 .iter()
@@ -249,7 +283,12 @@ impl Sink {
         })
     }
 
-    fn write(&mut self, mut regions: Vec<Region>, features: &Features) -> Result<()> {
+    fn write(
+        &mut self,
+        mut regions: Vec<Region>,
+        features: &Features,
+        tokens: Option<&[f32]>,
+    ) -> Result<()> {
         for r in &mut regions {
             r.id = self.next_id;
             self.next_id += 1;
@@ -263,6 +302,15 @@ impl Sink {
         for (f, w) in &mut self.npy {
             w.append(&features.values[f])?;
         }
+        match (&mut self.tokens, tokens) {
+            (Some(w), Some(t)) => w.append(t)?,
+            (None, None) => {}
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "region tokens are kept for every batch or for none".into(),
+                ))
+            }
+        }
         Ok(())
     }
 
@@ -272,19 +320,23 @@ impl Sink {
         for w in self.npy.into_values() {
             w.finish()?;
         }
+        if let Some(t) = self.tokens {
+            t.finish()?;
+        }
         Ok(self.counts)
     }
 }
 
-fn progress_bar(enabled: bool, len: usize) -> indicatif::ProgressBar {
+/// A progress bar over `len` items named `what` (hidden unless `enabled`).
+pub(crate) fn progress_bar(enabled: bool, len: usize, what: &str) -> indicatif::ProgressBar {
     if !enabled {
         return indicatif::ProgressBar::hidden();
     }
     let pb = indicatif::ProgressBar::new(len as u64);
     pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} images · {msg} · {elapsed} elapsed, ETA {eta}",
-        )
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{bar:30}} {{pos}}/{{len}} {what} · {{msg}} · {{elapsed}} elapsed, ETA {{eta}}"
+        ))
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     pb
@@ -323,10 +375,31 @@ pub fn ingest_with_encoder(
     check_target(staged.target(), opts.overwrite)?;
     let stage = staged.path().to_path_buf();
 
+    // Dense and token settings are checked before any work.
+    let grid = match (opts.dense.is_some() || opts.tokens, encoder.token_grid()) {
+        (false, _) => None,
+        (true, Ok(g)) => Some(g),
+        (true, Err(e)) => {
+            return Err(Error::InvalidArgument(format!(
+                "--dense / --tokens need the model's token grid: {e}"
+            )))
+        }
+    };
+    if let (Some(d), Some(g)) = (&opts.dense, &grid) {
+        d.check(g, encoder.spec().input_size)?;
+    }
+    let tokens = grid.filter(|_| opts.tokens).map(|g| TokensInfo {
+        tokens: g.tokens(),
+        rows: g.rows,
+        cols: g.cols,
+        dim: g.dim,
+        source: g.source,
+    });
+
     // Embed.
     let dims = encoder.dims().clone();
     let shard = "regions/part-00000.parquet".to_string();
-    let mut sink = Sink::create(&stage, &shard, &dims)?;
+    let mut sink = Sink::create(&stage, &shard, &dims, tokens.as_ref())?;
     let mut skipped: Vec<Skipped> = dataset.listing_problems().to_vec();
     if let (true, Some(s)) = (opts.strict, skipped.first()) {
         return Err(strict_stop(dataset, s));
@@ -336,6 +409,27 @@ pub fn ingest_with_encoder(
     if counts.regions == 0 {
         return Err(nothing_indexed(dataset, &counts, &skipped, &opts.settings));
     }
+
+    // Dense grids: a second pass over the images.
+    let td = Instant::now();
+    let dense = match &opts.dense {
+        Some(d) => {
+            let out = crate::dense::write_dense(
+                dataset,
+                encoder,
+                d,
+                &opts.settings,
+                opts.batch_size,
+                opts.strict,
+                opts.progress,
+                &stage,
+            )?;
+            skipped.extend(out.skipped.iter().cloned());
+            Some(out)
+        }
+        None => None,
+    };
+    let dense_seconds = td.elapsed().as_secs_f64();
 
     // Graphs.
     let th = Instant::now();
@@ -376,6 +470,8 @@ pub fn ingest_with_encoder(
         hnsw,
         skipped,
         files: record_files(&stage)?,
+        dense: dense.as_ref().map(|d| d.info.clone()),
+        tokens,
     };
     let marker = stage.join(MARKER_FILE);
     std::fs::write(&marker, MARKER_TEXT).at(&marker)?;
@@ -393,6 +489,9 @@ pub fn ingest_with_encoder(
         encode_seconds: timing.encode_seconds,
         hnsw_seconds,
         wait_seconds: timing.wait_seconds,
+        dense_seconds,
+        dense_encode_seconds: dense.as_ref().map_or(0.0, |d| d.encode_seconds),
+        dense_windows: dense.as_ref().map_or(0, |d| d.windows),
         cleaned,
     })
 }
@@ -479,7 +578,7 @@ fn embed_all(
     let pre = encoder.preprocessor();
     let tlen = pre.tensor_len();
     let settings = opts.settings;
-    let pb = progress_bar(opts.progress, items.len());
+    let pb = progress_bar(opts.progress, items.len(), "images");
     let (tx, rx) = sync_channel::<Msg>(4);
     let mut timing = Timing {
         encode_seconds: 0.0,
@@ -496,9 +595,17 @@ fn embed_all(
         };
         let mut run = |batch: &mut Batch, sink: &mut Sink| -> Result<()> {
             let te = Instant::now();
-            let feats = encoder.embed(&batch.tensors, batch.regions.len())?;
+            let (feats, tokens) = encoder.embed_with_tokens(
+                &batch.tensors,
+                batch.regions.len(),
+                sink.tokens.is_some(),
+            )?;
             timing.encode_seconds += te.elapsed().as_secs_f64();
-            sink.write(std::mem::take(&mut batch.regions), &feats)?;
+            sink.write(
+                std::mem::take(&mut batch.regions),
+                &feats,
+                tokens.as_deref(),
+            )?;
             batch.tensors.clear();
             Ok(())
         };
@@ -574,11 +681,16 @@ fn build_graphs(
     Ok(hnsw)
 }
 
-/// Length and SHA-256 of every file under `regions/`, `features/` and `hnsw/`.
+/// Length and SHA-256 of every file under `regions/`, `features/`, `hnsw/`, `tokens/` and
+/// `dense/` (its grid matrix and image table; the per-image label maps below `dense/labels/`
+/// are checked when read instead, so opening an index stays one `stat` per listed file).
 fn record_files(dir: &Path) -> Result<BTreeMap<String, FileRecord>> {
     let mut files = BTreeMap::new();
-    for sub in ["regions", "features", "hnsw"] {
+    for sub in ["regions", "features", "hnsw", "tokens", "dense"] {
         let d = dir.join(sub);
+        if !d.is_dir() {
+            continue;
+        }
         let mut names: Vec<_> = std::fs::read_dir(&d)
             .at(&d)?
             .filter_map(|e| e.ok())

@@ -25,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod dataset;
+pub mod dense;
 pub mod encoder;
 pub mod error;
 pub mod eval;
@@ -38,7 +39,7 @@ pub mod setup;
 pub mod store;
 
 pub use dataset::{Dataset, MmsegDataset, RegionSettings};
-pub use encoder::{Device, Encoder, EncoderOptions, Feature};
+pub use encoder::{Device, Encoder, EncoderOptions, Feature, TokenGrid};
 pub use error::{Error, Result};
 pub use ingest::IngestOptions;
 pub use region::{PixelBox, Region, RegionKind};

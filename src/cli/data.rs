@@ -106,6 +106,21 @@ pub struct IngestArgs {
     /// Replace an existing partlens index (never anything else).
     #[arg(long)]
     pub overwrite: bool,
+    /// Also store every image's dense token grid (for `probe segment`): the image resized to
+    /// --dense-size on its short side, encoded in sliding windows, tokens averaged per cell.
+    #[arg(long)]
+    pub dense: bool,
+    /// Short side of the resized image for --dense, pixels: a multiple of the model's patch
+    /// (or stride) and at least its input.
+    #[arg(long, default_value_t = partlens::dense::DEFAULT_SIZE)]
+    pub dense_size: usize,
+    /// Step between --dense windows, pixels (default: half the model's input, in whole cells).
+    #[arg(long)]
+    pub dense_stride: Option<usize>,
+    /// Also keep each region's own patch tokens, float16 (for `probe attentive`; the disk
+    /// cost per region is tokens × dims × 2 bytes: 49 × 1280 × 2 = 125 KB for MobileNetV2).
+    #[arg(long)]
+    pub tokens: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -148,6 +163,11 @@ pub(super) fn ingest(a: &IngestArgs, enc: &EncoderOptions, quiet: bool) -> Resul
     opts.batch_size = a.batch_size;
     opts.strict = a.strict;
     opts.overwrite = a.overwrite;
+    opts.tokens = a.tokens;
+    opts.dense = a.dense.then_some(partlens::dense::DenseOptions {
+        size: a.dense_size,
+        stride: a.dense_stride,
+    });
     opts.progress = !a.json && !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     // Settings are checked before the dataset is listed (which can take a while).
     opts.settings.validate()?;

@@ -49,6 +49,30 @@ pub(crate) fn report(r: &IngestReport) {
         r.wait_seconds,
         r.hnsw_seconds
     );
+    if let Some(d) = &r.manifest.dense {
+        println!(
+            "dense: {} images, {} cells of {} values ({} windows of {}×{} px, stride {}, short side {}) in {:.1} s ({:.2} images/s; encoder {:.1} s)",
+            d.images,
+            d.cells,
+            d.dim,
+            r.dense_windows,
+            d.window[1],
+            d.window[0],
+            d.stride,
+            d.size,
+            r.dense_seconds,
+            d.images as f64 / r.dense_seconds.max(1e-9),
+            r.dense_encode_seconds
+        );
+    }
+    if let Some(t) = &r.manifest.tokens {
+        println!(
+            "tokens: {} per region × {} values, float16 ({} KB per region)",
+            t.tokens,
+            t.dim,
+            t.tokens * t.dim * 2 / 1024
+        );
+    }
     if !r.manifest.skipped.is_empty() {
         println!("skipped {} inputs:", r.manifest.skipped.len());
         for s in &r.manifest.skipped {

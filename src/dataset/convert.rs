@@ -31,7 +31,7 @@ pub struct ConvertSummary {
 /// Most classes one 8-bit map holds: 1..=254 (0 background, 255 ignore).
 pub const MAX_CLASSES: usize = 254;
 
-fn save(map: &LabelMap, path: &Path) -> Result<()> {
+pub(crate) fn save(map: &LabelMap, path: &Path) -> Result<()> {
     image::GrayImage::from_raw(map.width as u32, map.height as u32, map.data.clone())
         .ok_or_else(|| Error::InvalidArgument("label map size mismatch".into()))?
         .save(path)

@@ -114,6 +114,12 @@ pub struct Manifest {
     /// SHA-256. Indexes written before this field have none.
     #[serde(default)]
     pub files: BTreeMap<String, FileRecord>,
+    /// Dense features (`ingest --dense`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dense: Option<super::dense::DenseInfo>,
+    /// Region tokens (`ingest --tokens`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<super::dense::TokensInfo>,
 }
 
 impl Manifest {
@@ -208,6 +214,30 @@ impl Manifest {
         }
         if self.shards.is_empty() {
             return Err("no region files listed".into());
+        }
+        if let Some(d) = &self.dense {
+            let ok = (1..=MAX_DIM).contains(&d.dim)
+                && d.cell >= 1
+                && d.stride >= 1
+                && d.window.iter().all(|&w| (1..=4096).contains(&w))
+                && (1..=1 << 16).contains(&d.size)
+                && [&d.part_classes, &d.object_classes]
+                    .iter()
+                    .all(|c| c.as_ref().is_none_or(|c| (1..=255).contains(&c.len())));
+            if !ok {
+                return Err(format!(
+                    "dense: size {}, stride {}, window {:?}, cell {}, dim {} or its class lists                      (1 to 255 names) are out of range",
+                    d.size, d.stride, d.window, d.cell, d.dim
+                ));
+            }
+        }
+        if let Some(t) = &self.tokens {
+            if !(1..=MAX_DIM).contains(&t.dim) || t.tokens == 0 || t.tokens != t.rows * t.cols {
+                return Err(format!(
+                    "tokens: {} tokens of {} values in a {} × {} grid",
+                    t.tokens, t.dim, t.rows, t.cols
+                ));
+            }
         }
         for shard in self.shards.iter().chain(self.files.keys()) {
             check_inner_path(shard)?;

@@ -8,6 +8,7 @@
 //! hnsw/<feature>.hnsw.{graph,data}
 //! ```
 
+pub mod dense;
 pub mod manifest;
 pub mod npy;
 pub mod parquet;
@@ -21,7 +22,7 @@ use crate::encoder::Feature;
 use crate::error::{Error, Result};
 use crate::region::{Region, RegionKind};
 pub use manifest::Manifest;
-pub use npy::{NpyMatrix, NpyWriter};
+pub use npy::{HalfArray, HalfWriter, NpyMatrix, NpyWriter};
 pub use parquet::{read_regions, RegionWriter};
 
 /// An opened index directory: its manifest, region metadata and memory-mapped features.
@@ -31,6 +32,8 @@ pub struct IndexDir {
     manifest: Manifest,
     regions: Vec<Region>,
     features: BTreeMap<Feature, NpyMatrix>,
+    dense: Option<dense::DenseIndex>,
+    tokens: Option<HalfArray>,
 }
 
 /// The marker file every index holds; only a folder with it (or, for indexes written before
@@ -43,7 +46,7 @@ pub const MARKER_TEXT: &str = "partlens index: see manifest.json\n";
 /// Entries an index directory may hold; anything else means a user put files there, and the
 /// folder is not replaced.
 /// (`evals/` holds results cached by `partlens report`.)
-pub const INDEX_ENTRIES: [&str; 7] = [
+pub const INDEX_ENTRIES: [&str; 9] = [
     MARKER_FILE,
     "manifest.json",
     "manifest.json.tmp",
@@ -51,6 +54,8 @@ pub const INDEX_ENTRIES: [&str; 7] = [
     "features",
     "hnsw",
     "evals",
+    "dense",
+    "tokens",
 ];
 
 /// Whether `path` may be replaced by a new index: `Ok(true)` for a partlens index, `Ok(false)`
@@ -181,11 +186,36 @@ impl IndexDir {
             }
             features.insert(f, m);
         }
+        let dense = match &manifest.dense {
+            Some(info) => Some(dense::DenseIndex::open(&path, info)?),
+            None => None,
+        };
+        let tokens = match &manifest.tokens {
+            Some(t) => {
+                let tp = path.join(dense::TOKENS_FILE);
+                let a = HalfArray::open(&tp)?;
+                if a.shape() != [n, t.tokens, t.dim] {
+                    return Err(Error::corrupt(
+                        &tp,
+                        format!(
+                            "shape {:?}, the manifest says ({n}, {}, {})",
+                            a.shape(),
+                            t.tokens,
+                            t.dim
+                        ),
+                    ));
+                }
+                Some(a)
+            }
+            None => None,
+        };
         Ok(IndexDir {
             path,
             manifest,
             regions,
             features,
+            dense,
+            tokens,
         })
     }
 
@@ -255,6 +285,29 @@ impl IndexDir {
     /// The memory-mapped matrix of a feature, if the index has it.
     pub fn feature(&self, f: Feature) -> Option<&NpyMatrix> {
         self.features.get(&f)
+    }
+
+    /// The dense features, or an error saying how to add them.
+    pub fn dense(&self) -> Result<&dense::DenseIndex> {
+        self.dense.as_ref().ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "index {} has no dense features; ingest again with --dense to add them                  (partlens ingest --dataset … --dense --out {} --overwrite)",
+                self.path.display(),
+                self.path.display()
+            ))
+        })
+    }
+
+    /// Each region's own patch tokens (`regions × tokens × dim`, float16), or an error
+    /// saying how to add them.
+    pub fn tokens(&self) -> Result<&HalfArray> {
+        self.tokens.as_ref().ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "index {} has no region tokens; ingest again with --tokens to keep them                  (partlens ingest --dataset … --tokens --out {} --overwrite)",
+                self.path.display(),
+                self.path.display()
+            ))
+        })
     }
 
     /// Features stored in this index.

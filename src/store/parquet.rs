@@ -40,7 +40,7 @@ pub const METADATA_COLUMNS: [&str; 13] = [
     "mask_rle",
 ];
 
-fn pq_err(path: &Path, e: impl std::fmt::Display) -> Error {
+pub(crate) fn pq_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Parquet {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -206,7 +206,7 @@ impl RegionWriter {
     }
 }
 
-fn col<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a ArrayRef> {
+pub(crate) fn col<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a ArrayRef> {
     batch
         .column_by_name(name)
         .ok_or_else(|| Error::corrupt(path, format!("column {name:?} missing")))
