@@ -154,6 +154,44 @@ pub struct Trained {
     pub state_bytes: usize,
 }
 
+/// What one training row should predict.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// One class.
+    Hard(u32),
+    /// A distribution: `(class, weight)` pairs, weights summing to 1 (the segmentation probe's
+    /// patch targets: the label distribution of the pixels a patch covers).
+    Soft(&'a [(u32, f32)]),
+}
+
+/// Rows the probe trains on, addressed by position: the classification probe's selected
+/// regions ([`LabeledRows`]), or the segmentation probe's labelled grid cells.
+pub trait TrainRows: Sync {
+    /// Width of a row.
+    fn dim(&self) -> usize;
+    /// Number of classes.
+    fn nclass(&self) -> usize;
+    /// Writes position `p`'s raw row (`dim` values) into `out`.
+    fn read(&self, p: usize, out: &mut [f32]);
+    /// Position `p`'s target.
+    fn target(&self, p: usize) -> Target<'_>;
+}
+
+impl TrainRows for LabeledRows<'_> {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+    fn nclass(&self) -> usize {
+        self.classes.len()
+    }
+    fn read(&self, p: usize, out: &mut [f32]) {
+        out.copy_from_slice(self.row(self.rows[p]));
+    }
+    fn target(&self, p: usize) -> Target<'_> {
+        Target::Hard(self.labels[p])
+    }
+}
+
 /// The initial weights (D × C, row-major): N(0, 0.01²) from `seed`.
 pub fn initial_weights(seed: u64, dim: usize, nclass: usize) -> Vec<f32> {
     let mut r = Rng::new(seed ^ 0x5EED_0000_0000_0001);
@@ -170,19 +208,25 @@ pub fn epoch_order(seed: u64, n: usize, epoch: usize) -> Vec<usize> {
 }
 
 /// Per-dimension mean and 1/√(var + ε) of the rows at `positions`, in float64.
-pub fn standardisation(rows: &LabeledRows<'_>, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
-    let d = rows.dim;
+pub fn standardisation<R: TrainRows + ?Sized>(
+    rows: &R,
+    positions: &[usize],
+) -> (Vec<f32>, Vec<f32>) {
+    let d = rows.dim();
     let n = positions.len().max(1) as f64;
     let mut sum = vec![0f64; d];
+    let mut row = vec![0f32; d];
     for &p in positions {
-        for (s, &v) in sum.iter_mut().zip(rows.row(rows.rows[p])) {
+        rows.read(p, &mut row);
+        for (s, &v) in sum.iter_mut().zip(&row) {
             *s += f64::from(v);
         }
     }
     let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
     let mut var = vec![0f64; d];
     for &p in positions {
-        for ((s, &v), m) in var.iter_mut().zip(rows.row(rows.rows[p])).zip(&mean) {
+        rows.read(p, &mut row);
+        for ((s, &v), m) in var.iter_mut().zip(&row).zip(&mean) {
             *s += (f64::from(v) - m).powi(2);
         }
     }
@@ -210,7 +254,7 @@ impl SendPtr {
 /// C[:, cols] (+)= A · B[:, cols] for column chunks in parallel. A: m × k with strides
 /// (rsa, csa); B: k × n row-major; C: m × n row-major.
 #[allow(clippy::too_many_arguments)]
-fn gemm_cols(
+pub(crate) fn gemm_cols(
     m: usize,
     k: usize,
     n: usize,
@@ -251,30 +295,33 @@ fn gemm_cols(
 }
 
 /// Fills `x` with the standardised rows at `positions`.
-fn load_batch(
-    rows: &LabeledRows<'_>,
+fn load_batch<R: TrainRows + ?Sized>(
+    rows: &R,
     positions: &[usize],
     mean: &[f32],
     inv_std: &[f32],
     x: &mut Vec<f32>,
 ) {
+    let d = rows.dim();
     x.clear();
-    for &p in positions {
-        let r = rows.row(rows.rows[p]);
-        x.extend(
-            r.iter()
-                .zip(mean)
-                .zip(inv_std)
-                .map(|((v, m), s)| (v - m) * s),
-        );
+    x.resize(positions.len() * d, 0.0);
+    for (&p, out) in positions.iter().zip(x.chunks_exact_mut(d)) {
+        rows.read(p, out);
+        for ((v, m), s) in out.iter_mut().zip(mean).zip(inv_std) {
+            *v = (*v - m) * s;
+        }
     }
 }
 
-/// Trains every head on the regions at `fit` (positions into `rows`).
-pub fn train(rows: &LabeledRows<'_>, fit: &[usize], opts: &LinearOptions) -> Result<Trained> {
+/// Trains every head on the rows at `fit` (positions into `rows`).
+pub fn train<R: TrainRows + ?Sized>(
+    rows: &R,
+    fit: &[usize],
+    opts: &LinearOptions,
+) -> Result<Trained> {
     check_options(opts)?;
-    let d = rows.dim;
-    let c = rows.classes.len();
+    let d = rows.dim();
+    let c = rows.nclass();
     let heads: Vec<(f64, f64)> = opts
         .lrs
         .iter()
@@ -331,11 +378,15 @@ pub fn train(rows: &LabeledRows<'_>, fit: &[usize], opts: &LinearOptions) -> Res
             // Softmax cross-entropy per head; z becomes the gradient of the mean loss.
             let mut step_loss = vec![0f64; h];
             for r in 0..n {
-                let y = rows.labels[pos[r]] as usize;
+                let target = rows.target(pos[r]);
                 for (head, loss) in step_loss.iter_mut().enumerate() {
                     let zz = &mut z[r * hc + head * c..r * hc + (head + 1) * c];
                     let max = zz.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let zy = zz[y] - max;
+                    // Σ t_k (z_k − max): for a hard target, z_y − max.
+                    let zy = match target {
+                        Target::Hard(y) => zz[y as usize] - max,
+                        Target::Soft(t) => t.iter().map(|&(k, w)| w * (zz[k as usize] - max)).sum(),
+                    };
                     let mut sum = 0f32;
                     for e in zz.iter_mut() {
                         *e = (*e - max).exp();
@@ -352,7 +403,14 @@ pub fn train(rows: &LabeledRows<'_>, fit: &[usize], opts: &LinearOptions) -> Res
                             *e = 0.0;
                         }
                     }
-                    zz[y] -= 1.0 / n as f32;
+                    match target {
+                        Target::Hard(y) => zz[y as usize] -= 1.0 / n as f32,
+                        Target::Soft(t) => {
+                            for &(k, w) in t {
+                                zz[k as usize] -= w / n as f32;
+                            }
+                        }
+                    }
                 }
             }
             let lr_scale = 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total).cos());
@@ -488,7 +546,7 @@ impl Trained {
     /// regions at `positions`: `[head][position]`. Logits are computed a batch at a time
     /// from the memory map, for all heads with one matrix multiply; only the rankings are
     /// kept.
-    pub fn top5(&self, rows: &LabeledRows<'_>, positions: &[usize]) -> Vec<Vec<Vec<u32>>> {
+    pub fn top5<R: TrainRows + ?Sized>(&self, rows: &R, positions: &[usize]) -> Vec<Vec<Vec<u32>>> {
         let (d, c, h) = (self.dim, self.nclass, self.heads.len());
         let hc = h * c;
         let mut out: Vec<Vec<Vec<u32>>> = vec![Vec::with_capacity(positions.len()); h];
