@@ -32,6 +32,12 @@ pub enum ProbeCommand {
     Classify(ClassifyArgs),
     /// DINO's weighted k-NN classifier (cosine, votes exp(sim / T)).
     Knn(KnnArgs),
+    /// Segmentation probe on the dense grids (ingest --dense): BatchNorm + linear 1×1 head,
+    /// logits upsampled bilinearly, mmseg's mIoU / aAcc / mAcc.
+    Segment(super::probe_dense::SegmentArgs),
+    /// Attentive probe on the regions' own patch tokens (ingest --tokens): one learned query
+    /// cross-attends over them, BatchNorm, linear; AdamW on the CPU.
+    Attentive(super::probe_dense::AttentiveArgs),
 }
 
 /// What every evaluation reads.
@@ -52,7 +58,7 @@ pub struct Common {
 }
 
 impl Common {
-    fn open(&self, split: Option<String>) -> Result<(IndexDir, Selection)> {
+    pub(super) fn open(&self, split: Option<String>) -> Result<(IndexDir, Selection)> {
         let index = IndexDir::open(&self.index)?;
         let feature = match self.feature {
             Some(f) => f,
@@ -99,18 +105,18 @@ pub struct RetrievalArgs {
 pub struct ProbeSplitArgs {
     /// Training split (default: train or training, or the only split when there is one).
     #[arg(long)]
-    train: Option<String>,
+    pub(super) train: Option<String>,
     /// Evaluation split (default: val, validation or test). When the index has none, or
     /// --eval names the training split, a stratified, seeded share of the training split is
     /// held out instead (printed).
     #[arg(long)]
-    eval: Option<String>,
+    pub(super) eval: Option<String>,
     /// Share of train used for evaluation when the split is derived (between 0 and 1).
     #[arg(long, default_value_t = 0.2)]
-    eval_fraction: f64,
+    pub(super) eval_fraction: f64,
     /// Seed (splits, shuffles, initial weights).
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub(super) seed: u64,
 }
 
 /// `partlens probe classify`.
@@ -256,7 +262,7 @@ fn warnings(w: &[String]) {
     }
 }
 
-fn print_accuracy(a: &Accuracy) {
+pub(super) fn print_accuracy(a: &Accuracy) {
     println!("top-1        {:.2} %", a.top1);
     println!("top-5        {:.2} %", a.top5);
     println!(
@@ -273,6 +279,8 @@ pub(super) fn probe(c: &ProbeCommand) -> Result<()> {
     match c {
         ProbeCommand::Classify(a) => probe_classify(a),
         ProbeCommand::Knn(a) => probe_knn(a),
+        ProbeCommand::Segment(a) => super::probe_dense::probe_segment(a),
+        ProbeCommand::Attentive(a) => super::probe_dense::probe_attentive(a),
     }
 }
 

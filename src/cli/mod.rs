@@ -6,6 +6,7 @@ mod data;
 mod eval;
 mod index;
 mod print;
+mod probe_dense;
 
 use std::path::PathBuf;
 

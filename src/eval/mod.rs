@@ -11,13 +11,18 @@
 //! so that every result is reproducible bit for bit.
 
 pub mod ap;
+pub mod attentive;
+pub mod attentive_probe;
 pub mod chart;
 pub mod kernel;
 pub mod knn;
 pub mod linear;
+pub mod miou;
 pub mod npz;
 pub mod report;
 pub mod retrieval;
+pub mod segment;
+mod segment_out;
 
 use std::collections::BTreeMap;
 
