@@ -308,17 +308,24 @@ pub fn segment(
             LabelSet::Parts => LabelSet::Objects,
             LabelSet::Objects => LabelSet::Parts,
         };
+        let format = &index.manifest().dataset.format;
+        let why = if dense.classes(other).is_some() {
+            format!(
+                "its dataset ({format}) has {} maps only; try --labels {}",
+                other.as_str(),
+                other.as_str()
+            )
+        } else {
+            format!(
+                "its dataset's format ({format}) gives no whole-image label maps; segmentation \
+                 reads the mmseg layout (img/ ann/ [obj/]), ADEChallengeData2016 or Pascal-Part \
+                 .mat files (the ADE20K full release: `partlens convert --from ade20k` first)"
+            )
+        };
         Error::InvalidArgument(format!(
-            "index {} has no {} label maps (its dataset, {}, has {}); try --labels {}",
+            "index {} has no {} label maps: {why}",
             index.path().display(),
             set.as_str(),
-            index.manifest().dataset.format,
-            if dense.classes(other).is_some() {
-                format!("{} maps only", other.as_str())
-            } else {
-                "no label maps at all".into()
-            },
-            other.as_str()
         ))
     })?;
     if names.len() < 3 {
