@@ -111,6 +111,30 @@ fn print_info(idx: &IndexDir, path: &std::path::Path) {
         m.settings.objects,
         m.settings.resize_labels.as_str()
     );
+    if let Some(d) = &m.dense {
+        let sets: Vec<String> = [("parts", &d.part_classes), ("objects", &d.object_classes)]
+            .iter()
+            .filter_map(|(n, c)| c.as_ref().map(|c| format!("{n} ({} classes)", c.len() - 1)))
+            .collect();
+        println!(
+            "dense        {} images, {} cells of {} values ({} px cells, short side {}, stride {}); label maps: {}",
+            d.images,
+            d.cells,
+            d.dim,
+            d.cell,
+            d.size,
+            d.stride,
+            if sets.is_empty() { "none".into() } else { sets.join(", ") }
+        );
+    }
+    if let Some(t) = &m.tokens {
+        println!(
+            "tokens       {} × {} per region, float16 ({} KB per region)",
+            t.tokens,
+            t.dim,
+            t.tokens * t.dim * 2 / 1024
+        );
+    }
     let labels = idx.label_counts();
     println!("labels       {} distinct; most frequent:", labels.len());
     for l in labels.iter().take(12) {

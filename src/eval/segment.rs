@@ -155,6 +155,7 @@ impl<'a> CellRows<'a> {
                     Error::InvalidArgument(format!("{}: no label map", dense.images[n].image))
                 })?;
                 check_values(&map, nclass, &dense.images[n].image)?;
+                dense.read_grid_checked(n, &mut Vec::new())?;
                 Ok(cell_targets(dense, n, &map, nclass))
             })
             .collect();
@@ -235,11 +236,11 @@ impl<'a> Head<'a> {
     }
 
     /// Image `n`'s predicted classes (reduced numbering), `width × height`.
-    fn predict(&self, dense: &DenseIndex, n: usize, (w, h): (usize, usize)) -> Vec<u8> {
+    fn predict(&self, dense: &DenseIndex, n: usize, (w, h): (usize, usize)) -> Result<Vec<u8>> {
         let im = &dense.images[n];
         let (d, c) = (self.trained.dim, self.trained.nclass);
         let mut x = Vec::new();
-        dense.read_grid(n, &mut x);
+        dense.read_grid_checked(n, &mut x)?;
         for row in x.chunks_exact_mut(d) {
             for ((v, m), s) in row
                 .iter_mut()
@@ -254,7 +255,7 @@ impl<'a> Head<'a> {
         gemm_cols(cells, d, c, &x, d as isize, 1, &self.weights, &mut z, 1.0);
         let mut out = vec![0u8; w * h];
         upsample_argmax(&z, im.rows as usize, im.cols as usize, c, w, h, &mut out);
-        out
+        Ok(out)
     }
 }
 
@@ -463,7 +464,7 @@ fn score(
                 .label_map(n, set)?
                 .ok_or_else(|| Error::InvalidArgument(format!("{}: no label map", im.image)))?;
             check_values(&map, nclass, &im.image)?;
-            let pred = head.predict(dense, n, (map.width, map.height));
+            let pred = head.predict(dense, n, (map.width, map.height))?;
             let mut a = SegAreas::new(nclass);
             a.add(&pred, &map.data, true)
                 .map_err(|e| Error::InvalidArgument(format!("{}: {e}", im.image)))?;

@@ -339,6 +339,25 @@ impl DenseIndex {
         self.grids.read_rows(im.offset as usize, im.cells(), out);
     }
 
+    /// [`DenseIndex::read_grid`], refusing a grid holding NaN or infinity (ingest never
+    /// stores one: the file is damaged).
+    pub fn read_grid_checked(&self, n: usize, out: &mut Vec<f32>) -> Result<()> {
+        self.read_grid(n, out);
+        if let Some(i) = out.iter().position(|v| !v.is_finite()) {
+            let im = &self.images[n];
+            return Err(Error::corrupt(
+                &self.dir.join(GRIDS_FILE),
+                format!(
+                    "row {} (image {}) holds NaN or infinity: the file is damaged \
+                     (`partlens info --verify` checks it)",
+                    im.offset as usize + i / self.info.dim,
+                    im.image
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The class names of a label set (index = map value, 0 = background), or why there are
     /// none.
     pub fn classes(&self, set: LabelSet) -> Option<&[String]> {
