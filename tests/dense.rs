@@ -372,7 +372,7 @@ fn dense_settings_are_checked_before_any_work_and_damage_is_caught() {
     assert!(e.contains("grids.npy") && e.contains("truncated"), "{e}");
     // A NaN written over a cell (same length): named, never trained on or scored.
     let mut bytes = bytes;
-    let at = bytes.len() / 2 & !1;
+    let at = (bytes.len() / 2) & !1;
     bytes[at..at + 2].copy_from_slice(&0x7e00u16.to_le_bytes());
     std::fs::write(&g, &bytes).unwrap();
     let e = err(&["probe", "segment", "--index", s(&copy), "--epochs", "1"]);

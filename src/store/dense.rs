@@ -346,7 +346,7 @@ impl DenseIndex {
         if let Some(i) = out.iter().position(|v| !v.is_finite()) {
             let im = &self.images[n];
             return Err(Error::corrupt(
-                &self.dir.join(GRIDS_FILE),
+                self.dir.join(GRIDS_FILE),
                 format!(
                     "row {} (image {}) holds NaN or infinity: the file is damaged \
                      (`partlens info --verify` checks it)",
