@@ -235,20 +235,18 @@ fn max_label(m: &LabelMap) -> Option<u8> {
     m.data.iter().copied().filter(|&v| v != 255).max()
 }
 
-/// Makes every image's grid under `stage` (see the module doc). An image that cannot be read
-/// is skipped and reported (or, with `strict`, ends the run); a run where no image has a grid
-/// fails.
-#[allow(clippy::too_many_arguments)]
+/// Makes every image's grid under `stage` with `ingest`'s dense options, region settings
+/// (label maps are checked or resized as for regions), batch size, `strict` and progress (see
+/// the module doc). An image that cannot be read is skipped and reported (or, with `strict`,
+/// ends the run); a run where no image has a grid fails.
 pub fn write_dense(
     dataset: &dyn Dataset,
     encoder: &Encoder,
-    opts: &DenseOptions,
-    settings: &RegionSettings,
-    batch_size: usize,
-    strict: bool,
-    progress: bool,
+    ingest: &crate::ingest::IngestOptions,
     stage: &Path,
 ) -> Result<DenseOutcome> {
+    let opts = &ingest.dense.unwrap_or_default();
+    let (settings, batch_size, strict) = (&ingest.settings, ingest.batch_size, ingest.strict);
     let grid = encoder.token_grid()?;
     let input = encoder.spec().input_size;
     let stride = opts.check(&grid, input)?;
@@ -259,7 +257,7 @@ pub fn write_dense(
     }
     let mut grids = HalfWriter::create(stage.join(GRIDS_FILE), &[grid.dim])?;
     let items = dataset.items();
-    let pb = crate::ingest::progress_bar(progress, items.len(), "images (dense)");
+    let pb = crate::ingest::progress_bar(ingest.progress, items.len(), "images (dense)");
     let (tx, rx) = sync_channel::<(usize, Result<Loaded>)>(2);
     let mut rows: Vec<DenseImage> = Vec::new();
     let mut skipped = Vec::new();
@@ -352,6 +350,8 @@ pub fn write_dense(
                     .filter(|_| has)
                     .map(|p| dataset.listing().root.relative(p))
             };
+            // The file each map came from: an object map without a file of its own was read
+            // from the image's one annotation (a Pascal-Part `.mat`).
             rows.push(DenseImage {
                 image: item.image.clone(),
                 split: item.split.clone(),

@@ -413,17 +413,8 @@ pub fn ingest_with_encoder(
     // Dense grids: a second pass over the images.
     let td = Instant::now();
     let dense = match &opts.dense {
-        Some(d) => {
-            let out = crate::dense::write_dense(
-                dataset,
-                encoder,
-                d,
-                &opts.settings,
-                opts.batch_size,
-                opts.strict,
-                opts.progress,
-                &stage,
-            )?;
+        Some(_) => {
+            let out = crate::dense::write_dense(dataset, encoder, opts, &stage)?;
             skipped.extend(out.skipped.iter().cloned());
             Some(out)
         }

@@ -597,7 +597,8 @@ impl Encoder {
                 return Err(Error::model(
                     &self.path,
                     format!(
-                        "produced a non-finite {f} value for region {} of the batch; refusing to                          store it",
+                        "produced a non-finite {f} value for region {} of the batch; refusing to \
+                         store it",
                         i / (v.len() / n).max(1)
                     ),
                 ));
@@ -771,13 +772,17 @@ fn grid_of(
         };
         if rows * cols != n {
             return Err(format!(
-                "its {n} patch tokens do not form the {rows} × {cols} grid of a {h} × {w} input                  (a class token among them? set patch_size in the spec)"
+                "its {n} patch tokens do not form the {rows} × {cols} grid of a {h} × {w} input \
+                 (a class token among them? set patch_size in the spec)"
             ));
         }
         (rows, cols, d, GridSource::PatchTokens)
     } else {
-        return Err("its spec names neither patch_tokens nor feature_map, so it has no token                     grid (needed for dense features and --tokens)"
-            .into());
+        return Err(
+            "its spec names neither patch_tokens nor feature_map, so it has no token \
+                    grid (needed for dense features and --tokens)"
+                .into(),
+        );
     };
     if rows == 0 || cols == 0 || h % rows != 0 || w % cols != 0 || h / rows != w / cols {
         return Err(format!(

@@ -226,7 +226,8 @@ impl Manifest {
                     .all(|c| c.as_ref().is_none_or(|c| (1..=255).contains(&c.len())));
             if !ok {
                 return Err(format!(
-                    "dense: size {}, stride {}, window {:?}, cell {}, dim {} or its class lists                      (1 to 255 names) are out of range",
+                    "dense: size {}, stride {}, window {:?}, cell {}, dim {} or its class lists \
+                     (1 to 255 names) are out of range",
                     d.size, d.stride, d.window, d.cell, d.dim
                 ));
             }

@@ -291,7 +291,8 @@ impl IndexDir {
     pub fn dense(&self) -> Result<&dense::DenseIndex> {
         self.dense.as_ref().ok_or_else(|| {
             Error::InvalidArgument(format!(
-                "index {} has no dense features; ingest again with --dense to add them                  (partlens ingest --dataset … --dense --out {} --overwrite)",
+                "index {} has no dense features; ingest again with --dense to add them \
+                 (partlens ingest --dataset … --dense --out {} --overwrite)",
                 self.path.display(),
                 self.path.display()
             ))
@@ -303,7 +304,8 @@ impl IndexDir {
     pub fn tokens(&self) -> Result<&HalfArray> {
         self.tokens.as_ref().ok_or_else(|| {
             Error::InvalidArgument(format!(
-                "index {} has no region tokens; ingest again with --tokens to keep them                  (partlens ingest --dataset … --tokens --out {} --overwrite)",
+                "index {} has no region tokens; ingest again with --tokens to keep them \
+                 (partlens ingest --dataset … --tokens --out {} --overwrite)",
                 self.path.display(),
                 self.path.display()
             ))
