@@ -352,3 +352,132 @@ fn report_compares_indexes_and_caches_results() {
     ingest_json(&sample("pascal_part"), &["--overwrite"], &copy);
     assert!(!copy.join("evals").exists());
 }
+
+#[test]
+fn report_segmentation_columns_are_cached_and_skipped_without_dense() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    // 30 synthetic images; a copy without object label maps.
+    let o = bin()
+        .args([
+            "--device",
+            "cpu",
+            "synth",
+            "--images",
+            "30",
+            "--variation",
+            "1.0",
+        ])
+        .arg("--out")
+        .arg(p("synth"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    common::copy_dir(&p("synth"), &p("synth-parts"));
+    std::fs::remove_dir_all(p("synth-parts").join("obj")).unwrap();
+    std::fs::remove_file(p("synth-parts").join("object_classes.txt")).unwrap();
+    let vit = common::vit_tiny();
+    let dense = [
+        "--model",
+        vit.to_str().unwrap(),
+        "--dense",
+        "--dense-size",
+        "224",
+    ];
+    ingest_json(&p("synth"), &dense, &p("full"));
+    ingest_json(&p("synth-parts"), &dense, &p("parts"));
+    ingest_json(&p("synth"), &dense[..2], &p("plain"));
+    let out = p("report");
+    let idx: Vec<String> = ["full", "parts", "plain"]
+        .iter()
+        .map(|n| format!("{n}={}", s(&p(n))))
+        .collect();
+    let args = |segment_epochs: &'static str| -> Vec<String> {
+        let mut a: Vec<String> = vec!["report".into()];
+        for i in &idx {
+            a.extend(["--index".into(), i.clone()]);
+        }
+        a.extend(
+            [
+                "--out",
+                s(&out),
+                "--epochs",
+                "5",
+                "--segment-epochs",
+                segment_epochs,
+                "--json",
+            ]
+            .map(String::from),
+        );
+        a
+    };
+    let run_report = |e: &'static str| {
+        let a = args(e);
+        json(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let r = run_report("5");
+    let seg = r["segmentation"].as_array().unwrap();
+    let cell = |r: &serde_json::Value, index: &str, labels: &str| -> serde_json::Value {
+        r["segmentation"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["index"] == index && c["labels"] == labels)
+            .unwrap_or_else(|| panic!("{index} {labels}: {r}"))
+            .clone()
+    };
+    assert_eq!(seg.len(), 6, "two per index: {seg:?}");
+    for (index, labels) in [("full", "parts"), ("full", "objects"), ("parts", "parts")] {
+        let c = cell(&r, index, labels);
+        let v = c["value"].as_f64().unwrap_or_else(|| panic!("{c}"));
+        assert!((0.0..=100.0).contains(&v), "{c}");
+        assert_eq!(c["cached"], false);
+        let file = p(index).join(format!("evals/segment-{labels}.json"));
+        assert!(file.is_file(), "{}", file.display());
+    }
+    // Skipped with a note, not an error.
+    let c = cell(&r, "parts", "objects");
+    assert!(
+        c["value"].is_null() && c["note"] == "no object label maps",
+        "{c}"
+    );
+    for labels in ["parts", "objects"] {
+        let c = cell(&r, "plain", labels);
+        assert!(c["value"].is_null(), "{c}");
+        assert_eq!(c["note"], "no dense features (ingest --dense)");
+    }
+    assert!(!p("plain").join("evals/segment-parts.json").exists());
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("| index | encoder | segment mIoU parts | segment mIoU objects |"),
+        "{md}"
+    );
+    let full = cell(&r, "full", "parts")["value"].as_f64().unwrap();
+    assert!(
+        md.contains(&format!("| full | vit_tiny.onnx | {full:.1} |")),
+        "{md}"
+    );
+    assert!(md.contains("no dense features (ingest --dense)"), "{md}");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert_eq!(
+        html.matches("<svg").count(),
+        4,
+        "three tasks and segmentation"
+    );
+    assert!(html.contains("segmentation mIoU"));
+    // Again: the same numbers, from the indexes' caches.
+    let again = run_report("5");
+    for (index, labels) in [("full", "parts"), ("full", "objects"), ("parts", "parts")] {
+        let (a, b) = (cell(&r, index, labels), cell(&again, index, labels));
+        assert_eq!(b["cached"], true, "{b}");
+        assert_eq!(a["value"], b["value"]);
+    }
+    // Other segmentation settings: segmentation runs again, the rest stays cached.
+    let other = run_report("6");
+    assert_eq!(cell(&other, "full", "parts")["cached"], false);
+    assert!(other["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["cached"] == true));
+}

@@ -12,6 +12,7 @@ use partlens::eval::linear::{classify, LinearOptions, Trained};
 use partlens::eval::npz::{write_npz, Array};
 use partlens::eval::report::{report, ReportOptions};
 use partlens::eval::retrieval::{retrieval, ApproxOptions, RetrievalOptions};
+use partlens::eval::segment::SegmentOptions;
 use partlens::eval::{Accuracy, Selection};
 use partlens::region::RegionKind;
 use partlens::{Error, IndexDir, Result};
@@ -171,12 +172,17 @@ pub struct ReportArgs {
     /// Output folder (report.md, report.json, report.html).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// Only these features (default: every feature each index has).
+    /// Only these features (default: every feature each index has; segmentation, which is
+    /// per index, runs regardless).
     #[arg(long, value_delimiter = ',', value_parser = one_of(&Feature::ALL, Feature::as_str))]
     feature: Vec<Feature>,
     /// Linear-probe epochs.
     #[arg(long, default_value_t = 90)]
     epochs: usize,
+    /// Segmentation-probe epochs (over the training images' labelled grid cells; indexes
+    /// ingested with --dense only).
+    #[arg(long, default_value_t = SegmentOptions::default().train.epochs)]
+    segment_epochs: usize,
     /// The probes' training split (default: train or training, or the only split).
     #[arg(long)]
     train: Option<String>,
@@ -461,17 +467,33 @@ pub(super) fn run_report(a: &ReportArgs) -> Result<()> {
             eval: a.eval.clone(),
             ..KnnOptions::default()
         },
+        segment: {
+            let d = SegmentOptions::default();
+            SegmentOptions {
+                train: LinearOptions {
+                    epochs: a.segment_epochs,
+                    train: a.train.clone(),
+                    eval: a.eval.clone(),
+                    ..d.train
+                },
+                ..d
+            }
+        },
         ..ReportOptions::default()
     };
     let r = report(&indexes, &opts, &a.out)?;
     if a.json {
         return print::json(&r);
     }
-    print!("{}", partlens::eval::report::markdown(&r.cells));
-    let cached = r.cells.iter().filter(|c| c.cached).count();
+    print!(
+        "{}",
+        partlens::eval::report::markdown(&r.cells, &r.segmentation)
+    );
+    let cached = r.cells.iter().filter(|c| c.cached).count()
+        + r.segmentation.iter().filter(|c| c.cached).count();
     println!(
         "\n{} results ({} from the indexes' caches); written: {}",
-        r.cells.len(),
+        r.cells.len() + r.segmentation.len(),
         cached,
         r.files
             .iter()

@@ -1,9 +1,11 @@
 //! The paper's comparison at a glance: for each index (one encoder each), part and object
-//! retrieval mAP, linear-probe top-1 and k-NN top-1, per feature the index has. Each result
-//! is cached as JSON inside its index (`evals/<task>-<kind>-<feature>.json`, keyed by the
-//! settings and the feature file that made it), so a report re-runs only what is missing.
-//! Output: `report.md`, `report.json` and a standalone `report.html` (inline SVG charts, no
-//! external assets).
+//! retrieval mAP, linear-probe top-1 and k-NN top-1, per feature the index has; and, per index
+//! with dense features, the segmentation probe's part and object mIoU (the dense grids come
+//! from the encoder's token grid, so segmentation does not depend on the feature). Each result
+//! is cached as JSON inside its index (`evals/<task>-<kind>-<feature>.json`, or
+//! `evals/segment-<parts|objects>.json`, keyed by the settings and the data file that made
+//! it), so a report re-runs only what is missing. Output: `report.md`, `report.json` and a
+//! standalone `report.html` (inline SVG charts, no external assets).
 
 use std::path::{Path, PathBuf};
 
@@ -13,10 +15,12 @@ use super::chart::{grouped_bars, Series, OBJECT_COLOR, PART_COLOR};
 use super::knn::{knn, KnnOptions};
 use super::linear::{classify, LinearOptions};
 use super::retrieval::{retrieval, RetrievalOptions};
+use super::segment::{segment, SegmentOptions, SegmentOutputs};
 use super::Selection;
 use crate::encoder::Feature;
 use crate::error::{Error, IoContext, Result};
 use crate::region::RegionKind;
+use crate::store::dense::{LabelSet, GRIDS_FILE, IMAGES_FILE};
 use crate::store::IndexDir;
 
 /// The folder inside an index that holds cached evaluation results.
@@ -70,6 +74,9 @@ pub struct ReportOptions {
     pub linear: LinearOptions,
     /// k-NN settings.
     pub knn: KnnOptions,
+    /// Segmentation-probe settings (`labels` is ignored: every index with dense features is
+    /// scored on its part and its object label maps).
+    pub segment: SegmentOptions,
     /// Only these features (default: every feature each index has).
     pub features: Option<Vec<Feature>>,
     /// Recompute even when a cached result matches.
@@ -99,11 +106,35 @@ pub struct Cell {
     pub detail: Option<PathBuf>,
 }
 
+/// One index's segmentation mIoU for one label set. Per index, not per feature: the dense
+/// grids come from the encoder's token grid whatever the feature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentCell {
+    /// Index name.
+    pub index: String,
+    /// Encoder (the model file's name).
+    pub encoder: String,
+    /// Part or object label maps.
+    pub labels: LabelSet,
+    /// mIoU, percent (`None` when the probe could not run: see `note`).
+    pub value: Option<f64>,
+    /// Why there is no value (no dense features, no label maps of this set, …), or warnings
+    /// from the run.
+    pub note: Option<String>,
+    /// Whether the value came from the index's cache.
+    pub cached: bool,
+    /// Where the full result is (the cache file).
+    pub detail: Option<PathBuf>,
+}
+
 /// A finished report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// Every cell.
     pub cells: Vec<Cell>,
+    /// Segmentation mIoU per index: parts, then objects.
+    #[serde(default)]
+    pub segmentation: Vec<SegmentCell>,
     /// The files written.
     pub files: Vec<PathBuf>,
     /// Warnings about the run itself (a cache that could not be written, …).
@@ -130,8 +161,56 @@ fn identity(index: &IndexDir, f: Feature) -> serde_json::Value {
     })
 }
 
+/// What identifies the dense data a segmentation result was computed from: the manifest's
+/// creation time, the grid's size, and the recorded SHA-256 of the grid file and of the image
+/// table (which names every image's label maps).
+fn dense_identity(index: &IndexDir) -> serde_json::Value {
+    let m = index.manifest();
+    let sha = |f: &str| m.files.get(f).map(|r| r.sha256.clone());
+    serde_json::json!({
+        "created_unix": m.created_unix,
+        "images": m.dense.as_ref().map(|d| d.images),
+        "cells": m.dense.as_ref().map(|d| d.cells),
+        "grids_sha256": sha(GRIDS_FILE),
+        "images_sha256": sha(IMAGES_FILE),
+    })
+}
+
 fn json_err(e: serde_json::Error) -> Error {
     Error::InvalidArgument(format!("JSON: {e}"))
+}
+
+/// The model file's name.
+fn encoder_name(index: &IndexDir) -> String {
+    Path::new(&index.manifest().encoder.file)
+        .file_name()
+        .map_or_else(|| "?".into(), |s| s.to_string_lossy().into_owned())
+}
+
+/// The cached result in `file`, if its key is `key`.
+fn lookup(file: &Path, key: &serde_json::Value) -> Option<Cached> {
+    crate::files::read_limited(file, 256 << 20)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Cached>(&b).ok())
+        .filter(|c| &c.key == key)
+}
+
+/// Writes `cached` to `file` (via a temporary file); a failure is a warning, not an error.
+fn store(file: &Path, cached: &Cached, name: &str, warnings: &mut Vec<String>) -> Option<PathBuf> {
+    let write = || -> Result<()> {
+        let dir = file.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).at(dir)?;
+        let tmp = file.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(cached).map_err(json_err)?).at(&tmp)?;
+        std::fs::rename(&tmp, file).at(file)
+    };
+    match write() {
+        Ok(()) => Some(file.to_path_buf()),
+        Err(e) => {
+            warnings.push(format!("{name}: result not cached ({e})"));
+            None
+        }
+    }
 }
 
 /// Runs one task (or takes it from the cache).
@@ -164,12 +243,9 @@ fn cell(
         sel.kind.as_str(),
         sel.feature.as_str()
     ));
-    let encoder = Path::new(&index.manifest().encoder.file)
-        .file_name()
-        .map_or_else(|| "?".into(), |s| s.to_string_lossy().into_owned());
     let mut out = Cell {
         index: name.into(),
-        encoder,
+        encoder: encoder_name(index),
         feature: sel.feature,
         task,
         kind: sel.kind,
@@ -179,11 +255,7 @@ fn cell(
         detail: None,
     };
     if !opts.refresh {
-        let hit = crate::files::read_limited(&file, 256 << 20)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Cached>(&b).ok())
-            .filter(|c| c.key == key);
-        if let Some(c) = hit {
+        if let Some(c) = lookup(&file, &key) {
             out.value = c.value;
             out.note = c.note;
             out.cached = true;
@@ -235,16 +307,87 @@ fn cell(
         note,
         result,
     };
-    let write = || -> Result<()> {
-        std::fs::create_dir_all(&dir).at(&dir)?;
-        let tmp = file.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&cached).map_err(json_err)?).at(&tmp)?;
-        std::fs::rename(&tmp, &file).at(&file)
+    out.detail = store(&file, &cached, name, warnings);
+    Ok(out)
+}
+
+/// Runs the segmentation probe on one label set of an index (or takes it from the cache).
+/// An index without dense features, or without label maps of this set, gets a note instead.
+fn segment_cell(
+    index: &IndexDir,
+    name: &str,
+    labels: LabelSet,
+    opts: &ReportOptions,
+    warnings: &mut Vec<String>,
+) -> Result<SegmentCell> {
+    let mut out = SegmentCell {
+        index: name.into(),
+        encoder: encoder_name(index),
+        labels,
+        value: None,
+        note: None,
+        cached: false,
+        detail: None,
     };
-    match write() {
-        Ok(()) => out.detail = Some(file),
-        Err(e) => warnings.push(format!("{name}: result not cached ({e})")),
+    let Ok(dense) = index.dense() else {
+        out.note = Some("no dense features (ingest --dense)".into());
+        return Ok(out);
+    };
+    if dense.classes(labels).is_none() {
+        out.note = Some(match labels {
+            LabelSet::Parts => "no part label maps".into(),
+            LabelSet::Objects => "no object label maps".into(),
+        });
+        return Ok(out);
     }
+    let sopts = SegmentOptions {
+        labels,
+        ..opts.segment.clone()
+    };
+    let key = serde_json::json!({
+        "partlens": env!("CARGO_PKG_VERSION"),
+        "protocol": PROTOCOL_VERSION,
+        "task": "segment",
+        "settings": serde_json::to_value(&sopts).map_err(json_err)?,
+        "data": dense_identity(index),
+    });
+    let file = index
+        .path()
+        .join(EVALS_DIR)
+        .join(format!("segment-{}.json", labels.as_str()));
+    if !opts.refresh {
+        if let Some(c) = lookup(&file, &key) {
+            out.value = c.value;
+            out.note = c.note;
+            out.cached = true;
+            out.detail = Some(file);
+            return Ok(out);
+        }
+    }
+    tracing::info!("{name}: segmentation of {}", labels.as_str());
+    let run = segment(index, &sopts, &SegmentOutputs::default()).and_then(|r| {
+        Ok((
+            r.metrics.miou,
+            r.warnings.clone(),
+            serde_json::to_value(&r).map_err(json_err)?,
+        ))
+    });
+    let (value, note, result) = match run {
+        Ok((v, w, r)) => (v, (!w.is_empty()).then(|| w.join("; ")), r),
+        // As for the other tasks: a probe that cannot run here (one class, no labelled pixel
+        // in train, …) is a cell with its reason; a damaged index stops the report.
+        Err(e @ Error::InvalidArgument(_)) => (None, Some(e.to_string()), serde_json::Value::Null),
+        Err(e) => return Err(e),
+    };
+    out.value = value;
+    out.note = note.clone();
+    let cached = Cached {
+        key,
+        value,
+        note,
+        result,
+    };
+    out.detail = store(&file, &cached, name, warnings);
     Ok(out)
 }
 
@@ -265,6 +408,7 @@ pub fn report(indexes: &[(String, PathBuf)], opts: &ReportOptions, out: &Path) -
         )));
     }
     let mut cells = Vec::new();
+    let mut segmentation = Vec::new();
     let mut warnings = Vec::new();
     for (name, path) in indexes {
         let index = IndexDir::open(path)?;
@@ -284,10 +428,13 @@ pub fn report(indexes: &[(String, PathBuf)], opts: &ReportOptions, out: &Path) -
                 }
             }
         }
+        for labels in LABEL_SETS {
+            segmentation.push(segment_cell(&index, name, labels, opts, &mut warnings)?);
+        }
     }
     std::fs::create_dir_all(out).at(out)?;
-    let md = markdown(&cells);
-    let html = html(&cells, &md)?;
+    let md = markdown(&cells, &segmentation);
+    let html = html(&cells, &segmentation, &md)?;
     let mut files = Vec::new();
     let mut put = |file: &str, bytes: &[u8]| -> Result<()> {
         let p = out.join(file);
@@ -301,6 +448,7 @@ pub fn report(indexes: &[(String, PathBuf)], opts: &ReportOptions, out: &Path) -
     put("report.html", html.as_bytes())?;
     let report = Report {
         cells,
+        segmentation,
         files: Vec::new(),
         warnings,
     };
@@ -334,8 +482,44 @@ fn value<'a>(
         .find(|c| c.index == index && c.feature == f && c.task == task && c.kind == kind)
 }
 
-/// The Markdown table (also embedded in the HTML page).
-pub fn markdown(cells: &[Cell]) -> String {
+/// The label sets of the segmentation table, in column order.
+const LABEL_SETS: [LabelSet; 2] = [LabelSet::Parts, LabelSet::Objects];
+
+/// Indexes that have segmentation cells, in report order.
+fn seg_indexes(seg: &[SegmentCell]) -> Vec<(&str, &str)> {
+    let mut g: Vec<(&str, &str)> = Vec::new();
+    for c in seg {
+        if !g.iter().any(|(i, _)| *i == c.index) {
+            g.push((&c.index, &c.encoder));
+        }
+    }
+    g
+}
+
+fn seg_value<'a>(seg: &'a [SegmentCell], index: &str, labels: LabelSet) -> Option<&'a SegmentCell> {
+    seg.iter().find(|c| c.index == index && c.labels == labels)
+}
+
+/// The number of `note` in `notes` (1-based), added if new: one note shared by several cells
+/// (an index without dense features) is listed once.
+fn note_number(notes: &mut Vec<String>, note: String) -> usize {
+    match notes.iter().position(|n| *n == note) {
+        Some(i) => i + 1,
+        None => {
+            notes.push(note);
+            notes.len()
+        }
+    }
+}
+
+/// "12.3" or "n/a".
+fn number(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".into(), |v| format!("{v:.1}"))
+}
+
+/// The Markdown report: the per-feature table, the per-index segmentation table, metrics and
+/// notes (also embedded in the HTML page).
+pub fn markdown(cells: &[Cell], segmentation: &[SegmentCell]) -> String {
     let mut s = String::from("# partlens report\n\n");
     s.push_str("| index | encoder | feature |");
     for t in Task::ALL {
@@ -356,31 +540,50 @@ pub fn markdown(cells: &[Cell]) -> String {
         for t in Task::ALL {
             for k in [RegionKind::Part, RegionKind::Object] {
                 let c = value(cells, &index, f, t, k);
-                let text = match c.and_then(|c| c.value) {
-                    Some(v) => format!("{v:.1}"),
-                    None => "n/a".into(),
-                };
                 let mark = match c.and_then(|c| c.note.as_ref()) {
                     Some(n) => {
-                        notes.push(format!(
-                            "{index} / {f} / {} {}s: {n}",
-                            t.as_str(),
-                            k.as_str()
-                        ));
-                        format!(" [{}]", notes.len())
+                        let text = format!("{index} / {f} / {} {}s: {n}", t.as_str(), k.as_str());
+                        format!(" [{}]", note_number(&mut notes, text))
                     }
                     None => String::new(),
                 };
-                s.push_str(&format!(" {text}{mark} |"));
+                s.push_str(&format!(" {}{mark} |", number(c.and_then(|c| c.value))));
             }
         }
         s.push('\n');
+    }
+    let seg = seg_indexes(segmentation);
+    if !seg.is_empty() {
+        s.push_str(
+            "\n## Segmentation\n\nOne result per index: the dense grids come from the \
+             encoder's token grid, whatever the feature.\n\n\
+             | index | encoder | segment mIoU parts | segment mIoU objects |\n\
+             |---|---|---:|---:|\n",
+        );
+        for (index, enc) in seg {
+            s.push_str(&format!("| {index} | {enc} |"));
+            for labels in LABEL_SETS {
+                let c = seg_value(segmentation, index, labels);
+                let mark = match c.and_then(|c| c.note.as_ref()) {
+                    Some(n) => {
+                        let text = format!("{index} / segmentation: {n}");
+                        format!(" [{}]", note_number(&mut notes, text))
+                    }
+                    None => String::new(),
+                };
+                s.push_str(&format!(" {}{mark} |", number(c.and_then(|c| c.value))));
+            }
+            s.push('\n');
+        }
     }
     s.push_str(
         "\nMetrics: retrieval = mAP over classes (scikit-learn AP per query, each region \
                 against all regions of its kind, itself included); linear = top-1 of the linear \
                 probe's chosen head on the evaluation split; knn = top-1 of DINO's weighted \
-                20-NN (T = 0.07).\n",
+                20-NN (T = 0.07); segment = mmseg's mIoU (background left out, classes never \
+                labelled nor predicted skipped) of the segmentation probe's chosen linear 1×1 \
+                head on the dense grid, upsampled bilinearly to the label maps, over the \
+                evaluation images.\n",
     );
     if !notes.is_empty() {
         s.push_str("\nNotes:\n\n");
@@ -398,8 +601,36 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The standalone page: one chart per task, then the table.
-fn html(cells: &[Cell], md: &str) -> Result<String> {
+/// A table cell with its note as the hover text.
+fn html_cell(value: Option<f64>, note: Option<&String>) -> String {
+    let title = note.map_or("", |n| n.as_str());
+    format!(
+        "<td title=\"{}\">{}{}</td>",
+        escape(title),
+        number(value),
+        if title.is_empty() { "" } else { " *" }
+    )
+}
+
+/// The two series of a chart: parts, objects.
+fn part_object_series(values: impl Fn(bool) -> Vec<Option<f64>>) -> Vec<Series> {
+    vec![
+        Series {
+            name: "parts".into(),
+            color: PART_COLOR,
+            values: values(true),
+        },
+        Series {
+            name: "objects".into(),
+            color: OBJECT_COLOR,
+            values: values(false),
+        },
+    ]
+}
+
+/// The standalone page: one chart per task (and one for segmentation when an index has a
+/// result), then the tables.
+fn html(cells: &[Cell], segmentation: &[SegmentCell], md: &str) -> Result<String> {
     let gs = groups(cells);
     let labels: Vec<String> = gs
         .iter()
@@ -407,22 +638,40 @@ fn html(cells: &[Cell], md: &str) -> Result<String> {
         .collect();
     let mut body = String::new();
     for t in Task::ALL {
-        let series: Vec<Series> = [
-            (RegionKind::Part, "parts", PART_COLOR),
-            (RegionKind::Object, "objects", OBJECT_COLOR),
-        ]
-        .into_iter()
-        .map(|(k, name, color)| Series {
-            name: name.into(),
-            color,
-            values: gs
-                .iter()
+        let series = part_object_series(|part| {
+            let k = if part {
+                RegionKind::Part
+            } else {
+                RegionKind::Object
+            };
+            gs.iter()
                 .map(|(i, f)| value(cells, i, *f, t, k).and_then(|c| c.value))
-                .collect(),
-        })
-        .collect();
+                .collect()
+        });
         body.push_str("<figure>");
         body.push_str(&grouped_bars(t.metric(), "%", &labels, &series)?);
+        body.push_str("</figure>\n");
+    }
+    let seg = seg_indexes(segmentation);
+    if segmentation.iter().any(|c| c.value.is_some()) {
+        let names: Vec<String> = seg.iter().map(|(i, _)| i.to_string()).collect();
+        let series = part_object_series(|part| {
+            let labels = if part {
+                LabelSet::Parts
+            } else {
+                LabelSet::Objects
+            };
+            seg.iter()
+                .map(|(i, _)| seg_value(segmentation, i, labels).and_then(|c| c.value))
+                .collect()
+        });
+        body.push_str("<figure>");
+        body.push_str(&grouped_bars(
+            "segmentation mIoU (%), per index",
+            "%",
+            &names,
+            &series,
+        )?);
         body.push_str("</figure>\n");
     }
     let mut table =
@@ -448,21 +697,39 @@ fn html(cells: &[Cell], md: &str) -> Result<String> {
         for t in Task::ALL {
             for k in [RegionKind::Part, RegionKind::Object] {
                 let c = value(cells, index, *f, t, k);
-                let text = c
-                    .and_then(|c| c.value)
-                    .map_or("n/a".to_string(), |v| format!("{v:.1}"));
-                let title = c.and_then(|c| c.note.clone()).unwrap_or_default();
-                table.push_str(&format!(
-                    "<td title=\"{}\">{}{}</td>",
-                    escape(&title),
-                    text,
-                    if title.is_empty() { "" } else { " *" }
+                table.push_str(&html_cell(
+                    c.and_then(|c| c.value),
+                    c.and_then(|c| c.note.as_ref()),
                 ));
             }
         }
         table.push_str("</tr>");
     }
     table.push_str("</tbody></table>");
+    if !seg.is_empty() {
+        table.push_str(
+            "<h2>Segmentation</h2><p>One result per index: the dense grids come from the \
+             encoder's token grid, whatever the feature.</p>\
+             <table class=\"seg\"><thead><tr><th>index</th><th>encoder</th>\
+             <th>segment mIoU parts</th><th>segment mIoU objects</th></tr></thead><tbody>",
+        );
+        for (index, enc) in &seg {
+            table.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td>",
+                escape(index),
+                escape(enc)
+            ));
+            for labels in LABEL_SETS {
+                let c = seg_value(segmentation, index, labels);
+                table.push_str(&html_cell(
+                    c.and_then(|c| c.value),
+                    c.and_then(|c| c.note.as_ref()),
+                ));
+            }
+            table.push_str("</tr>");
+        }
+        table.push_str("</tbody></table>");
+    }
     let notes: String = md
         .split_once("\nMetrics:")
         .map(|(_, rest)| format!("<pre>Metrics:{}</pre>", escape(rest)))
@@ -475,10 +742,13 @@ fn html(cells: &[Cell], md: &str) -> Result<String> {
          table{{border-collapse:collapse;margin-top:1em}}\
          td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}\
          td:nth-child(-n+3),th:nth-child(-n+3){{text-align:left}}\
+         table.seg td:nth-child(3),table.seg th:nth-child(3){{text-align:right}}\
+         h2{{font-size:1.2em;margin-top:1.5em}}\
          pre{{white-space:pre-wrap;max-width:70em}}\
          </style></head><body><h1>partlens report</h1>\
          <p>Does the encoder understand parts, or only whole objects? Parts (blue) next to \
-         objects (orange), per encoder and feature. Cells marked * have notes (hover).</p>\n\
+         objects (orange), per encoder and feature; segmentation per encoder. Cells marked * \
+         have notes (hover).</p>\n\
          {body}{table}{notes}</body></html>\n"
     ))
 }
