@@ -42,7 +42,7 @@
 //!    with `memory_budget` set to the budget and 3 epochs, while a thread samples the
 //!    process's `RssAnon` (anonymous pages: the heap, not the mapped grid, whose pages count
 //!    in `RssFile`) every 2 ms. Printed: peak anonymous growth against the grid file's size,
-//!    against the probe's own `state_bytes` (trainer state + cell targets) and against the
+//!    against the probe's own `state_bytes` (trainer state, cell targets, scoring buffers) and against the
 //!    budget, with the peak `RssFile` growth (the mapped grid's pages) for contrast. The heap
 //!    freed by the ingest is handed back first (`malloc_trim`), or the probe would reuse it
 //!    and show no growth at all.

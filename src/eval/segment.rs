@@ -81,7 +81,9 @@ pub struct SegmentReport {
     pub chosen: usize,
     /// The chosen head on the evaluation images.
     pub metrics: SegMetrics,
-    /// Bytes of the probe's state at its peak, targets included.
+    /// Bytes of the probe's state at its peak: the trainer's, the training cells' targets, and
+    /// the scoring buffers of the largest image (its grid as float32, its logits, two
+    /// upsampled rows, its label map and prediction) times the threads scoring at once.
     pub state_bytes: usize,
     /// Things a reader of the numbers should know.
     pub warnings: Vec<String>,
@@ -438,10 +440,30 @@ pub fn segment(
         heads: results,
         chosen,
         metrics,
-        state_bytes: trained.state_bytes + cells.bytes(),
+        state_bytes: trained.state_bytes
+            + cells.bytes()
+            + scoring_bytes(dense, nclass, held.iter().chain(&eval)),
         warnings,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Scoring memory: the largest image's buffers times the threads that score images at once.
+fn scoring_bytes<'a>(
+    dense: &DenseIndex,
+    nclass: usize,
+    images: impl Iterator<Item = &'a usize>,
+) -> usize {
+    let d = dense.info.dim;
+    let per = images
+        .map(|&n| {
+            let im = &dense.images[n];
+            let (cells, w, h) = (im.cells(), im.width as usize, im.height as usize);
+            4 * cells * (d + nclass) + 2 * 4 * w * nclass + 2 * w * h
+        })
+        .max()
+        .unwrap_or(0);
+    per * rayon::current_num_threads()
 }
 
 /// Predicts `images` with `head` and sums mmseg's areas; with `outputs`, writes predictions
