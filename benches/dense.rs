@@ -60,11 +60,11 @@ use std::time::{Duration, Instant};
 use partlens::dataset::synth::{generate, SynthOptions};
 use partlens::dense::{plan, DenseOptions};
 use partlens::eval::linear::{train, LinearOptions, Target, TrainRows};
-use partlens::eval::segment::{segment, SegmentOptions, SegmentOutputs};
+use partlens::eval::segment::{segment, CellRows, SegmentOptions, SegmentOutputs};
 use partlens::ingest::{ingest_with_encoder, IngestOptions, IngestReport};
 use partlens::preprocess::{decode_rgb, resample::resize_bicubic_rgb8};
 use partlens::setup::{self, SetupOptions};
-use partlens::store::dense::{DenseIndex, LabelSet};
+use partlens::store::dense::LabelSet;
 use partlens::store::NpyWriter;
 use partlens::{Device, Encoder, EncoderOptions, IndexDir, MmsegDataset};
 use serde_json::Value;
@@ -346,75 +346,6 @@ fn bench_ingest(name: &str, enc: &Encoder, dataset: &MmsegDataset, out: &Path) {
     );
 }
 
-/// Labelled cells with soft targets, built as `segment` builds them: what the trainer reads.
-struct Cells<'a> {
-    dense: &'a DenseIndex,
-    nclass: usize,
-    rows: Vec<u64>,
-    starts: Vec<u32>,
-    targets: Vec<(u32, f32)>,
-}
-
-impl TrainRows for Cells<'_> {
-    fn dim(&self) -> usize {
-        self.dense.info.dim
-    }
-    fn nclass(&self) -> usize {
-        self.nclass
-    }
-    fn read(&self, p: usize, out: &mut [f32]) {
-        self.dense.grids.read_rows(self.rows[p] as usize, 1, out);
-    }
-    fn target(&self, p: usize) -> Target<'_> {
-        Target::Soft(&self.targets[self.starts[p] as usize..self.starts[p + 1] as usize])
-    }
-}
-
-/// The labelled cells of the `split` images: pixel (x, y) of a W × H map in cell
-/// (⌊y · rows / H⌋, ⌊x · cols / W⌋); 0 and 255 left out, value v is class v − 1.
-fn cells<'a>(dense: &'a DenseIndex, split: &str) -> Cells<'a> {
-    let nclass = dense.classes(LabelSet::Parts).expect("part classes").len() - 1;
-    let mut c = Cells {
-        dense,
-        nclass,
-        rows: Vec::new(),
-        starts: vec![0],
-        targets: Vec::new(),
-    };
-    for (n, im) in dense.images.iter().enumerate() {
-        if im.split != split {
-            continue;
-        }
-        let Some(map) = dense.label_map(n, LabelSet::Parts).expect("label map") else {
-            continue;
-        };
-        let (rows, cols) = (im.rows as usize, im.cols as usize);
-        let (w, h) = (map.width, map.height);
-        let mut hist = vec![0u32; rows * cols * nclass];
-        for y in 0..h {
-            let r = y * rows / h;
-            for (x, &v) in map.data[y * w..(y + 1) * w].iter().enumerate() {
-                if v != 0 && v != 255 {
-                    hist[(r * cols + x * cols / w) * nclass + v as usize - 1] += 1;
-                }
-            }
-        }
-        for (cell, hc) in hist.chunks(nclass).enumerate() {
-            let total: u32 = hc.iter().sum();
-            if total == 0 {
-                continue;
-            }
-            for (k, &v) in hc.iter().enumerate().filter(|(_, &v)| v > 0) {
-                c.targets
-                    .push((k as u32, (f64::from(v) / f64::from(total)) as f32));
-            }
-            c.rows.push(im.offset + cell as u64);
-            c.starts.push(c.targets.len() as u32);
-        }
-    }
-    c
-}
-
 /// A 1-D little-endian int64 `.npy` file.
 fn write_npy_i64(path: &Path, v: &[u64]) {
     let dict = format!(
@@ -556,8 +487,14 @@ fn bench_segment(name: &str, path: &Path, dir: &Path, epochs: usize, np_epochs: 
     );
 
     // Training alone, on the labelled cells of every train image.
-    let c = cells(dense, &rep.split.train);
-    let all: Vec<usize> = (0..c.rows.len()).collect();
+    let train_images: Vec<usize> = (0..dense.images.len())
+        .filter(|&n| {
+            dense.images[n].split == rep.split.train && dense.images[n].part_labels.is_some()
+        })
+        .collect();
+    let nclass = dense.classes(LabelSet::Parts).expect("part classes").len() - 1;
+    let c = CellRows::build(dense, LabelSet::Parts, nclass, &train_images).expect("cells");
+    let all: Vec<usize> = (0..c.cells.len()).collect();
     let time_train = |epochs: usize| {
         let o = LinearOptions {
             epochs,
@@ -574,7 +511,7 @@ fn bench_segment(name: &str, path: &Path, dir: &Path, epochs: usize, np_epochs: 
     } else {
         t1
     };
-    let n = c.rows.len();
+    let n = c.cells.len();
     println!(
         "dense/segment/{name}: trainer alone on the {n} labelled cells of every {} image: {} epochs \
          {tn:.2} s, 1 epoch {t1:.2} s → {per_epoch:.3} s per epoch: {:.2} epochs/s, {:.0} \
@@ -587,8 +524,7 @@ fn bench_segment(name: &str, path: &Path, dir: &Path, epochs: usize, np_epochs: 
     );
 
     // The baselines on the same cells.
-    let nclass = c.nclass;
-    write_npy_i64(&dir.join("rows.npy"), &c.rows);
+    write_npy_i64(&dir.join("rows.npy"), &c.cells);
     let mut w = NpyWriter::create(dir.join("targets.npy"), nclass).expect("targets.npy");
     let mut row = vec![0f32; nclass];
     for p in 0..n {

@@ -5,10 +5,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::sync::OnceLock;
 
-use common::{bin, ingest_json, run_python, sample};
+use common::{bin, err, ingest_json, json, run, run_python, s, sample};
 
 /// Indexes built once per test binary: (MobileNetV2, ViT) over the Pascal-Part sample.
 fn indexes() -> (&'static Path, &'static Path) {
@@ -26,30 +25,6 @@ fn indexes() -> (&'static Path, &'static Path) {
         (dir, a, b)
     });
     (&d.1, &d.2)
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().unwrap()
-}
-
-fn json(args: &[&str]) -> serde_json::Value {
-    let o = run(args);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
-fn err(args: &[&str]) -> String {
-    let o = run(args);
-    assert!(!o.status.success(), "{args:?} should fail");
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]

@@ -268,6 +268,24 @@ fn warnings(w: &[String]) {
     }
 }
 
+/// Prints a probe's heads (or learning rates): its setting, last-epoch loss (`None`:
+/// diverged) and held-out score, the chosen one starred.
+pub(super) fn print_heads(
+    title: &str,
+    heads: impl Iterator<Item = (String, Option<f64>, Option<f64>)>,
+    chosen: usize,
+) {
+    println!("{title}:");
+    for (i, (setting, loss, held)) in heads.enumerate() {
+        println!(
+            "  {} {setting} → {}  {}",
+            if i == chosen { "*" } else { " " },
+            loss.map_or("diverged".into(), |l| format!("{l:.4}")),
+            held.map_or("-".into(), |t| format!("{t:.2} %"))
+        );
+    }
+}
+
 pub(super) fn print_accuracy(a: &Accuracy) {
     println!("top-1        {:.2} %", a.top1);
     println!("top-5        {:.2} %", a.top5);
@@ -348,18 +366,14 @@ fn probe_classify(a: &ClassifyArgs) -> Result<()> {
         r.classes.len(),
         r.seconds
     );
-    println!("heads (lr, weight decay → last-epoch loss, held-out top-1):");
-    for (i, h) in r.heads.iter().enumerate() {
-        println!(
-            "  {} lr {:<6} wd {:<8} → {}  {}",
-            if i == r.chosen { "*" } else { " " },
-            h.lr,
-            h.weight_decay,
-            h.final_loss
-                .map_or("diverged".into(), |l| format!("{l:.4}")),
-            h.holdout_top1.map_or("-".into(), |t| format!("{t:.2} %"))
-        );
-    }
+    print_heads(
+        "heads (lr, weight decay → last-epoch loss, held-out top-1)",
+        r.heads.iter().map(|h| {
+            let setting = format!("lr {:<6} wd {:<8}", h.lr, h.weight_decay);
+            (setting, h.final_loss, h.holdout_top1)
+        }),
+        r.chosen,
+    );
     print_accuracy(&r.accuracy);
     if let Some(p) = &a.save {
         println!("head written to {}", p.display());

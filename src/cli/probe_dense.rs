@@ -101,18 +101,14 @@ pub(super) fn probe_segment(a: &SegmentArgs) -> Result<()> {
         r.classes.len(),
         r.seconds
     );
-    println!("heads (lr, weight decay → final loss, held-out mIoU):");
-    for (i, h) in r.heads.iter().enumerate() {
-        println!(
-            "  {} lr {:<6} wd {:<6} → {}  {}",
-            if i == r.chosen { "*" } else { " " },
-            h.lr,
-            h.weight_decay,
-            h.final_loss
-                .map_or("diverged".into(), |l| format!("{l:.4}")),
-            h.holdout_top1.map_or("-".into(), |m| format!("{m:.2} %"))
-        );
-    }
+    super::eval::print_heads(
+        "heads (lr, weight decay → last-epoch loss, held-out mIoU)",
+        r.heads.iter().map(|h| {
+            let setting = format!("lr {:<6} wd {:<6}", h.lr, h.weight_decay);
+            (setting, h.final_loss, h.holdout_top1)
+        }),
+        r.chosen,
+    );
     let pct = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.2} %"));
     let m = &r.metrics;
     println!(
@@ -206,17 +202,17 @@ pub(super) fn probe_attentive(a: &AttentiveArgs) -> Result<()> {
         r.classes.len(),
         r.seconds
     );
-    println!("learning rates (→ final loss, held-out top-1):");
-    for (i, run) in r.runs.iter().enumerate() {
-        println!(
-            "  {} lr {:<8} → {}  {}",
-            if i == r.chosen { "*" } else { " " },
-            run.lr,
-            run.final_loss
-                .map_or("diverged".into(), |l| format!("{l:.4}")),
-            run.holdout_top1.map_or("-".into(), |m| format!("{m:.2} %"))
-        );
-    }
+    super::eval::print_heads(
+        "learning rates (→ last-epoch loss, held-out top-1)",
+        r.runs.iter().map(|run| {
+            (
+                format!("lr {:<8}", run.lr),
+                run.final_loss,
+                run.holdout_top1,
+            )
+        }),
+        r.chosen,
+    );
     super::eval::print_accuracy(&r.accuracy);
     for w in &r.warnings {
         println!("warning: {w}");

@@ -590,6 +590,25 @@ impl Trained {
     }
 }
 
+/// The head to report: the best held-out score, then the lowest loss, then the first; `None`
+/// when every head diverged.
+pub fn choose_head(results: &[HeadResult]) -> Option<usize> {
+    (0..results.len())
+        .filter(|&i| results[i].final_loss.is_some())
+        .min_by(|&a, &b| {
+            let (ra, rb) = (&results[a], &results[b]);
+            rb.holdout_top1
+                .unwrap_or(0.0)
+                .total_cmp(&ra.holdout_top1.unwrap_or(0.0))
+                .then(
+                    ra.final_loss
+                        .unwrap_or(f64::MAX)
+                        .total_cmp(&rb.final_loss.unwrap_or(f64::MAX)),
+                )
+                .then(a.cmp(&b))
+        })
+}
+
 /// Runs the linear probe on `index`.
 pub fn classify(
     index: &IndexDir,
@@ -669,22 +688,7 @@ pub fn classify_rows(
         warnings
             .push("no held-out regions: the head with the lowest training loss is chosen".into());
     }
-    // Best held-out top-1, then lowest loss, then the first.
-    let chosen = (0..results.len())
-        .filter(|&i| results[i].final_loss.is_some())
-        .min_by(|&a, &b| {
-            let (ra, rb) = (&results[a], &results[b]);
-            rb.holdout_top1
-                .unwrap_or(0.0)
-                .total_cmp(&ra.holdout_top1.unwrap_or(0.0))
-                .then(
-                    ra.final_loss
-                        .unwrap_or(f64::MAX)
-                        .total_cmp(&rb.final_loss.unwrap_or(f64::MAX)),
-                )
-                .then(a.cmp(&b))
-        })
-        .expect("at least one head converged");
+    let chosen = choose_head(&results).expect("at least one head converged");
     let truth: Vec<u32> = eval.iter().map(|&p| rows.labels[p]).collect();
     let ranked = trained.top5(rows, &eval).swap_remove(chosen);
     let accuracy = Accuracy::from_rankings(&truth, &ranked, &rows.classes);

@@ -188,6 +188,30 @@ fn encoder_name(index: &IndexDir) -> String {
 }
 
 /// The cached result in `file`, if its key is `key`.
+/// A task's outcome as its cell's (value, note, cache file), cached: a task that cannot run on
+/// this index (no object regions, one class, no labelled pixel, …) is a cell with its reason;
+/// a damaged index stops the report.
+fn settle(
+    run: Result<(Option<f64>, Vec<String>, serde_json::Value)>,
+    key: serde_json::Value,
+    file: &Path,
+    name: &str,
+    warnings: &mut Vec<String>,
+) -> Result<(Option<f64>, Option<String>, Option<PathBuf>)> {
+    let (value, note, result) = match run {
+        Ok((v, w, r)) => (v, (!w.is_empty()).then(|| w.join("; ")), r),
+        Err(e @ Error::InvalidArgument(_)) => (None, Some(e.to_string()), serde_json::Value::Null),
+        Err(e) => return Err(e),
+    };
+    let cached = Cached {
+        key,
+        value,
+        note: note.clone(),
+        result,
+    };
+    Ok((value, note, store(file, &cached, name, warnings)))
+}
+
 fn lookup(file: &Path, key: &serde_json::Value) -> Option<Cached> {
     crate::files::read_limited(file, 256 << 20)
         .ok()
@@ -292,22 +316,7 @@ fn cell(
             ))
         }),
     };
-    let (value, note, result) = match run {
-        Ok((v, w, r)) => (v, (!w.is_empty()).then(|| w.join("; ")), r),
-        // A task that cannot run on this index (no object regions, one class, …) is a cell
-        // with its reason; a damaged index stops the report.
-        Err(e @ Error::InvalidArgument(_)) => (None, Some(e.to_string()), serde_json::Value::Null),
-        Err(e) => return Err(e),
-    };
-    out.value = value;
-    out.note = note.clone();
-    let cached = Cached {
-        key,
-        value,
-        note,
-        result,
-    };
-    out.detail = store(&file, &cached, name, warnings);
+    (out.value, out.note, out.detail) = settle(run, key, &file, name, warnings)?;
     Ok(out)
 }
 
@@ -372,22 +381,7 @@ fn segment_cell(
             serde_json::to_value(&r).map_err(json_err)?,
         ))
     });
-    let (value, note, result) = match run {
-        Ok((v, w, r)) => (v, (!w.is_empty()).then(|| w.join("; ")), r),
-        // As for the other tasks: a probe that cannot run here (one class, no labelled pixel
-        // in train, …) is a cell with its reason; a damaged index stops the report.
-        Err(e @ Error::InvalidArgument(_)) => (None, Some(e.to_string()), serde_json::Value::Null),
-        Err(e) => return Err(e),
-    };
-    out.value = value;
-    out.note = note.clone();
-    let cached = Cached {
-        key,
-        value,
-        note,
-        result,
-    };
-    out.detail = store(&file, &cached, name, warnings);
+    (out.value, out.note, out.detail) = settle(run, key, &file, name, warnings)?;
     Ok(out)
 }
 

@@ -24,7 +24,9 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::linear::{gemm_cols, train, HeadResult, LinearOptions, Target, TrainRows, Trained};
+use super::linear::{
+    choose_head, gemm_cols, train, HeadResult, LinearOptions, Target, TrainRows, Trained,
+};
 use super::miou::{upsample_argmax, SegAreas, SegMetrics};
 use super::{probe_split, LabeledRows, ProbeSplit};
 use crate::dataset::LabelMap;
@@ -95,14 +97,16 @@ pub struct SegmentReport {
 type ImageCells = (Vec<u64>, Vec<u32>, Vec<(u32, f32)>);
 
 /// Labelled cells of some images, with their soft targets: what the trainer reads.
-struct CellRows<'a> {
+pub struct CellRows<'a> {
     dense: &'a DenseIndex,
-    nclass: usize,
+    /// Classes (background dropped).
+    pub nclass: usize,
     /// Row of each cell in the grid matrix.
-    cells: Vec<u64>,
+    pub cells: Vec<u64>,
     /// Targets of cell i: `targets[starts[i]..starts[i + 1]]`.
-    starts: Vec<u32>,
-    targets: Vec<(u32, f32)>,
+    pub starts: Vec<u32>,
+    /// `(class, weight)` pairs, each cell's weights summing to 1.
+    pub targets: Vec<(u32, f32)>,
 }
 
 impl TrainRows for CellRows<'_> {
@@ -143,8 +147,10 @@ fn check_values(map: &LabelMap, nclass: usize, path: &str) -> Result<()> {
 }
 
 impl<'a> CellRows<'a> {
-    /// The labelled cells of `images` with their label distributions.
-    fn build(
+    /// The labelled cells of `images` (indices into `dense.images`) with their label
+    /// distributions in `set`'s maps, `nclass` classes after dropping background. Refuses a
+    /// map with a value outside the class list and a grid holding NaN.
+    pub fn build(
         dense: &'a DenseIndex,
         set: LabelSet,
         nclass: usize,
@@ -178,7 +184,8 @@ impl<'a> CellRows<'a> {
         Ok(rows)
     }
 
-    fn bytes(&self) -> usize {
+    /// Bytes of the cells' rows and targets.
+    pub fn bytes(&self) -> usize {
         self.cells.len() * 8 + self.starts.len() * 4 + self.targets.len() * 8
     }
 }
@@ -404,21 +411,7 @@ pub fn segment(
                 .into(),
         );
     }
-    let chosen = (0..results.len())
-        .filter(|&i| results[i].final_loss.is_some())
-        .min_by(|&a, &b| {
-            let (ra, rb) = (&results[a], &results[b]);
-            rb.holdout_top1
-                .unwrap_or(0.0)
-                .total_cmp(&ra.holdout_top1.unwrap_or(0.0))
-                .then(
-                    ra.final_loss
-                        .unwrap_or(f64::MAX)
-                        .total_cmp(&rb.final_loss.unwrap_or(f64::MAX)),
-                )
-                .then(a.cmp(&b))
-        })
-        .expect("at least one head converged");
+    let chosen = choose_head(&results).expect("at least one head converged");
     let head = Head::new(&trained, chosen);
     let outputs = SegmentOutputs {
         dataset_root: PathBuf::from(&index.manifest().dataset.path),

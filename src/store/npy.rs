@@ -44,6 +44,49 @@ fn header_of(descr: &str, rows: usize, inner: &[usize]) -> Vec<u8> {
     h
 }
 
+/// Flushes `file`, writes the final `header` over the placeholder and syncs.
+fn finish_file(file: std::io::BufWriter<File>, path: &Path, header: &[u8]) -> Result<()> {
+    let mut file = file
+        .into_inner()
+        .map_err(|e| Error::io(path, e.into_error()))?;
+    file.seek(SeekFrom::Start(0)).at(path)?;
+    file.write_all(header).at(path)?;
+    file.sync_all().at(path)
+}
+
+/// Maps the `.npy` file at `path` of dtype `descr` (`item` bytes per value) and checks its
+/// length against its header: the map, the data offset and the shape.
+fn map_checked(path: &Path, descr: &str, item: usize) -> Result<(Mmap, usize, Vec<usize>)> {
+    let file = crate::files::open_regular(path)?;
+    // SAFETY: a mapping is only sound while nobody modifies or truncates the file. partlens
+    // never writes to a finished index (a new ingest builds a new folder and swaps it in,
+    // leaving open files of the old one intact), and the length is checked below; a file
+    // truncated by another program while mapped would raise SIGBUS, as with any mmap.
+    let mmap = unsafe { Mmap::map(&file) }.at(path)?;
+    let (offset, shape) = parse_any(&mmap, path, descr)?;
+    let need = shape
+        .iter()
+        .try_fold(item, |a, &d| a.checked_mul(d))
+        .and_then(|n| n.checked_add(offset))
+        .ok_or_else(|| Error::corrupt(path, format!("impossible shape {shape:?}")))?;
+    if mmap.len() != need {
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "file is {} bytes, its header ({shape:?} of {descr}) needs {need}: truncated?",
+                mmap.len()
+            ),
+        ));
+    }
+    if !offset.is_multiple_of(item) {
+        return Err(Error::corrupt(
+            path,
+            format!("data not {item}-byte aligned"),
+        ));
+    }
+    Ok((mmap, offset, shape))
+}
+
 /// Appends float32 rows of fixed width to a `.npy` file.
 #[derive(Debug)]
 pub struct NpyWriter {
@@ -88,14 +131,7 @@ impl NpyWriter {
 
     /// Writes the final shape into the header and syncs the file. Returns the row count.
     pub fn finish(self) -> Result<usize> {
-        let path = self.path;
-        let mut file = self
-            .file
-            .into_inner()
-            .map_err(|e| Error::io(&path, e.into_error()))?;
-        file.seek(SeekFrom::Start(0)).at(&path)?;
-        file.write_all(&header(self.rows, self.cols)).at(&path)?;
-        file.sync_all().at(&path)?;
+        finish_file(self.file, &self.path, &header(self.rows, self.cols))?;
         Ok(self.rows)
     }
 }
@@ -107,14 +143,6 @@ pub struct NpyMatrix {
     offset: usize,
     rows: usize,
     cols: usize,
-}
-
-fn parse_header(bytes: &[u8], path: &Path) -> Result<(usize, usize, usize)> {
-    let (offset, dims) = parse_any(bytes, path, "<f4")?;
-    match dims[..] {
-        [r, c] => Ok((offset, r, c)),
-        _ => Err(Error::corrupt(path, "not a float32 .npy matrix: not 2-D")),
-    }
 }
 
 /// The data offset and shape of a C-order `.npy` of dtype `descr`.
@@ -159,30 +187,10 @@ impl NpyMatrix {
     /// Maps `path` and checks its header and length; a truncated file is [`Error::DataCorruption`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let file = crate::files::open_regular(path)?;
-        // SAFETY: a mapping is only sound while nobody modifies or truncates the file. partlens
-        // never writes to a finished index (a new ingest builds a new folder and swaps it in,
-        // leaving open files of the old one intact), and the length is checked below; a file
-        // truncated by another program while mapped would raise SIGBUS, as with any mmap.
-        let mmap = unsafe { Mmap::map(&file) }.at(path)?;
-        let (offset, rows, cols) = parse_header(&mmap, path)?;
-        let need = rows
-            .checked_mul(cols)
-            .and_then(|n| n.checked_mul(4))
-            .and_then(|n| n.checked_add(offset))
-            .ok_or_else(|| Error::corrupt(path, format!("impossible shape ({rows}, {cols})")))?;
-        if mmap.len() != need {
-            return Err(Error::corrupt(
-                path,
-                format!(
-                    "file is {} bytes, its header ({rows} × {cols} float32) needs {need}: truncated?",
-                    mmap.len()
-                ),
-            ));
-        }
-        if !offset.is_multiple_of(4) {
-            return Err(Error::corrupt(path, "data not 4-byte aligned"));
-        }
+        let (mmap, offset, shape) = map_checked(path, "<f4", 4)?;
+        let [rows, cols] = shape[..] else {
+            return Err(Error::corrupt(path, "not a float32 .npy matrix: not 2-D"));
+        };
         Ok(NpyMatrix {
             mmap,
             offset,
@@ -288,15 +296,8 @@ impl HalfWriter {
 
     /// Writes the final shape into the header and syncs the file. Returns the row count.
     pub fn finish(self) -> Result<usize> {
-        let path = self.path;
-        let mut file = self
-            .file
-            .into_inner()
-            .map_err(|e| Error::io(&path, e.into_error()))?;
-        file.seek(SeekFrom::Start(0)).at(&path)?;
-        file.write_all(&header_of("<f2", self.rows, &self.inner))
-            .at(&path)?;
-        file.sync_all().at(&path)?;
+        let header = header_of("<f2", self.rows, &self.inner);
+        finish_file(self.file, &self.path, &header)?;
         Ok(self.rows)
     }
 }
@@ -314,32 +315,7 @@ impl HalfArray {
     /// Maps `path` and checks its header and length; a truncated file is
     /// [`Error::DataCorruption`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let file = crate::files::open_regular(path)?;
-        // SAFETY: as for `NpyMatrix::open`: finished index files are never modified in place,
-        // and the length is checked below.
-        let mmap = unsafe { Mmap::map(&file) }.at(path)?;
-        let (offset, shape) = parse_any(&mmap, path, "<f2")?;
-        let count = shape
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .ok_or_else(|| Error::corrupt(path, format!("impossible shape {shape:?}")))?;
-        let need = count
-            .checked_mul(2)
-            .and_then(|n| n.checked_add(offset))
-            .ok_or_else(|| Error::corrupt(path, format!("impossible shape {shape:?}")))?;
-        if mmap.len() != need {
-            return Err(Error::corrupt(
-                path,
-                format!(
-                    "file is {} bytes, its header ({shape:?} float16) needs {need}: truncated?",
-                    mmap.len()
-                ),
-            ));
-        }
-        if !offset.is_multiple_of(2) {
-            return Err(Error::corrupt(path, "data not 2-byte aligned"));
-        }
+        let (mmap, offset, shape) = map_checked(path.as_ref(), "<f2", 2)?;
         let row_len = shape[1..].iter().product();
         Ok(HalfArray {
             mmap,

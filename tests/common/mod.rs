@@ -113,3 +113,31 @@ pub fn ingest_json(dataset: &Path, flags: &[&str], out: &Path) -> serde_json::Va
     );
     serde_json::from_slice(&o.stdout).unwrap()
 }
+
+/// Runs `partlens ARGS` and returns its output.
+pub fn run(args: &[&str]) -> std::process::Output {
+    bin().args(args).output().unwrap()
+}
+
+/// Runs `partlens ARGS`, asserts it succeeded, and parses its stdout as JSON.
+pub fn json(args: &[&str]) -> serde_json::Value {
+    let o = run(args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Runs `partlens ARGS`, asserts it failed, and returns its stderr.
+pub fn err(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(!o.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A path as the `&str` argument it is passed as.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
