@@ -5,10 +5,13 @@
 //!    it ([`crate::files::StagedDir`]);
 //! 2. **embed** — decode, cut and preprocess images in parallel (rayon) on a producer thread a
 //!    few images ahead of inference, through a bounded channel; the encoder runs batches on
-//!    the calling thread and the [`Sink`] streams rows into Parquet and `.npy`;
-//! 3. **graphs** — one HNSW graph per feature from the memory-mapped `.npy`;
-//! 4. **seal** — sizes and SHA-256 of every file, the marker and the manifest (atomically);
-//! 5. **commit** — swap the staging folder into `--out` in one atomic step.
+//!    the calling thread and the [`Sink`] streams rows into Parquet and `.npy`
+//!    (with `--tokens`, each region's token grid too, from the same encoder run);
+//! 3. **dense** — with `--dense`, a second pass over the images: every image's token grid
+//!    ([`crate::dense`]);
+//! 4. **graphs** — one HNSW graph per feature from the memory-mapped `.npy`;
+//! 5. **seal** — sizes and SHA-256 of every file, the marker and the manifest (atomically);
+//! 6. **commit** — swap the staging folder into `--out` in one atomic step.
 //!
 //! A run that indexes no region fails, and `--out` is left as it was.
 

@@ -370,6 +370,15 @@ pub fn segment(
     };
     let img = |ps: &[usize]| -> Vec<usize> { ps.iter().map(|&p| with[p]).collect() };
     let (fit, held, eval) = (img(&fit_pos), img(&held_pos), img(&eval_pos));
+    if eval.is_empty() || fit.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "{} training and {} evaluation images with {} maps: each needs one or more (name \
+             the splits with --train / --eval)",
+            fit.len() + held.len(),
+            eval.len(),
+            set.as_str()
+        )));
+    }
     let cells = CellRows::build(dense, set, nclass, &fit)?;
     if cells.cells.is_empty() {
         return Err(Error::InvalidArgument(format!(
@@ -377,6 +386,22 @@ pub fn segment(
             split.train,
             set.as_str()
         )));
+    }
+    let mut seen = vec![false; nclass];
+    for &(k, _) in &cells.targets {
+        seen[k as usize] = true;
+    }
+    let unseen: Vec<&str> = (0..nclass)
+        .filter(|&k| !seen[k])
+        .map(|k| classes[k].as_str())
+        .collect();
+    if !unseen.is_empty() {
+        warnings.push(format!(
+            "{} of {nclass} classes have no labelled pixel in the training images and cannot be \
+             learned: {}",
+            unseen.len(),
+            super::shorten(&unseen)
+        ));
     }
     let all: Vec<usize> = (0..cells.cells.len()).collect();
     let trained = train(&cells, &all, t)?;
@@ -403,6 +428,17 @@ pub fn segment(
     if results.iter().all(|r| r.final_loss.is_none()) {
         return Err(Error::InvalidArgument(
             "every head diverged (a non-finite loss or weights); lower the learning rates".into(),
+        ));
+    }
+    let diverged: Vec<String> = results
+        .iter()
+        .filter(|r| r.final_loss.is_none())
+        .map(|r| format!("lr {} wd {}", r.lr, r.weight_decay))
+        .collect();
+    if !diverged.is_empty() {
+        warnings.push(format!(
+            "heads diverged (a non-finite loss or weights) and were not considered: {}",
+            diverged.join(", ")
         ));
     }
     if held.is_empty() && results.len() > 1 {
