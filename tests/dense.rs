@@ -353,3 +353,94 @@ fn dense_settings_are_checked_before_any_work_and_damage_is_caught() {
     let e = err(&["probe", "segment", "--index", s(&copy), "--epochs", "1"]);
     assert!(e.contains("NaN") && e.contains("--verify"), "{e}");
 }
+
+/// Rewrites `index`'s image table with `edit` applied, keeping the manifest's size record
+/// true (so only the table's content is wrong).
+fn rewrite_images(index: &Path, edit: impl FnOnce(&mut [partlens::store::dense::DenseImage])) {
+    use partlens::store::dense::{read_images, write_images, IMAGES_FILE};
+    let t = index.join(IMAGES_FILE);
+    let mut rows = read_images(&t).unwrap();
+    edit(&mut rows);
+    write_images(&t, &rows).unwrap();
+    let m = index.join("manifest.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+    v["files"][IMAGES_FILE]["bytes"] = std::fs::metadata(&t).unwrap().len().into();
+    std::fs::write(&m, serde_json::to_vec(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn a_lying_image_table_is_refused_and_predictions_stay_in_their_folder() {
+    let (_, index) = synth();
+    let dir = tempfile::tempdir().unwrap();
+    // Grid sizes whose cells wrap around u64 to the file's true total: refused when the index
+    // opens, not an allocation of terabytes when a grid is read.
+    let copy = dir.path().join("wrap");
+    common::copy_dir(index, &copy);
+    rewrite_images(&copy, |rows| {
+        let total: u64 = rows.iter().map(|r| r.cells() as u64).sum();
+        let rest: u64 = rows[2..].iter().map(|r| r.cells() as u64).sum();
+        rows[0].rows = u32::MAX;
+        rows[0].cols = u32::MAX;
+        let need = total
+            .wrapping_sub(u64::from(u32::MAX) * u64::from(u32::MAX))
+            .wrapping_sub(rest);
+        let a = (2..100_000u64)
+            .find(|a| need % a == 0 && need / a <= u64::from(u32::MAX))
+            .unwrap();
+        rows[1].rows = a as u32;
+        rows[1].cols = (need / a) as u32;
+        let mut off = 0u64;
+        for r in rows.iter_mut() {
+            r.offset = off;
+            off = off.wrapping_add(r.cells() as u64);
+        }
+        assert_eq!(off, total);
+    });
+    let e = err(&["probe", "segment", "--index", s(&copy), "--epochs", "1"]);
+    assert!(
+        e.contains("images.parquet") && e.contains("4294967295"),
+        "{e}"
+    );
+    // An annotation path leading out of the predictions folder.
+    let copy = dir.path().join("escape");
+    common::copy_dir(index, &copy);
+    let outside = dir.path().join("outside");
+    rewrite_images(&copy, |rows| {
+        for r in rows.iter_mut() {
+            r.part_annotation = Some(format!("../../outside/{}.png", r.offset));
+        }
+    });
+    let pred = dir.path().join("pred");
+    let e = err(&[
+        "probe",
+        "segment",
+        "--index",
+        s(&copy),
+        "--epochs",
+        "1",
+        "--predictions",
+        s(&pred),
+    ]);
+    assert!(e.contains("images.parquet") && e.contains(".."), "{e}");
+    assert!(!outside.exists() && !pred.exists());
+    // Two evaluation images whose predictions would share a name: refused, nothing written.
+    let copy = dir.path().join("same");
+    common::copy_dir(index, &copy);
+    rewrite_images(&copy, |rows| {
+        for r in rows.iter_mut().filter(|r| r.split == "val") {
+            r.part_annotation = Some("ann/val/same.png".into());
+        }
+    });
+    let e = err(&[
+        "probe",
+        "segment",
+        "--index",
+        s(&copy),
+        "--epochs",
+        "1",
+        "--predictions",
+        s(&pred),
+    ]);
+    assert!(e.contains("ann/val/same.png") && e.contains("both"), "{e}");
+    assert!(!pred.exists());
+}

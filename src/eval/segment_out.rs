@@ -22,6 +22,9 @@ pub(crate) struct Writer<'a> {
     overlay_count: usize,
     root: PathBuf,
     notes: std::sync::Mutex<Vec<String>>,
+    /// Prediction files written so far, and by which image: two images whose annotations
+    /// share a name would otherwise overwrite each other's prediction silently.
+    written: std::sync::Mutex<std::collections::HashMap<PathBuf, usize>>,
 }
 
 fn stage(dir: &Option<PathBuf>, what: &str) -> Result<Option<StagedDir>> {
@@ -66,6 +69,7 @@ impl<'a> Writer<'a> {
             overlay_count: o.overlay_count,
             root: o.dataset_root.clone(),
             notes: Default::default(),
+            written: Default::default(),
         }))
     }
 
@@ -80,6 +84,21 @@ impl<'a> Writer<'a> {
                 LabelSet::Objects => im.object_annotation.as_deref(),
             };
             let p = prediction_path(st.path(), ann, &im.image);
+            let first = *self
+                .written
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(p.clone())
+                .or_insert(n);
+            if first != n {
+                return Err(Error::InvalidArgument(format!(
+                    "--predictions: {} and {} would both be written as {} (their annotations \
+                     share a name); nothing was written",
+                    self.dense.images[first].image,
+                    im.image,
+                    p.strip_prefix(st.path()).unwrap_or(&p).display()
+                )));
+            }
             if let Some(parent) = p.parent() {
                 std::fs::create_dir_all(parent).at(parent)?;
             }

@@ -288,15 +288,39 @@ impl DenseIndex {
         let images = read_images(&tp)?;
         let mut next = 0u64;
         for (n, im) in images.iter().enumerate() {
-            let bad_path = |p: &Option<String>| {
-                p.as_ref().is_some_and(|p| {
-                    !p.starts_with("dense/labels/")
-                        || p.split('/').any(|c| c.is_empty() || c == "." || c == "..")
-                })
+            // Relative, `/`-separated, without empty, `.` or `..` components: label maps are
+            // read from below the index, and predictions are written below their folder
+            // under the annotation's (or image's) path.
+            let unsafe_rel = |p: &str| {
+                p.contains('\\') || p.split('/').any(|c| c.is_empty() || c == "." || c == "..")
             };
+            let bad_path = |p: &Option<String>| {
+                p.as_ref()
+                    .is_some_and(|p| !p.starts_with("dense/labels/") || unsafe_rel(p))
+            };
+            let bad_name = unsafe_rel(&im.image)
+                || [&im.part_annotation, &im.object_annotation]
+                    .iter()
+                    .any(|a| a.as_deref().is_some_and(unsafe_rel));
+            if bad_name {
+                return Err(Error::corrupt(
+                    &tp,
+                    format!(
+                        "row {n}: image {:?}, annotations {:?} / {:?}: paths must be relative to \
+                         the dataset, without empty, '.' or '..' components",
+                        im.image, im.part_annotation, im.object_annotation
+                    ),
+                ));
+            }
+            // Checked: a table whose grid sizes wrap around u64 must not pass the sum below
+            // (its grids would then be read with absurd allocations).
+            let end = next
+                .checked_add(im.rows as u64 * im.cols as u64)
+                .filter(|&e| e <= grids.rows() as u64);
             if im.offset != next
                 || im.rows == 0
                 || im.cols == 0
+                || end.is_none()
                 || bad_path(&im.part_labels)
                 || bad_path(&im.object_labels)
             {
@@ -304,13 +328,20 @@ impl DenseIndex {
                     &tp,
                     format!(
                         "row {n} ({}): offset {}, grid {} × {}, labels {:?} / {:?}: rows must be \
-                         contiguous from 0 (expected offset {next}) with label maps under \
-                         dense/labels/",
-                        im.image, im.offset, im.rows, im.cols, im.part_labels, im.object_labels
+                         contiguous from 0 (expected offset {next}) within the {} cells of {} \
+                         with label maps under dense/labels/",
+                        im.image,
+                        im.offset,
+                        im.rows,
+                        im.cols,
+                        im.part_labels,
+                        im.object_labels,
+                        grids.rows(),
+                        gp.display()
                     ),
                 ));
             }
-            next += im.cells() as u64;
+            next = end.unwrap_or(next);
         }
         if next != grids.rows() as u64 || images.len() as u64 != info.images {
             return Err(Error::corrupt(
