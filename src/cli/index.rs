@@ -129,10 +129,10 @@ fn print_info(idx: &IndexDir, path: &std::path::Path) {
     }
     if let Some(t) = &m.tokens {
         println!(
-            "tokens       {} × {} per region, float16 ({} KB per region)",
+            "tokens       {} × {} per region, float16 ({:.0} KB per region)",
             t.tokens,
             t.dim,
-            t.tokens * t.dim * 2 / 1024
+            (t.tokens * t.dim * 2) as f64 / 1000.0
         );
     }
     let labels = idx.label_counts();

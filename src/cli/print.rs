@@ -67,10 +67,10 @@ pub(crate) fn report(r: &IngestReport) {
     }
     if let Some(t) = &r.manifest.tokens {
         println!(
-            "tokens: {} per region × {} values, float16 ({} KB per region)",
+            "tokens: {} per region × {} values, float16 ({:.0} KB per region)",
             t.tokens,
             t.dim,
-            t.tokens * t.dim * 2 / 1024
+            (t.tokens * t.dim * 2) as f64 / 1000.0
         );
     }
     if !r.manifest.skipped.is_empty() {
