@@ -204,6 +204,27 @@ fn output_folders_in_use_and_empty_evaluation_sets_leave_nothing_behind() {
     ]);
     assert!(e.contains("not empty") || e.contains("empty"), "{e}");
     assert_eq!(std::fs::read_dir(&used).unwrap().count(), 1);
+    // The same folder for both, or one inside the other: refused before training, and no
+    // folder is left behind.
+    let out = dir.path().join("out");
+    for (p, o) in [
+        (out.clone(), out.clone()),
+        (out.clone(), out.join("ov")),
+        (out.join("p"), out.clone()),
+    ] {
+        let e = err(&[
+            "probe",
+            "segment",
+            "--index",
+            s(index),
+            "--predictions",
+            s(&p),
+            "--overlays",
+            s(&o),
+        ]);
+        assert!(e.contains("separate folders"), "{e}");
+        assert!(!out.exists(), "{} left behind", out.display());
+    }
 
     // Every validation map all background: nothing to score, and no prediction folder.
     let copy = dir.path().join("blank");

@@ -312,6 +312,7 @@ pub fn segment(
 ) -> Result<SegmentReport> {
     let start = Instant::now();
     let dense = index.dense()?;
+    check_outputs(outputs)?;
     let set = opts.labels;
     let names = dense.classes(set).ok_or_else(|| {
         let other = match set {
@@ -475,6 +476,32 @@ pub fn segment(
         warnings,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Refuses, before any training, output folders that are in use or that coincide or nest
+/// (each is staged and swapped in on its own: one inside the other could not be).
+fn check_outputs(outputs: &SegmentOutputs) -> Result<()> {
+    let dirs: Vec<&Path> = [&outputs.predictions, &outputs.overlays]
+        .into_iter()
+        .flatten()
+        .map(PathBuf::as_path)
+        .collect();
+    for d in &dirs {
+        crate::files::check_absent_or_empty(d)?;
+    }
+    if let [a, b] = dirs[..] {
+        let abs = |p: &Path| std::path::absolute(p).map_err(|e| Error::io(p, e));
+        let (aa, ab) = (abs(a)?, abs(b)?);
+        if aa.starts_with(&ab) || ab.starts_with(&aa) {
+            return Err(Error::InvalidArgument(format!(
+                "--predictions {} and --overlays {} must be two separate folders, neither \
+                 inside the other",
+                a.display(),
+                b.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Scoring memory: the largest image's buffers times the threads that score images at once.
