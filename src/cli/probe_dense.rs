@@ -85,12 +85,11 @@ pub(super) fn probe_segment(a: &SegmentArgs) -> Result<()> {
     }
     let d = index.dense()?;
     println!(
-        "segmentation probe, {} of {} ({} × {} cells of {} px, {} values): train {} ({} images, {} labelled cells; {} held out), eval {} ({} images), {} classes, {:.1} s",
+        "segmentation probe, {} of {} (cells of {} px at short side {}, {} values): train {} ({} images, {} labelled cells; {} held out), eval {} ({} images), {} classes, {:.1} s",
         labels.as_str(),
         index.path().display(),
-        d.info.window[0] / d.info.cell,
-        d.info.window[1] / d.info.cell,
         d.info.cell,
+        d.info.size,
         d.info.dim,
         r.split.train,
         r.fit_images,
