@@ -16,8 +16,8 @@
 //! The grids go to `dense/grids.npy` as float16 rows, the image's part and object label maps
 //! (checked, or resized with `--resize-labels nearest`, exactly as for regions) to
 //! `dense/labels/`, and one row per image to `dense/images.parquet` ([`crate::store::dense`]).
-//! Images stream through a bounded channel: a few decoded images and their windows are in
-//! memory at a time, whatever the dataset's size.
+//! Images stream through a bounded channel: a few resized images are in memory at a time, and
+//! window tensors are made one batch at a time, whatever the dataset's or an image's size.
 
 use std::path::Path;
 use std::sync::mpsc::sync_channel;
@@ -143,13 +143,14 @@ pub fn plan(
     })
 }
 
-/// One image read and cut into window tensors.
+/// One image read and resized; its window tensors are made a batch at a time, so memory holds
+/// the resized bytes (at most 8192 × 8192 × 3) rather than every overlapping window as floats.
 struct Loaded {
     width: usize,
     height: usize,
     plan: Plan,
-    /// `windows × tensor_len` floats.
-    tensors: Vec<f32>,
+    /// The resized image, interleaved RGB8, `plan.width × plan.height`.
+    rgb: Vec<u8>,
     parts: Option<LabelMap>,
     objects: Option<LabelMap>,
 }
@@ -201,17 +202,11 @@ fn load(
         plan.width,
         plan.height,
     );
-    let len = pre.tensor_len();
-    let mut tensors = vec![0f32; plan.windows.len() * len];
-    tensors
-        .par_chunks_mut(len)
-        .zip(&plan.windows)
-        .for_each(|(out, &xy)| window_tensor(&rgb, plan.width, xy, pre, out));
     Ok(Loaded {
         width: w,
         height: h,
         plan,
-        tensors,
+        rgb,
         parts,
         objects,
     })
@@ -284,6 +279,7 @@ pub fn write_dense(
         let rx = rx;
         let mut acc: Vec<f32> = Vec::new();
         let mut count: Vec<u32> = Vec::new();
+        let mut tensors: Vec<f32> = Vec::new();
         while let Ok((idx, loaded)) = rx.recv() {
             let item = &items[idx];
             pb.inc(1);
@@ -302,13 +298,14 @@ pub fn write_dense(
             acc.resize(p.rows * p.cols * d, 0.0);
             count.clear();
             count.resize(p.rows * p.cols, 0);
-            for (chunk, wins) in l
-                .tensors
-                .chunks(batch_size * len)
-                .zip(p.windows.chunks(batch_size))
-            {
+            for wins in p.windows.chunks(batch_size) {
+                tensors.resize(wins.len() * len, 0.0);
+                tensors
+                    .par_chunks_mut(len)
+                    .zip(wins)
+                    .for_each(|(out, &xy)| window_tensor(&l.rgb, p.width, xy, pre, out));
                 let te = std::time::Instant::now();
-                let tokens = encoder.embed_tokens(chunk, wins.len())?;
+                let tokens = encoder.embed_tokens(&tensors, wins.len())?;
                 encode_seconds += te.elapsed().as_secs_f64();
                 windows += wins.len() as u64;
                 for (&(x, y), t) in wins.iter().zip(tokens.chunks_exact(per)) {
