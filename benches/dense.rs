@@ -647,7 +647,7 @@ fn bench_memory(dir: &Path, s: &Sizes) -> PathBuf {
     let file = (file_peak.saturating_sub(file_before) * 1024) as f64;
     println!(
         "dense/memory: segment ({} fit images, {} labelled cells, {} heads × 3 epochs, budget \
-         {:.0} MB) in {seg_s:.1} s; probe state_bytes {:.1} MB (trainer + cell targets)",
+         {:.0} MB) in {seg_s:.1} s; probe state_bytes {:.1} MB (trainer, cell targets, scoring buffers)",
         rep.fit_images,
         rep.fit_cells,
         rep.heads.len(),
