@@ -176,7 +176,13 @@ impl<'a> CellRows<'a> {
         };
         for r in per_image {
             let (cells, counts, targets) = r?;
-            let base = rows.targets.len() as u32;
+            let base = u32::try_from(rows.targets.len() + targets.len())
+                .map(|_| rows.targets.len() as u32)
+                .map_err(|_| {
+                    Error::InvalidArgument(
+                        "more than 4 billion cell targets: train on fewer images (--train)".into(),
+                    )
+                })?;
             rows.cells.extend(cells);
             rows.starts.extend(counts.iter().map(|&c| base + c));
             rows.targets.extend(targets);
