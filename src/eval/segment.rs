@@ -578,8 +578,48 @@ fn score(
 }
 
 /// Where a prediction of `image` goes under `dir`: named like its annotation (the image's own
-/// name when the format has none), always `.png`.
+/// name when the format has none), always `.png`. A path that could leave `dir` (absolute, as
+/// files outside the dataset folder are recorded, or holding `..`, `.`, empty components or
+/// backslashes) keeps only its file name, so every prediction stays inside `dir`.
 pub fn prediction_path(dir: &Path, annotation: Option<&str>, image: &str) -> PathBuf {
-    let rel = Path::new(annotation.unwrap_or(image)).with_extension("png");
-    dir.join(rel)
+    let rel = annotation.unwrap_or(image);
+    let safe = !rel.is_empty()
+        && !rel.contains('\\')
+        && rel
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
+    let rel = if safe {
+        Path::new(rel)
+    } else {
+        Path::new(rel.rsplit('/').next().unwrap_or_default())
+    };
+    let name = match rel.file_name() {
+        Some(_) => rel.with_extension("png"),
+        None => PathBuf::from("prediction.png"),
+    };
+    dir.join(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prediction_path;
+    use std::path::Path;
+
+    #[test]
+    fn predictions_are_named_like_annotations_and_never_leave_their_folder() {
+        let d = Path::new("/out");
+        let p = |a: Option<&str>, i: &str| prediction_path(d, a, i);
+        assert_eq!(
+            p(Some("ann/val/x.png"), "img/val/x.jpg"),
+            d.join("ann/val/x.png")
+        );
+        assert_eq!(p(Some("a/b.mat"), "a/b.jpg"), d.join("a/b.png"));
+        assert_eq!(p(None, "img/x.jpg"), d.join("img/x.png"));
+        // Absolute (outside the dataset folder) or climbing paths keep their file name only.
+        assert_eq!(p(Some("/data/ann/x.png"), "i.jpg"), d.join("x.png"));
+        assert_eq!(p(Some("../../etc/y.png"), "i.jpg"), d.join("y.png"));
+        assert_eq!(p(Some("a/./z.png"), "i.jpg"), d.join("z.png"));
+        assert_eq!(p(Some("a/.."), "i.jpg"), d.join("prediction.png"));
+        assert_eq!(p(Some(""), "i.jpg"), d.join("prediction.png"));
+    }
 }

@@ -288,9 +288,10 @@ impl DenseIndex {
         let images = read_images(&tp)?;
         let mut next = 0u64;
         for (n, im) in images.iter().enumerate() {
-            // Relative, `/`-separated, without empty, `.` or `..` components: label maps are
-            // read from below the index, and predictions are written below their folder
-            // under the annotation's (or image's) path.
+            // Label maps are read from below the index: relative, `/`-separated, without empty,
+            // `.` or `..` components. (Image and annotation paths are the dataset's: with
+            // --allow-outside-root they may be absolute; predictions are named safely from
+            // them by `eval::segment::prediction_path`.)
             let unsafe_rel = |p: &str| {
                 p.contains('\\') || p.split('/').any(|c| c.is_empty() || c == "." || c == "..")
             };
@@ -298,20 +299,6 @@ impl DenseIndex {
                 p.as_ref()
                     .is_some_and(|p| !p.starts_with("dense/labels/") || unsafe_rel(p))
             };
-            let bad_name = unsafe_rel(&im.image)
-                || [&im.part_annotation, &im.object_annotation]
-                    .iter()
-                    .any(|a| a.as_deref().is_some_and(unsafe_rel));
-            if bad_name {
-                return Err(Error::corrupt(
-                    &tp,
-                    format!(
-                        "row {n}: image {:?}, annotations {:?} / {:?}: paths must be relative to \
-                         the dataset, without empty, '.' or '..' components",
-                        im.image, im.part_annotation, im.object_annotation
-                    ),
-                ));
-            }
             // Checked: a table whose grid sizes wrap around u64 must not pass the sum below
             // (its grids would then be read with absurd allocations).
             let end = next
