@@ -495,5 +495,12 @@ pub(super) fn demo(a: &DemoArgs, enc: &EncoderOptions) -> Result<()> {
         a.out.display(),
         a.out.display()
     );
+    println!(
+        "segmentation (dense grids of whole images, mmseg's mIoU):\n  partlens ingest --dataset {} --dense --tokens --out {}-dense --overwrite\n  partlens probe segment --index {}-dense --labels objects --overlays overlays/demo\n  partlens probe attentive --index {}-dense --kind object",
+        dataset.display(),
+        a.out.display(),
+        a.out.display(),
+        a.out.display()
+    );
     Ok(())
 }
