@@ -35,6 +35,7 @@ pub mod ingest;
 pub mod preprocess;
 pub mod query;
 pub mod region;
+pub mod serve;
 pub mod setup;
 pub mod store;
 

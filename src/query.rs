@@ -217,14 +217,27 @@ impl QueryEngine {
     /// embedded stored regions: square crop around the box with the index's margin.
     pub fn embed_image_file(&self, image: &Path, bbox: Option<PixelBox>) -> Result<Features> {
         let img = decode_rgb(image)?;
+        let t = self.crop_tensor(&img, bbox, &image.display().to_string())?;
+        self.encoder.embed(&t, 1)
+    }
+
+    /// The encoder's input tensor for the crop `bbox` of a decoded image (the whole image when
+    /// `None`), made as ingest made stored regions' (square crop around the box with the
+    /// index's margin). `what` names the image in errors. Every query path (CLI, library,
+    /// server) goes through here.
+    pub fn crop_tensor(
+        &self,
+        img: &image::RgbImage,
+        bbox: Option<PixelBox>,
+        what: &str,
+    ) -> Result<Vec<f32>> {
         let (w, h) = (img.width() as i64, img.height() as i64);
         let crop = match bbox {
             Some(b) => {
                 if b.x1 <= 0 || b.y1 <= 0 || b.x0 >= w || b.y0 >= h {
                     return Err(Error::InvalidArgument(format!(
-                        "box {:?} lies outside {} ({w}×{h})",
+                        "box {:?} lies outside {what} ({w}×{h})",
                         b.to_array(),
-                        image.display()
                     )));
                 }
                 // Only the part inside the image is a region; this also bounds the crop size.
@@ -246,8 +259,7 @@ impl QueryEngine {
         };
         if crop.width().max(crop.height()) > crate::preprocess::MAX_CROP_SIDE {
             return Err(Error::InvalidArgument(format!(
-                "the crop of {} is {}×{} pixels, over the {} limit",
-                image.display(),
+                "the crop of {what} is {}×{} pixels, over the {} limit",
                 crop.width(),
                 crop.height(),
                 crate::preprocess::MAX_CROP_SIDE
@@ -255,8 +267,50 @@ impl QueryEngine {
         }
         let pre = self.encoder.preprocessor();
         let mut t = vec![0f32; pre.tensor_len()];
-        pre.region_tensor(&img, crop, &mut t);
-        self.encoder.embed(&t, 1)
+        pre.region_tensor(img, crop, &mut t);
+        Ok(t)
+    }
+
+    /// "More like this": the regions nearest to stored region `id`'s own vector (no encoder
+    /// run; the region itself comes first, at score 1).
+    pub fn similar(&self, id: usize, opts: &SearchOptions) -> Result<Vec<QueryHit>> {
+        let m = self.index.feature(opts.feature).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "index has no {} feature (it has: {:?})",
+                opts.feature,
+                self.index.manifest().features
+            ))
+        })?;
+        if id >= m.rows() {
+            return Err(Error::InvalidArgument(format!(
+                "no region {id}: this index has regions 0 to {}",
+                m.rows().saturating_sub(1)
+            )));
+        }
+        self.search_vector(m.row(id), opts)
+    }
+
+    /// Stored region `id` as a hit of score `score`.
+    pub fn hit(&self, id: usize, score: f32) -> Result<QueryHit> {
+        let r = self.index.regions().get(id).ok_or_else(|| {
+            Error::corrupt(
+                self.index.path(),
+                format!("no region {id} of {}", self.index.regions().len()),
+            )
+        })?;
+        Ok(QueryHit {
+            id: r.id,
+            image: r.image.clone(),
+            split: r.split.clone(),
+            kind: r.kind,
+            label: r.label_name.clone(),
+            label_id: r.label,
+            object: r.object_name.clone(),
+            bbox: r.bbox.to_array(),
+            crop_box: r.crop_box.to_array(),
+            area: r.area,
+            score,
+        })
     }
 
     /// Embeds and searches in one call.
@@ -445,33 +499,7 @@ impl QueryEngine {
             }
             _ => exact(),
         };
-        hits.into_iter()
-            .map(|h| {
-                let r = self.index.regions().get(h.id).ok_or_else(|| {
-                    Error::corrupt(
-                        self.index.path(),
-                        format!(
-                            "search returned region {} of {}",
-                            h.id,
-                            self.index.regions().len()
-                        ),
-                    )
-                })?;
-                Ok(QueryHit {
-                    id: r.id,
-                    image: r.image.clone(),
-                    split: r.split.clone(),
-                    kind: r.kind,
-                    label: r.label_name.clone(),
-                    label_id: r.label,
-                    object: r.object_name.clone(),
-                    bbox: r.bbox.to_array(),
-                    crop_box: r.crop_box.to_array(),
-                    area: r.area,
-                    score: h.score,
-                })
-            })
-            .collect()
+        hits.into_iter().map(|h| self.hit(h.id, h.score)).collect()
     }
 }
 

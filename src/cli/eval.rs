@@ -448,25 +448,25 @@ fn probe_knn(a: &KnnArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--index [NAME=]PATH`: NAME=PATH, unless the whole argument is a path (`/data/run=3/idx`)
+/// or what precedes '=' could not be a name; the name defaults to the folder's.
+pub(super) fn named_index(s: &str) -> (String, PathBuf) {
+    match s.split_once('=') {
+        Some((n, p)) if !n.is_empty() && !n.contains('/') && !Path::new(s).exists() => {
+            (n.to_string(), PathBuf::from(p))
+        }
+        _ => {
+            let p = PathBuf::from(s);
+            let name = p
+                .file_name()
+                .map_or_else(|| s.to_string(), |n| n.to_string_lossy().into_owned());
+            (name, p)
+        }
+    }
+}
+
 pub(super) fn run_report(a: &ReportArgs) -> Result<()> {
-    let indexes: Vec<(String, PathBuf)> = a
-        .indexes
-        .iter()
-        .map(|s| match s.split_once('=') {
-            // NAME=PATH, unless the whole argument is a path (`/data/run=3/idx`) or what
-            // precedes '=' could not be a name.
-            Some((n, p)) if !n.is_empty() && !n.contains('/') && !Path::new(s).exists() => {
-                (n.to_string(), PathBuf::from(p))
-            }
-            _ => {
-                let p = PathBuf::from(s);
-                let name = p
-                    .file_name()
-                    .map_or_else(|| s.clone(), |n| n.to_string_lossy().into_owned());
-                (name, p)
-            }
-        })
-        .collect();
+    let indexes: Vec<(String, PathBuf)> = a.indexes.iter().map(|s| named_index(s)).collect();
     let opts = ReportOptions {
         features: (!a.feature.is_empty()).then(|| a.feature.clone()),
         refresh: a.refresh,

@@ -7,6 +7,7 @@ mod eval;
 mod index;
 mod print;
 mod probe_dense;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -85,6 +86,8 @@ pub enum Command {
     /// Compare indexes (one encoder each) on every task, parts next to objects: Markdown,
     /// JSON and an HTML page with charts.
     Report(eval::ReportArgs),
+    /// Serve one or more indexes over HTTP: a JSON API under /v1 and a search page at /.
+    Serve(serve::ServeArgs),
 }
 
 impl Cli {
@@ -113,5 +116,6 @@ pub fn run(cli: Cli) -> partlens::Result<()> {
         Command::Eval(c) => eval::eval(c),
         Command::Probe(c) => eval::probe(c),
         Command::Report(a) => eval::run_report(a),
+        Command::Serve(a) => serve::serve(a, &enc),
     }
 }
