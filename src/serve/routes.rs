@@ -67,7 +67,14 @@ impl From<Error> for ApiError {
             Error::Image { .. } => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiError::new(status, e.to_string())
+        let mut message = e.to_string();
+        // Filter errors name the command line's flags; here they are parameters.
+        for flag in ["--label ", "--object ", "--split "] {
+            if let Some(rest) = message.strip_prefix(flag) {
+                message = format!("{}={rest}", &flag[2..flag.len() - 1]);
+            }
+        }
+        ApiError::new(status, message)
     }
 }
 
