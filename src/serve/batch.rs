@@ -68,9 +68,9 @@ impl Batcher {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job { tensor, reply })
-            .map_err(|_| Error::InvalidArgument("the encoder is shutting down".into()))?;
+            .map_err(|_| Error::Ort("the encoder is shutting down".into()))?;
         rx.await
-            .map_err(|_| Error::InvalidArgument("the encoder stopped".into()))?
+            .map_err(|_| Error::Ort("the encoder stopped".into()))?
     }
 }
 
