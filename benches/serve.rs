@@ -24,6 +24,9 @@
 //!   load), read before it is stopped, with its `VmRSS` right after it started listening;
 //! - CPU used in the window, in cores: the server's (`/proc/PID/stat`) and the clients' (this
 //!   process): the clients share the machine's cores with the server, as on any loopback run.
+//!   Requests per server CPU-second (requests/s / server cores) is printed with the ratio: it
+//!   says what each configuration costs, and moves less than requests/s when other work on
+//!   the machine takes a share of the cores.
 //!
 //! The server runs as a separate process, not in this one: its peak RSS is then its own
 //! (`VmHWM`), not mixed with 32 client threads and this bench's own encoder, and it is the
@@ -32,13 +35,14 @@
 //!
 //! Then, with no server running, what bounds that ratio, on the same index and encoder
 //! (`QueryEngine::open`, as the server opens it): `Encoder::embed` alone on pre-made tensors
-//! at batch 1 and batch 32 (crops/s each, for 3 s each after a warm-up run): the ratio is the
-//! most batching can give if the encoder were all the work; the same with one intra-op thread
-//! (whether batching gains per core, apart from threading); and on one thread, per request,
-//! the work batching cannot share: decode + crop/resize/normalise (`decode_rgb_bytes`,
-//! `crop_tensor`) and the search (`search_vector`, k = 10). From these a simple model: CPU
-//! seconds per request = non-encoder work / cores + 1 / encoder crops/s, at batch 1 and at
-//! batch 32; its ratio estimates what batching can give on this machine.
+//! at batch 1 and batch 32 (crops/s and the cores used, 3 s each after a warm-up run): the
+//! ratio is the most batching can give if the encoder were all the work; the same with one
+//! intra-op thread (whether batching gains per core, threading apart); and on one thread, per
+//! request, the work batching cannot share: decode + crop/resize/normalise
+//! (`decode_rgb_bytes`, `crop_tensor`) and the search (`search_vector`, k = 10). From these a
+//! simple model of the machine's time per request: that work spread over all cores + the
+//! encoder's time per crop (it takes the whole machine), at batch 1 and at batch 32; its
+//! ratio estimates what batching can give here.
 //!
 //! `cargo bench --bench serve` (about 85 s on 2 cores, plus the index build);
 //! `PARTLENS_BENCH_QUICK=1` for a smoke run (8 clients, 1 s warm-up, 5 s windows, 1 s
@@ -389,20 +393,22 @@ fn print(name: &str, o: &Outcome, plan: &Plan) {
     }
 }
 
-/// Crops/s of `Encoder::embed` alone at batch `n`, on pre-made tensors, for about `time`.
-fn encoder_rate(enc: &Encoder, n: usize, time: Duration) -> f64 {
+/// Crops/s of `Encoder::embed` alone at batch `n`, on pre-made tensors, for about `time`, and
+/// the CPU this process used meanwhile, in cores.
+fn encoder_rate(enc: &Encoder, n: usize, time: Duration) -> (f64, f64) {
     let len = enc.preprocessor().tensor_len();
     let tensors: Vec<f32> = (0..n * len)
         .map(|i| ((i % 251) as f32 / 125.0) - 1.0)
         .collect();
     enc.embed(&tensors, n).expect("embed"); // warm-up
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), cpu_seconds("self"));
     let mut crops = 0;
     while t.elapsed() < time {
         enc.embed(&tensors, n).expect("embed");
         crops += n;
     }
-    crops as f64 / t.elapsed().as_secs_f64()
+    let secs = t.elapsed().as_secs_f64();
+    (crops as f64 / secs, (cpu_seconds("self") - cpu) / secs)
 }
 
 /// What bounds the ratio: the encoder alone at batch 1 and [`BATCH`], and the per-request
@@ -410,13 +416,16 @@ fn encoder_rate(enc: &Encoder, n: usize, time: Duration) -> f64 {
 fn bounds(index: &Path, enc_opts: &EncoderOptions, images: &[Image], plan: &Plan) -> f64 {
     let engine = QueryEngine::open(index, enc_opts).expect("open the index");
     let enc = engine.encoder();
-    let one = encoder_rate(enc, 1, plan.encoder_time);
-    let many = encoder_rate(enc, BATCH, plan.encoder_time);
+    let ((one, c1), (many, c32)) = (
+        encoder_rate(enc, 1, plan.encoder_time),
+        encoder_rate(enc, BATCH, plan.encoder_time),
+    );
     println!(
-        "serve/encoder alone, default threads (as the server): {one:.1} crops/s at batch 1, \
-         {many:.1} crops/s at batch {BATCH}, ratio {:.2} (the most batching can give if the \
-         encoder were all the work)",
-        many / one
+        "serve/encoder alone, default threads (as the server): {one:.1} crops/s at batch 1 \
+         ({c1:.2} cores), {many:.1} crops/s at batch {BATCH} ({c32:.2} cores), ratio {:.2} (the \
+         most batching can give if the encoder were all the work); per CPU-second {:.2}",
+        many / one,
+        (many / c32) / (one / c1)
     );
     {
         let single = Encoder::load(
@@ -427,11 +436,13 @@ fn bounds(index: &Path, enc_opts: &EncoderOptions, images: &[Image], plan: &Plan
             },
         )
         .expect("model");
-        let one = encoder_rate(&single, 1, plan.encoder_time);
-        let many = encoder_rate(&single, BATCH, plan.encoder_time);
+        let ((one, c1), (many, c32)) = (
+            encoder_rate(&single, 1, plan.encoder_time),
+            encoder_rate(&single, BATCH, plan.encoder_time),
+        );
         println!(
-            "serve/encoder alone, 1 thread: {one:.1} crops/s at batch 1, {many:.1} crops/s at \
-             batch {BATCH}, ratio {:.2}",
+            "serve/encoder alone, 1 thread: {one:.1} crops/s at batch 1 ({c1:.2} cores), \
+             {many:.1} crops/s at batch {BATCH} ({c32:.2} cores), ratio {:.2}",
             many / one
         );
     }
@@ -532,12 +543,16 @@ fn main() {
     let single = load(&index, &["--max-batch", "1"], &images, &plan);
     print("one at a time (max batch 1)", &single, &plan);
     let ratio = batched.rps / single.rps;
+    let per_cpu = |o: &Outcome| o.rps / o.server_cores.max(1e-9);
     println!(
         "serve: batching / one at a time = {ratio:.2}× the requests/s (goal ≥ 2× on 2 cores: {}); \
-         errors {} and {}",
+         errors {} and {}; requests per server CPU-second {:.1} and {:.1}, ratio {:.2}",
         if ratio >= 2.0 { "met" } else { "NOT met" },
         batched.errors,
-        single.errors
+        single.errors,
+        per_cpu(&batched),
+        per_cpu(&single),
+        per_cpu(&batched) / per_cpu(&single)
     );
     let model = bounds(&index, &enc_opts, &images, &plan);
     println!(
