@@ -239,3 +239,121 @@ fn ensure_locked(dir: &Path, opts: &SetupOptions) -> Result<PathBuf> {
     std::fs::write(&stamp_path, format!("{stamp:#}\n")).at(&stamp_path)?;
     Ok(lib)
 }
+
+/// The Debian packages the browser test drives: headless Chromium and its WebDriver.
+pub const BROWSER_PACKAGES: &[&str] = &["chromium", "chromium-driver"];
+
+/// Chromium and the chromedriver that matches it, found or installed by [`ensure_browser`].
+#[derive(Debug, Clone)]
+pub struct Browser {
+    /// The browser binary (`chromium`).
+    pub chromium: PathBuf,
+    /// Its WebDriver (`chromedriver`).
+    pub chromedriver: PathBuf,
+}
+
+/// The first executable file called `name` on `$PATH`.
+fn which(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// Chromium and chromedriver, when both are present: `$PARTLENS_CHROMIUM` and
+/// `$PARTLENS_CHROMEDRIVER` if set, else `chromium` and `chromedriver` on `$PATH`.
+pub fn find_browser() -> Option<Browser> {
+    let pick = |var: &str, name: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .or_else(|| which(name))
+    };
+    Some(Browser {
+        chromium: pick("PARTLENS_CHROMIUM", "chromium")?,
+        chromedriver: pick("PARTLENS_CHROMEDRIVER", "chromedriver")?,
+    })
+}
+
+/// The command prefix that runs `apt-get` as root (`[]` when this process is root, `["sudo",
+/// "-n"]` with passwordless sudo), or why apt-get cannot be run.
+fn apt_prefix() -> std::result::Result<Vec<&'static str>, String> {
+    if which("apt-get").is_none() {
+        return Err("no apt-get on this machine (not Debian-like)".into());
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(vec![]);
+    }
+    let sudo = which("sudo").is_some()
+        && Command::new("sudo")
+            .args(["-n", "true"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    if sudo {
+        Ok(vec!["sudo", "-n"])
+    } else {
+        Err("not root and no passwordless sudo, so apt-get cannot install packages".into())
+    }
+}
+
+/// `apt-get ARGS` as root, non-interactive, waiting up to two minutes for another apt/dpkg.
+fn apt_get(prefix: &[&str], args: &[&str]) -> Result<()> {
+    let mut cmd = Command::new(prefix.first().copied().unwrap_or("apt-get"));
+    if !prefix.is_empty() {
+        cmd.args(&prefix[1..]).arg("apt-get");
+    }
+    cmd.args(["-o", "DPkg::Lock::Timeout=120", "-q"])
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(std::process::Stdio::null());
+    run(&mut cmd, &format!("apt-get {}", args.join(" ")))
+}
+
+/// Finds Chromium and chromedriver, installing Debian's [`BROWSER_PACKAGES`] with `apt-get`
+/// (as root or through passwordless sudo) when either is missing; `apt-get update` runs only
+/// when the first install fails (stale or missing package lists). Serialised by a lock file in
+/// [`data_dir`], so parallel tests install once. `Err` says why there is no browser: no
+/// apt-get, no root, or the install failed (its output included).
+pub fn ensure_browser() -> std::result::Result<Browser, String> {
+    if let Some(b) = find_browser() {
+        return Ok(b);
+    }
+    let prefix = apt_prefix().map_err(|why| {
+        format!(
+            "chromium and chromedriver are not installed and cannot be: {why} \
+             (install Debian's {} or set PARTLENS_CHROMIUM and PARTLENS_CHROMEDRIVER)",
+            BROWSER_PACKAGES.join(" and ")
+        )
+    })?;
+    let dir = data_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let lock_path = dir.join("browser.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .and_then(|f| f.lock().map(|()| f))
+        .map_err(|e| format!("{}: {e}", lock_path.display()))?;
+    let res = (|| {
+        if let Some(b) = find_browser() {
+            return Ok(b); // another process installed it while we waited for the lock
+        }
+        let mut install = vec!["install", "-y", "--no-install-recommends"];
+        install.extend_from_slice(BROWSER_PACKAGES);
+        apt_get(&prefix, &install)
+            .or_else(|_| apt_get(&prefix, &["update"]).and_then(|()| apt_get(&prefix, &install)))
+            .map_err(|e| format!("installing {} failed: {e}", BROWSER_PACKAGES.join(" ")))?;
+        find_browser().ok_or_else(|| {
+            format!(
+                "apt-get installed {} but chromium or chromedriver is still not on PATH",
+                BROWSER_PACKAGES.join(" ")
+            )
+        })
+    })();
+    let _ = lock.unlock();
+    res
+}
