@@ -54,8 +54,8 @@ impl Default for ServeOptions {
             max_pixels: 50_000_000,
             max_k: 1000,
             timeout: Duration::from_secs(30),
-            max_batch: 32,
-            batch_wait: Duration::from_millis(3),
+            max_batch: 8,
+            batch_wait: Duration::ZERO,
             thumbnail_cache: 2048,
         }
     }

@@ -343,6 +343,18 @@ async fn upload(state: &Arc<AppState>, req: Request) -> ApiResult<Bytes> {
             ),
         )
     };
+    // An announced length over the limit is refused at once, before any of the body is read.
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > state.opts.max_upload as u64) {
+        return Err(too_large(format!(
+            "the upload is {} bytes",
+            announced.unwrap_or_default()
+        )));
+    }
     if ctype.starts_with("multipart/form-data") {
         let mut mp = Multipart::from_request(req, &())
             .await
