@@ -506,3 +506,26 @@ fn concurrent_queries_are_batched_and_each_gets_its_own_answer() {
     assert_eq!(value("partlens_encoder_batch_size_sum"), 6.0, "{metrics}");
     assert_eq!(value("partlens_encoder_batch_size_count"), 1.0, "{metrics}");
 }
+
+#[test]
+fn sigterm_finishes_the_requests_in_flight() {
+    let idx = index();
+    // A crop waits up to 1 s for company in its batch: it is in flight when SIGTERM comes.
+    let mut srv = Server::start(&[
+        "--index",
+        s(idx),
+        "--max-batch",
+        "4",
+        "--batch-wait-ms",
+        "1000",
+    ]);
+    let jpeg = std::fs::read(sample("pascal_part").join(IMAGE)).unwrap();
+    let url = srv.url("/v1/query?k=3");
+    let t = std::thread::spawn(move || post(&url, "image/jpeg", &jpeg));
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let status = srv.stop();
+    let (st, hits) = t.join().unwrap();
+    assert_eq!(st, 200, "the request in flight was not finished: {hits}");
+    assert_eq!(hits.as_array().unwrap().len(), 3);
+    assert!(status.success(), "{status:?}");
+}
