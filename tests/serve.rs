@@ -401,6 +401,21 @@ fn malformed_requests_get_json_errors_and_the_server_keeps_serving() {
             get(&srv.url("/v1/../../etc/passwd")),
             "no such route",
         ),
+        (
+            "wrong method",
+            get(&srv.url("/v1/query")),
+            "GET is not allowed on /v1/query",
+        ),
+        (
+            "wrong method on a region",
+            post(&srv.url("/v1/regions/pp/1"), "image/jpeg", &jpeg),
+            "POST is not allowed",
+        ),
+        (
+            "index name not UTF-8",
+            get(&srv.url("/v1/regions/%FF/1/thumbnail")),
+            "malformed path",
+        ),
     ];
     for (what, (status, body), needle) in cases {
         assert!(
@@ -412,6 +427,10 @@ fn malformed_requests_get_json_errors_and_the_server_keeps_serving() {
             .unwrap_or_else(|| panic!("{what}: no error field in {body}"));
         assert!(msg.contains(needle), "{what}: {msg:?} lacks {needle:?}");
     }
+    // A 405 still says which methods the route takes.
+    let r = agent().get(&srv.url("/v1/query")).call().unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(r.headers().get("allow").unwrap(), "POST");
     let mut r = agent().get(&srv.url("/healthz")).call().unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.body_mut().read_to_string().unwrap(), "ok\n");

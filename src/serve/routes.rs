@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{
     DefaultBodyLimit, FromRequest, Multipart, Path as UrlPath, Query, Request, State,
 };
@@ -103,6 +104,13 @@ pub fn router(state: Arc<AppState>) -> Router {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "no such route; see GET /v1/indexes and the README",
+            )
+        })
+        // Without this axum answers 405 with an empty body; the `Allow` header is kept.
+        .method_not_allowed_fallback(|req: Request| async move {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{} is not allowed on {}", req.method(), req.uri().path()),
             )
         })
         .layer(DefaultBodyLimit::max(state.opts.max_upload))
@@ -454,6 +462,15 @@ async fn query(State(state): State<Arc<AppState>>, req: Request) -> ApiResult<Js
     Ok(Json(hits))
 }
 
+/// `{index}/{id}` of a URL; a malformed one (invalid UTF-8 after percent-decoding) is a JSON
+/// 400 like every other error, not axum's plain-text rejection.
+fn url_path(
+    p: std::result::Result<UrlPath<(String, String)>, PathRejection>,
+) -> ApiResult<(String, String)> {
+    p.map(|UrlPath(v)| v)
+        .map_err(|e| ApiError::bad(format!("malformed path: {}", e.body_text())))
+}
+
 /// The region `{index}/{id}` of a URL.
 fn region_of<'a>(state: &'a AppState, index: &str, id: &str) -> ApiResult<(&'a Served, usize)> {
     let s = served(state, Some(index))?;
@@ -473,8 +490,9 @@ fn region_of<'a>(state: &'a AppState, index: &str, id: &str) -> ApiResult<(&'a S
 /// `GET /v1/regions/{index}/{id}`.
 async fn region(
     State(state): State<Arc<AppState>>,
-    UrlPath((index, id)): UrlPath<(String, String)>,
+    path: std::result::Result<UrlPath<(String, String)>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
+    let (index, id) = url_path(path)?;
     let (s, id) = region_of(&state, &index, &id)?;
     let mut v = serde_json::to_value(s.engine.hit(id, 1.0)?)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -488,11 +506,12 @@ async fn region(
 /// `GET /v1/regions/{index}/{id}/similar`.
 async fn similar(
     State(state): State<Arc<AppState>>,
-    UrlPath((index, id)): UrlPath<(String, String)>,
+    path: std::result::Result<UrlPath<(String, String)>, PathRejection>,
     q: std::result::Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Vec<QueryHit>>> {
     let p = params(q, &["k", "feature", "label", "object", "kind", "split"])?;
     let opts = search_options(&p, state.opts.max_k)?;
+    let (index, id) = url_path(path)?;
     let (s, id) = region_of(&state, &index, &id)?;
     let engine = s.engine.clone();
     let hits = tokio::task::spawn_blocking(move || engine.similar(id, &opts))
@@ -592,8 +611,9 @@ fn make_thumbnail(s: &Served, id: usize) -> ApiResult<Bytes> {
 /// `GET /v1/regions/{index}/{id}/thumbnail`.
 async fn thumbnail(
     State(state): State<Arc<AppState>>,
-    UrlPath((index, id)): UrlPath<(String, String)>,
+    path: std::result::Result<UrlPath<(String, String)>, PathRejection>,
 ) -> ApiResult<Response> {
+    let (index, id) = url_path(path)?;
     let (s, id) = region_of(&state, &index, &id)?;
     let pos = state
         .indexes
