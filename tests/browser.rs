@@ -10,14 +10,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{bin, ingest_json, s, sample};
+use common::{ingest_json, s, sample, Server};
 
 /// The query image, inside the bundled Pascal-Part sample.
 const IMAGE: &str = "img/val/2008_003228.jpg";
@@ -32,42 +32,6 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 /// `print!` family, so this shows in a plain `cargo test` run.
 fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
-}
-
-/// A running `partlens serve`; killed when dropped.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(index: &Path) -> Server {
-        let mut child = bin()
-            .args(["--device", "cpu", "-q", "serve", "--addr", "127.0.0.1:0"])
-            .args(["--index", &format!("pp={}", s(index))])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .trim_end_matches('/')
-            .to_string();
-        Server { child, base }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A chromedriver process and one headless Chromium session on it. Dropping it ends the
@@ -274,7 +238,7 @@ fn upload_draw_a_box_search_and_click_a_result_in_chromium() {
     let dir = tempfile::tempdir().unwrap();
     let index = dir.path().join("pp");
     ingest_json(&sample("pascal_part"), &[], &index);
-    let server = Server::start(&index);
+    let server = Server::start(&["--index", &format!("pp={}", s(&index))]);
     let b = Browser::start(&tools);
     b.cmd(
         "POST",
