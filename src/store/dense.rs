@@ -16,8 +16,6 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::cast::AsArray;
-use arrow_array::types::{UInt32Type, UInt64Type};
 use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -27,7 +25,7 @@ use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
 use super::npy::HalfArray;
-use super::parquet::{col, pq_err};
+use super::parquet::{pq_err, string_col, u32_col, u64_col};
 use crate::dataset::LabelMap;
 use crate::encoder::GridSource;
 use crate::error::{Error, IoContext, Result};
@@ -180,20 +178,8 @@ pub fn read_images(path: &Path) -> Result<Vec<DenseImage>> {
     let mut out = Vec::new();
     for batch in reader {
         let b = batch.map_err(|e| Error::corrupt(path, e.to_string()))?;
-        let wrong = |n: &str| Error::corrupt(path, format!("column {n:?} has the wrong type"));
-        let strs = |n: &str| -> Result<StringArray> {
-            Ok(col(&b, n, path)?
-                .as_string_opt::<i32>()
-                .ok_or_else(|| wrong(n))?
-                .clone())
-        };
-        let u32s = |n: &str| -> Result<Vec<u32>> {
-            Ok(col(&b, n, path)?
-                .as_primitive_opt::<UInt32Type>()
-                .ok_or_else(|| wrong(n))?
-                .values()
-                .to_vec())
-        };
+        let strs = |n: &str| string_col(&b, n, path);
+        let u32s = |n: &str| -> Result<Vec<u32>> { Ok(u32_col(&b, n, path)?.values().to_vec()) };
         let (image, split) = (strs("image")?, strs("split")?);
         let (pl, ol, pa, oa) = (
             strs("part_labels")?,
@@ -207,11 +193,7 @@ pub fn read_images(path: &Path) -> Result<Vec<DenseImage>> {
             u32s("grid_rows")?,
             u32s("grid_cols")?,
         );
-        let off = col(&b, "row_offset", path)?
-            .as_primitive_opt::<UInt64Type>()
-            .ok_or_else(|| wrong("row_offset"))?
-            .values()
-            .to_vec();
+        let off = u64_col(&b, "row_offset", path)?.values().to_vec();
         let opt = |a: &StringArray, i: usize| {
             use arrow_array::Array;
             (!a.is_null(i)).then(|| a.value(i).to_string())

@@ -212,6 +212,35 @@ pub(crate) fn col<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result
         .ok_or_else(|| Error::corrupt(path, format!("column {name:?} missing")))
 }
 
+/// The error of a column that is not of the type the schema says.
+fn wrong_type(path: &Path, name: &str) -> Error {
+    Error::corrupt(path, format!("column {name:?} has the wrong type"))
+}
+
+/// Column `name` of `batch` as strings; missing or of another type: corruption.
+pub(crate) fn string_col(batch: &RecordBatch, name: &str, path: &Path) -> Result<StringArray> {
+    Ok(col(batch, name, path)?
+        .as_string_opt::<i32>()
+        .ok_or_else(|| wrong_type(path, name))?
+        .clone())
+}
+
+/// Column `name` of `batch` as uint32; missing or of another type: corruption.
+pub(crate) fn u32_col(batch: &RecordBatch, name: &str, path: &Path) -> Result<UInt32Array> {
+    Ok(col(batch, name, path)?
+        .as_primitive_opt::<UInt32Type>()
+        .ok_or_else(|| wrong_type(path, name))?
+        .clone())
+}
+
+/// Column `name` of `batch` as uint64; missing or of another type: corruption.
+pub(crate) fn u64_col(batch: &RecordBatch, name: &str, path: &Path) -> Result<UInt64Array> {
+    Ok(col(batch, name, path)?
+        .as_primitive_opt::<UInt64Type>()
+        .ok_or_else(|| wrong_type(path, name))?
+        .clone())
+}
+
 fn read_boxes(a: &ArrayRef, path: &Path) -> Result<Vec<PixelBox>> {
     let l = a
         .as_fixed_size_list_opt()
@@ -262,26 +291,9 @@ pub fn read_regions(path: impl AsRef<Path>) -> Result<Vec<Region>> {
     let mut out = Vec::new();
     for batch in reader {
         let b = batch.map_err(|e| Error::corrupt(path, e.to_string()))?;
-        let wrong = |n: &str| Error::corrupt(path, format!("column {n:?} has the wrong type"));
-        let u64s = |n: &str| -> Result<Vec<u64>> {
-            Ok(col(&b, n, path)?
-                .as_primitive_opt::<UInt64Type>()
-                .ok_or_else(|| wrong(n))?
-                .values()
-                .to_vec())
-        };
-        let u32s = |n: &str| -> Result<UInt32Array> {
-            Ok(col(&b, n, path)?
-                .as_primitive_opt::<UInt32Type>()
-                .ok_or_else(|| wrong(n))?
-                .clone())
-        };
-        let strs = |n: &str| -> Result<StringArray> {
-            Ok(col(&b, n, path)?
-                .as_string_opt::<i32>()
-                .ok_or_else(|| wrong(n))?
-                .clone())
-        };
+        let u64s = |n: &str| -> Result<Vec<u64>> { Ok(u64_col(&b, n, path)?.values().to_vec()) };
+        let u32s = |n: &str| u32_col(&b, n, path);
+        let strs = |n: &str| string_col(&b, n, path);
         let (ids, areas) = (u64s("id")?, u64s("area")?);
         let (image, split, kind, label_name, object_name) = (
             strs("image")?,
@@ -296,12 +308,12 @@ pub fn read_regions(path: impl AsRef<Path>) -> Result<Vec<Region>> {
         let crop = read_boxes(col(&b, "crop_box", path)?, path)?;
         let masks = col(&b, "mask_rle", path)?
             .as_list_opt::<i32>()
-            .ok_or_else(|| wrong("mask_rle"))?;
+            .ok_or_else(|| wrong_type(path, "mask_rle"))?;
         for i in 0..b.num_rows() {
             let m = masks.value(i);
             let m = m
                 .as_primitive_opt::<UInt32Type>()
-                .ok_or_else(|| wrong("mask_rle"))?;
+                .ok_or_else(|| wrong_type(path, "mask_rle"))?;
             out.push(Region {
                 id: ids[i],
                 image: image.value(i).to_string(),
