@@ -27,7 +27,7 @@ use crate::dense::DenseOptions;
 use crate::encoder::{Encoder, EncoderOptions, Feature, Features};
 use crate::error::{Error, IoContext, Result};
 use crate::files::StagedDir;
-use crate::index::{HnswIndex, HnswParams};
+use crate::index::{GraphBuilder, HnswParams};
 use crate::region::{Region, RegionKind};
 use crate::store::dense::{TokensInfo, TOKENS_FILE};
 use crate::store::manifest::{Counts, DatasetInfo, EncoderInfo, FileRecord, HnswInfo, Manifest};
@@ -62,6 +62,8 @@ pub struct IngestOptions {
     pub progress: bool,
     /// HNSW parameters.
     pub hnsw: HnswParams,
+    /// What links the graphs.
+    pub graph_builder: GraphBuilder,
     /// Also store every image's token grid (`--dense`); see [`crate::dense`].
     pub dense: Option<DenseOptions>,
     /// Also keep each region's own patch tokens (`--tokens`), for the attentive probe.
@@ -79,6 +81,7 @@ impl IngestOptions {
             overwrite: false,
             progress: false,
             hnsw: HnswParams::default(),
+            graph_builder: GraphBuilder::default(),
             dense: None,
             tokens: false,
         }
@@ -427,7 +430,13 @@ pub fn ingest_with_encoder(
 
     // Graphs.
     let th = Instant::now();
-    let hnsw = build_graphs(&stage, &dims, opts.hnsw)?;
+    let hnsw = build_graphs(
+        &stage,
+        &dims,
+        opts.hnsw,
+        crate::index::DEFAULT_SEED,
+        opts.graph_builder,
+    )?;
     let hnsw_seconds = th.elapsed().as_secs_f64();
 
     // Seal.
@@ -652,25 +661,40 @@ fn embed_all(
     Ok(timing)
 }
 
-/// One HNSW graph per feature, built from the finished `.npy` files (so graph point id = row).
-fn build_graphs(
+/// Per feature, its unit-norm rows (`features/<f>.unit.npy`, written from the finished
+/// `.npy` a block at a time) and the HNSW graph over them (`hnsw/<f>.graph`), so graph node id
+/// = row = region id.
+pub(crate) fn build_graphs(
     dir: &Path,
     dims: &BTreeMap<Feature, usize>,
     params: HnswParams,
+    seed: u64,
+    builder: GraphBuilder,
 ) -> Result<BTreeMap<String, HnswInfo>> {
     let mut hnsw = BTreeMap::new();
+    std::fs::create_dir_all(dir.join("hnsw")).at(dir.join("hnsw"))?;
     for (f, d) in dims {
-        let m = NpyMatrix::open(feature_path(dir, *f))?;
-        let graph = HnswIndex::build_normalizing(m.as_slice(), *d, params);
-        let basename = graph.dump(&dir.join("hnsw"), f.as_str())?;
-        hnsw.insert(
-            f.as_str().to_string(),
-            HnswInfo {
-                basename,
-                max_nb_connection: params.max_nb_connection,
-                ef_construction: params.ef_construction,
-            },
-        );
+        let raw = NpyMatrix::open(feature_path(dir, *f))?;
+        let up = crate::store::unit_path(dir, *f);
+        crate::index::write_unit_npy(&raw, &up)?;
+        drop(raw);
+        let unit = NpyMatrix::open(&up)?;
+        let info = HnswInfo {
+            basename: f.as_str().to_string(),
+            max_nb_connection: params.max_nb_connection,
+            ef_construction: params.ef_construction,
+            seed: Some(seed),
+            builder: Some(builder.as_str().to_string()),
+        };
+        crate::index::build_graph_file(
+            &dir.join(info.graph_file()),
+            unit.as_slice(),
+            *d,
+            params,
+            seed,
+            builder,
+        )?;
+        hnsw.insert(f.as_str().to_string(), info);
     }
     Ok(hnsw)
 }

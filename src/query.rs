@@ -13,6 +13,7 @@ use crate::index::{exact_search, normalize_rows, Hit, HnswIndex};
 use crate::preprocess::decode_rgb;
 use crate::region::{PixelBox, RegionKind};
 use crate::store::IndexDir;
+use crate::store::NpyMatrix;
 
 /// Default for [`SearchOptions::exact_below`].
 pub const EXACT_BELOW: usize = 2000;
@@ -85,18 +86,13 @@ pub struct QueryHit {
     pub score: f32,
 }
 
-/// Unit-norm rows of one feature for exact search, and the rows that hold NaN or infinity.
-struct Normalized {
-    rows: Vec<f32>,
-    damaged: Vec<usize>,
-}
-
 /// An opened index with its encoder, ready to answer queries.
 pub struct QueryEngine {
     index: IndexDir,
     encoder: Encoder,
     hnsw: BTreeMap<Feature, HnswIndex>,
-    normalized: BTreeMap<Feature, OnceLock<Normalized>>,
+    /// Per feature, the rows holding NaN or infinity (found on the first exact search).
+    damaged: BTreeMap<Feature, OnceLock<Vec<usize>>>,
 }
 
 /// Levenshtein distance in characters (for "did you mean").
@@ -179,18 +175,15 @@ impl QueryEngine {
                 ),
             ));
         }
+        // Graph search and exact search both read the unit rows of schema 2.
+        index.require_current()?;
         let mut hnsw = BTreeMap::new();
-        for (name, info) in &m.hnsw {
+        for name in m.hnsw.keys() {
             if let Some(f) = Feature::parse(name) {
-                let g = HnswIndex::load(
-                    &index.path().join("hnsw"),
-                    &info.basename,
-                    index.regions().len(),
-                )?;
-                hnsw.insert(f, g);
+                hnsw.insert(f, index.graph(f)?);
             }
         }
-        let normalized = index
+        let damaged = index
             .feature_names()
             .into_iter()
             .map(|f| (f, OnceLock::new()))
@@ -199,7 +192,7 @@ impl QueryEngine {
             index,
             encoder,
             hnsw,
-            normalized,
+            damaged,
         })
     }
 
@@ -410,15 +403,19 @@ impl QueryEngine {
     /// Rows of `f` that hold NaN or infinity (a damaged index file; ingest never stores one).
     /// They are never returned by a search. Computed on the first exact search of `f`.
     pub fn damaged_rows(&self, f: Feature) -> &[usize] {
-        self.normalized
+        self.damaged
             .get(&f)
             .and_then(|n| n.get())
-            .map_or(&[], |n| n.damaged.as_slice())
+            .map_or(&[], |n| n.as_slice())
     }
 
-    fn normalized(&self, f: Feature, m: &crate::store::NpyMatrix) -> &Normalized {
-        self.normalized[&f].get_or_init(|| {
-            let rows = normalize_rows(m.as_slice(), m.cols());
+    /// The unit rows of `f`, warning once about rows holding NaN or infinity.
+    fn unit_rows(&self, f: Feature) -> Result<&NpyMatrix> {
+        let unit = self
+            .index
+            .unit(f)
+            .ok_or_else(|| Error::InvalidArgument(format!("index has no unit rows for {f}")))?;
+        self.damaged[&f].get_or_init(|| {
             // The same rows `partlens info` reports (a normalised row is non-finite exactly
             // when its stored one is).
             let damaged = self.index.damaged_rows(f);
@@ -431,8 +428,9 @@ impl QueryEngine {
                     self.index.path().display()
                 );
             }
-            Normalized { rows, damaged }
-        })
+            damaged
+        });
+        Ok(unit)
     }
 
     /// Searches stored regions for the `opts.k` nearest to `vector` (a raw, unnormalised
@@ -469,19 +467,36 @@ impl QueryEngine {
         // region, not for a billion-entry heap.
         let k = opts.k.min(candidates.max(1));
         let ef = opts.ef.clamp(k, m.rows().max(k));
-        let exact = || {
-            let norm = self.normalized(f, m);
-            let keep = allowed
-                .as_ref()
-                .map(|ids| move |i: usize| ids.binary_search(&i).is_ok());
-            let keep_ref = keep.as_ref().map(|k| k as &dyn Fn(usize) -> bool);
-            exact_search(&norm.rows, m.cols(), &q, k, keep_ref)
+        let exact = || -> Result<Vec<Hit>> {
+            let unit = self.unit_rows(f)?;
+            // A stored row holding NaN or infinity has no rank, whatever its unit copy says.
+            let damaged = self.damaged_rows(f);
+            let keep = |i: usize| {
+                allowed
+                    .as_ref()
+                    .is_none_or(|ids| ids.binary_search(&i).is_ok())
+                    && damaged.binary_search(&i).is_err()
+            };
+            let filtered = allowed.is_some() || !damaged.is_empty();
+            let keep_ref = filtered.then_some(&keep as &dyn Fn(usize) -> bool);
+            Ok(exact_search(unit.as_slice(), m.cols(), &q, k, keep_ref))
         };
         let hits: Vec<Hit> = match self.hnsw.get(&f) {
             Some(g) if !opts.exact && candidates >= opts.exact_below => {
-                // A damaged stored row has no rank, whatever the graph's copy says.
+                let mask: Option<Vec<bool>> = allowed.as_ref().map(|ids| {
+                    let mut v = vec![false; m.rows()];
+                    for &i in ids {
+                        v[i] = true;
+                    }
+                    v
+                });
+                let keep = mask
+                    .as_ref()
+                    .map(|v| move |i: u32| v.get(i as usize).copied().unwrap_or(false));
+                let keep_ref = keep.as_ref().map(|k| k as &dyn Fn(u32) -> bool);
+                // A damaged stored row has no rank, whatever its score.
                 let hits: Vec<Hit> = g
-                    .search(&q, k, ef, allowed.as_ref())
+                    .search(&q, k, ef, keep_ref)
                     .into_iter()
                     .filter(|h| {
                         h.score.is_finite()
@@ -492,12 +507,12 @@ impl QueryEngine {
                 // A selective filter can starve the graph walk; never return fewer hits than
                 // exist.
                 if hits.len() < k {
-                    exact()
+                    exact()?
                 } else {
                     hits
                 }
             }
-            _ => exact(),
+            _ => exact()?,
         };
         hits.into_iter().map(|h| self.hit(h.id, h.score)).collect()
     }

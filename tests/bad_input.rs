@@ -352,10 +352,18 @@ fn damaged_index_files_are_refused() {
         std::fs::write(d.join("manifest.json"), b"{\"schema_version\": 1").unwrap()
     });
     assert!(e.contains("unreadable manifest"), "{e}");
-    let e = damaged_index(|d| truncate(&d.join("hnsw/mean.hnsw.graph")));
-    assert!(e.contains("mean.hnsw.graph"), "{e}");
-    let e = damaged_index(|d| std::fs::remove_file(d.join("hnsw/mean.hnsw.data")).unwrap());
-    assert!(e.contains("mean.hnsw.data") && e.contains("missing"), "{e}");
+    let e = damaged_index(|d| truncate(&d.join("hnsw/mean.graph")));
+    assert!(e.contains("mean.graph"), "{e}");
+    // Same length, one byte changed: the graph's own checks catch it when it is opened.
+    let e = damaged_index(|d| {
+        let p = d.join("hnsw/mean.graph");
+        let mut b = std::fs::read(&p).unwrap();
+        b[300] ^= 0x40;
+        std::fs::write(&p, b).unwrap();
+    });
+    assert!(e.contains("mean.graph") && e.contains("checksum"), "{e}");
+    let e = damaged_index(|d| std::fs::remove_file(d.join("features/mean.unit.npy")).unwrap());
+    assert!(e.contains("mean.unit.npy") && e.contains("missing"), "{e}");
 }
 
 #[test]

@@ -49,10 +49,8 @@ fn pascal_part_index_is_complete_and_readable_by_pyarrow_and_numpy() {
     assert_eq!(m.features, vec!["mean"]);
     assert_eq!(m.encoder.sha256.len(), 64);
     assert_eq!(m.dataset.format, "mmseg");
-    assert!(out
-        .join("hnsw")
-        .join(format!("{}.hnsw.graph", m.hnsw["mean"].basename))
-        .is_file());
+    assert!(out.join(m.hnsw["mean"].graph_file()).is_file());
+    assert!(out.join("features/mean.unit.npy").is_file());
     assert!(!out.join("manifest.json.tmp").exists());
 
     let py: Value =
@@ -76,6 +74,25 @@ fn pascal_part_index_is_complete_and_readable_by_pyarrow_and_numpy() {
     assert_eq!(f["npy_dtype"], "float32");
     assert_eq!(f["is_memmap"], true);
     assert_eq!(f["parquet_vs_npy_max_abs_diff"], 0.0);
+    // numpy reads the unit rows and the graph file without partlens.
+    assert!(f["unit_max_abs_diff"].as_f64().unwrap() < 1e-7, "{f}");
+    let g = &f["graph"];
+    let h = *idx.graph(Feature::Mean).unwrap().header();
+    assert_eq!(g["magic"], "PLGRAPH\u{0}");
+    assert_eq!(
+        (
+            g["n"].as_u64(),
+            g["dim"].as_u64(),
+            g["m"].as_u64(),
+            g["m0"].as_u64()
+        ),
+        (Some(254), Some(1280), Some(24), Some(48))
+    );
+    assert_eq!(g["layers"].as_u64(), Some(h.layers as u64));
+    assert_eq!(g["levels_max"].as_u64(), Some(h.layers as u64 - 1));
+    assert_eq!(g["layer0_ids_in_range"], true);
+    assert!(g["layer0_links"].as_u64().unwrap() >= 254);
+    assert!(g["layer0_max_count"].as_u64().unwrap() <= 48);
     let mine = idx.feature(Feature::Mean).unwrap();
     let sum: f64 = mine.as_slice().iter().map(|&v| f64::from(v)).sum();
     assert!((sum - f["sum"].as_f64().unwrap()).abs() <= 1e-6 * sum.abs().max(1.0));
@@ -267,10 +284,25 @@ fn hnsw_recall_on_real_embeddings() {
     assert_eq!(idx.regions().len(), 1043);
     let m = idx.feature(Feature::Mean).unwrap();
     let norm = normalize_rows(m.as_slice(), m.cols());
-    let info = &idx.manifest().hnsw["mean"];
-    let graph = HnswIndex::load(&out.join("hnsw"), &info.basename, 1043).unwrap();
-    let built = HnswIndex::build(&norm, m.cols(), HnswParams::default());
-    for (name, g) in [("reloaded", &graph), ("fresh", &built)] {
+    // The stored unit rows are the raw rows normalised.
+    let unit = idx.unit(Feature::Mean).unwrap();
+    assert_eq!(unit.as_slice(), &norm[..]);
+    let graph = idx.graph(Feature::Mean).unwrap();
+    assert_eq!(graph.header().n, 1043);
+    // A second build from the same rows (another thread interleaving) is as good.
+    let fresh_dir = tempfile::tempdir().unwrap();
+    let fresh_path = fresh_dir.path().join("g.graph");
+    partlens::index::build_graph_file(
+        &fresh_path,
+        &norm,
+        m.cols(),
+        HnswParams::default(),
+        partlens::index::DEFAULT_SEED,
+        partlens::index::GraphBuilder::Partlens,
+    )
+    .unwrap();
+    let fresh = HnswIndex::open(&fresh_path, unit.clone()).unwrap();
+    for (name, g) in [("stored", &graph), ("fresh", &fresh)] {
         let mut total = 0.0;
         for q in 0..m.rows() {
             let qv = &norm[q * m.cols()..(q + 1) * m.cols()];

@@ -21,7 +21,6 @@ use super::ap::Thresholds;
 use super::kernel::{inv_norm, scan, unit_rows};
 use super::{shorten, LabeledRows, Selection};
 use crate::error::{Error, Result};
-use crate::index::HnswIndex;
 use crate::store::IndexDir;
 
 /// The recall cut-offs reported.
@@ -459,25 +458,25 @@ fn approx(
 ) -> Result<RetrievalReport> {
     let start = Instant::now();
     let mut warnings = prepare(rows, opts)?;
-    let info = index
-        .manifest()
-        .hnsw
-        .get(sel.feature.as_str())
-        .ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "index {} has no HNSW graph for {}; run without --approx",
-                index.path().display(),
-                sel.feature
-            ))
-        })?;
+    if !index.manifest().hnsw.contains_key(sel.feature.as_str()) {
+        return Err(Error::InvalidArgument(format!(
+            "index {} has no HNSW graph for {}; run without --approx",
+            index.path().display(),
+            sel.feature
+        )));
+    }
     let n_all = index.regions().len();
-    let graph = HnswIndex::load(&index.path().join("hnsw"), &info.basename, n_all)?;
+    let graph = index.graph(sel.feature)?;
     let sizes = rows.class_sizes();
     let queried: Vec<usize> = (0..rows.len())
         .filter(|&p| sizes[rows.labels[p] as usize] >= opts.min_members.max(2))
         .collect();
-    let allowed: Vec<usize> = rows.rows.clone();
-    let filter = (allowed.len() < n_all).then_some(&allowed);
+    let mut member = vec![false; n_all];
+    for &i in &rows.rows {
+        member[i] = true;
+    }
+    let keep = |i: u32| member.get(i as usize).copied().unwrap_or(false);
+    let filter: Option<&(dyn Fn(u32) -> bool + Sync)> = (rows.rows.len() < n_all).then_some(&keep);
     let label_of = |id: usize| -> u32 {
         let p = rows
             .rows
@@ -492,7 +491,7 @@ fn approx(
         .map(|&p| {
             let id = rows.rows[p];
             let q = unit_rows(rows.data, rows.dim, &[id]);
-            let hits = graph.search(&q, 11, ef, filter);
+            let hits = graph.search(&q, 11, ef, filter.map(|f| f as &dyn Fn(u32) -> bool));
             let others: Vec<(f32, usize, u32)> = hits
                 .iter()
                 .filter(|h| h.id != id)
@@ -525,7 +524,7 @@ fn approx(
                     }
                 }
             });
-            let found = graph.search(&q, 11, ef, filter);
+            let found = graph.search(&q, 11, ef, filter.map(|f| f as &dyn Fn(u32) -> bool));
             let got: Vec<usize> = found
                 .iter()
                 .filter(|h| h.id != id)

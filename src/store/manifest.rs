@@ -12,8 +12,14 @@ pub use crate::dataset::Skipped;
 use crate::encoder::{Feature, ModelSpec};
 use crate::error::{Error, IoContext, Result};
 
-/// Version of the index directory layout this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version of the index directory layout this build writes. Version 2 keeps each feature's
+/// unit-norm rows in `features/<feature>.unit.npy` and its graph in partlens's own format,
+/// `hnsw/<basename>.graph`; version 1 (hnsw_rs dumps, `hnsw/<basename>.hnsw.{graph,data}`)
+/// still opens for everything but graph search, which asks for `partlens upgrade`.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Oldest layout version this build opens.
+pub const OLDEST_SCHEMA_VERSION: u32 = 1;
 
 /// Largest feature dimension accepted from a manifest.
 pub const MAX_DIM: usize = 1 << 16;
@@ -68,12 +74,26 @@ pub struct Counts {
 /// One HNSW graph in the index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HnswInfo {
-    /// Base name of the `hnsw/<basename>.hnsw.{graph,data}` files.
+    /// Base name of the graph file: `hnsw/<basename>.graph` (schema 1:
+    /// `hnsw/<basename>.hnsw.{graph,data}`, hnsw_rs's dump).
     pub basename: String,
-    /// Maximum links per node.
+    /// Maximum links per node (M; 2 M on layer 0).
     pub max_nb_connection: usize,
     /// Search width used while building.
     pub ef_construction: usize,
+    /// Seed of the level draw (absent in schema 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// What linked the graph: `partlens` or `hnsw_rs` (absent in schema 1: hnsw_rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builder: Option<String>,
+}
+
+impl HnswInfo {
+    /// The graph file inside the index (schema 2).
+    pub fn graph_file(&self) -> String {
+        format!("hnsw/{}.graph", self.basename)
+    }
 }
 
 /// Size and checksum of one file of the index.
@@ -161,11 +181,12 @@ impl Manifest {
         let bytes = crate::files::read_limited(&path, MAX_MANIFEST_BYTES)?;
         let m: Manifest = serde_json::from_slice(&bytes)
             .map_err(|e| Error::corrupt(&path, format!("unreadable manifest: {e}")))?;
-        if m.schema_version != SCHEMA_VERSION {
+        if !(OLDEST_SCHEMA_VERSION..=SCHEMA_VERSION).contains(&m.schema_version) {
             return Err(Error::corrupt(
                 &path,
                 format!(
-                    "schema version {} (this partlens reads {SCHEMA_VERSION}); rebuild the index",
+                    "schema version {} (this partlens reads {OLDEST_SCHEMA_VERSION} to \
+                     {SCHEMA_VERSION}); it was written by a newer partlens, or damaged",
                     m.schema_version
                 ),
             ));

@@ -4,14 +4,16 @@
 //! .partlens-index               marker: this folder is a partlens index (and may be replaced)
 //! manifest.json                 written last, atomically; sizes and SHA-256 of the files below
 //! regions/part-00000.parquet    region metadata + one FixedSizeList<f32, D> column per feature
-//! features/<feature>.npy        N × D float32, row i = region id i
-//! hnsw/<feature>.hnsw.{graph,data}
+//! features/<feature>.npy        N × D float32, row i = region id i (as the encoder gave it)
+//! features/<feature>.unit.npy   N × D float32, the same rows L2-normalised (what search reads)
+//! hnsw/<feature>.graph          the HNSW graph over the unit rows (crate::index::graph)
 //! ```
 
 pub mod dense;
 pub mod manifest;
 pub mod npy;
 pub mod parquet;
+pub mod upgrade;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +34,7 @@ pub struct IndexDir {
     manifest: Manifest,
     regions: Vec<Region>,
     features: BTreeMap<Feature, NpyMatrix>,
+    units: BTreeMap<Feature, std::sync::Arc<NpyMatrix>>,
     dense: Option<dense::DenseIndex>,
     tokens: Option<HalfArray>,
 }
@@ -118,6 +121,12 @@ pub fn feature_path(dir: &Path, f: Feature) -> PathBuf {
     dir.join("features").join(format!("{}.npy", f.as_str()))
 }
 
+/// Path of a feature's unit-norm rows inside an index directory (schema 2).
+pub fn unit_path(dir: &Path, f: Feature) -> PathBuf {
+    dir.join("features")
+        .join(format!("{}.unit.npy", f.as_str()))
+}
+
 impl IndexDir {
     /// Opens `path`, checking that the manifest, Parquet shards and feature matrices agree on
     /// the number of regions, and that every file has the length the manifest recorded; any
@@ -167,6 +176,7 @@ impl IndexDir {
             ));
         }
         let mut features = BTreeMap::new();
+        let mut units = BTreeMap::new();
         for name in &manifest.features {
             let f = Feature::parse(name).ok_or_else(|| {
                 Error::corrupt(&path, format!("manifest names unknown feature {name:?}"))
@@ -183,6 +193,21 @@ impl IndexDir {
                         m.cols()
                     ),
                 ));
+            }
+            if manifest.schema_version >= 2 {
+                let up = unit_path(&path, f);
+                let u = NpyMatrix::open(&up)?;
+                if u.rows() != n || u.cols() != dim {
+                    return Err(Error::corrupt(
+                        &up,
+                        format!(
+                            "{} × {} matrix, manifest says {n} × {dim}",
+                            u.rows(),
+                            u.cols()
+                        ),
+                    ));
+                }
+                units.insert(f, std::sync::Arc::new(u));
             }
             features.insert(f, m);
         }
@@ -214,6 +239,7 @@ impl IndexDir {
             manifest,
             regions,
             features,
+            units,
             dense,
             tokens,
         })
@@ -285,6 +311,48 @@ impl IndexDir {
     /// The memory-mapped matrix of a feature, if the index has it.
     pub fn feature(&self, f: Feature) -> Option<&NpyMatrix> {
         self.features.get(&f)
+    }
+
+    /// The unit-norm rows of a feature (`features/<feature>.unit.npy`), mapped; `None` for
+    /// a feature the index lacks or an index written before schema 2.
+    pub fn unit(&self, f: Feature) -> Option<&std::sync::Arc<NpyMatrix>> {
+        self.units.get(&f)
+    }
+
+    /// True for an index in an older layout that `partlens upgrade` converts.
+    pub fn needs_upgrade(&self) -> bool {
+        self.manifest.schema_version < manifest::SCHEMA_VERSION
+    }
+
+    /// Refuses an index in an older layout, with the command that upgrades it.
+    pub fn require_current(&self) -> Result<()> {
+        if !self.needs_upgrade() {
+            return Ok(());
+        }
+        Err(Error::InvalidArgument(format!(
+            "index {} was written by an earlier partlens (schema {}, hnsw_rs graphs); \
+             upgrade it in place, without re-embedding (seconds): partlens upgrade {}",
+            self.path.display(),
+            self.manifest.schema_version,
+            self.path.display()
+        )))
+    }
+
+    /// Maps and validates the HNSW graph of `f` over its unit rows. An index in the older
+    /// layout is refused with the command that upgrades it; a damaged graph file is
+    /// [`Error::DataCorruption`] naming it.
+    pub fn graph(&self, f: Feature) -> Result<crate::index::HnswIndex> {
+        self.require_current()?;
+        let info = self.manifest.hnsw.get(f.as_str()).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "index {} has no HNSW graph for {f}",
+                self.path.display()
+            ))
+        })?;
+        let unit = self.units.get(&f).ok_or_else(|| {
+            Error::InvalidArgument(format!("index {} has no {f} feature", self.path.display()))
+        })?;
+        crate::index::HnswIndex::open(self.path.join(info.graph_file()), unit.clone())
     }
 
     /// The dense features, or an error saying how to add them.

@@ -139,6 +139,7 @@ impl NpyWriter {
 /// A memory-mapped float32 `.npy` matrix.
 #[derive(Debug)]
 pub struct NpyMatrix {
+    path: PathBuf,
     mmap: Mmap,
     offset: usize,
     rows: usize,
@@ -192,11 +193,17 @@ impl NpyMatrix {
             return Err(Error::corrupt(path, "not a float32 .npy matrix: not 2-D"));
         };
         Ok(NpyMatrix {
+            path: path.to_path_buf(),
             mmap,
             offset,
             rows,
             cols,
         })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Number of rows.

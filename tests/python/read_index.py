@@ -38,6 +38,33 @@ def main():
             "sum": float(np.asarray(mm, dtype=np.float64).sum()),
             "row0": [float(v) for v in mm[0]] if len(mm) else [],
         }
+        # The unit rows: the stored rows divided by their norms.
+        unit = np.load(os.path.join(root, "features", f + ".unit.npy"), mmap_mode="r")
+        raw = np.asarray(mm, dtype=np.float64)
+        norms = np.linalg.norm(raw, axis=1, keepdims=True)
+        want = np.where(norms > 0, raw / np.where(norms > 0, norms, 1), 0)
+        out["features"][f]["unit_max_abs_diff"] = float(np.abs(unit - want).max())
+        # The graph, read at the offsets ARCHITECTURE.md gives.
+        b = open(os.path.join(root, "hnsw", manifest["hnsw"][f]["basename"] + ".graph"), "rb").read()
+        n, dim, m, m0, layers = (int(np.frombuffer(b, "<u8", 1, 16)[0]),
+                                 *(int(x) for x in np.frombuffer(b, "<u4", 4, 24)),)
+        layers = int(np.frombuffer(b, "<u4", 1, 40)[0])
+        levels = np.frombuffer(b, "u1", n, 256)
+        lists = np.frombuffer(b, "<u4", n * (m0 + 1), 256 + (n + 7) // 8 * 8).reshape(n, m0 + 1)
+        counts = lists[:, 0]
+        ids = [int(i) for r in lists for i in r[1 : 1 + r[0]]]
+        out["features"][f]["graph"] = {
+            "magic": b[:8].decode("latin-1"),
+            "n": n,
+            "dim": dim,
+            "m": m,
+            "m0": m0,
+            "layers": layers,
+            "levels_max": int(levels.max()),
+            "layer0_links": len(ids),
+            "layer0_ids_in_range": all(0 <= i < n for i in ids),
+            "layer0_max_count": int(counts.max()),
+        }
     print(json.dumps(out))
 
 
