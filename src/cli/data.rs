@@ -9,6 +9,7 @@ use partlens::dataset::{
     Distance, Format, KeypointSettings, LabelResize, OpenOptions, RegionSettings,
 };
 use partlens::encoder::EncoderOptions;
+use partlens::index::{GraphBuilder, HnswParams};
 use partlens::ingest::IngestOptions;
 use partlens::query::{QueryEngine, SearchOptions};
 use partlens::region::RegionKind;
@@ -121,6 +122,16 @@ pub struct IngestArgs {
     /// cost per region is tokens × dims × 2 bytes: 49 × 1280 × 2 = 125 KB for MobileNetV2).
     #[arg(long)]
     pub tokens: bool,
+    /// HNSW links per node (M; 2 M on layer 0): more is better recall and a larger graph.
+    #[arg(long = "hnsw-m", default_value_t = HnswParams::default().max_nb_connection)]
+    pub hnsw_m: usize,
+    /// HNSW candidate list while building: more is a better graph and a slower build.
+    #[arg(long, default_value_t = HnswParams::default().ef_construction)]
+    pub ef_construction: usize,
+    /// What links the HNSW graph: partlens's own builder, or the hnsw_rs crate (slower; the
+    /// file and the search are the same).
+    #[arg(long, default_value = "partlens", value_parser = one_of(&GraphBuilder::ALL, GraphBuilder::as_str))]
+    pub graph_builder: GraphBuilder,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -164,6 +175,11 @@ pub(super) fn ingest(a: &IngestArgs, enc: &EncoderOptions, quiet: bool) -> Resul
     opts.strict = a.strict;
     opts.overwrite = a.overwrite;
     opts.tokens = a.tokens;
+    opts.hnsw = HnswParams {
+        max_nb_connection: a.hnsw_m,
+        ef_construction: a.ef_construction,
+    };
+    opts.graph_builder = a.graph_builder;
     opts.dense = a.dense.then_some(partlens::dense::DenseOptions {
         size: a.dense_size,
         stride: a.dense_stride,

@@ -6,6 +6,7 @@ use clap::Args;
 
 use super::{one_of, print};
 use partlens::encoder::{EncoderOptions, Feature};
+use partlens::index::GraphHeader;
 use partlens::query::{QueryEngine, SearchOptions};
 use partlens::region::{PixelBox, RegionKind};
 use partlens::{IndexDir, Result};
@@ -35,16 +36,48 @@ pub(super) fn info(a: &InfoArgs) -> Result<()> {
         .filter(|(_, rows)| !rows.is_empty())
         .collect();
     let m = idx.manifest();
-    let healthy = damaged.is_empty() && changed.as_ref().is_none_or(Vec::is_empty);
+    // Opening a graph validates every byte of it.
+    let graphs: Vec<(Feature, std::result::Result<GraphHeader, String>)> = if idx.needs_upgrade() {
+        Vec::new()
+    } else {
+        idx.feature_names()
+            .into_iter()
+            .map(|f| {
+                (
+                    f,
+                    idx.graph(f).map(|g| *g.header()).map_err(|e| e.to_string()),
+                )
+            })
+            .collect()
+    };
+    let healthy = damaged.is_empty()
+        && changed.as_ref().is_none_or(Vec::is_empty)
+        && graphs.iter().all(|(_, g)| g.is_ok());
     if a.json {
+        let graph_json: std::collections::BTreeMap<&str, serde_json::Value> = graphs
+            .iter()
+            .map(|(f, g)| {
+                let v = match g {
+                    Ok(h) => serde_json::json!({
+                        "points": h.n, "dims": h.dim, "m": h.m, "m0": h.m0,
+                        "ef_construction": h.ef_construction, "layers": h.layers,
+                        "layer_nodes": &h.layer_nodes[..h.layers], "entry": h.entry, "seed": h.seed,
+                    }),
+                    Err(e) => serde_json::json!({ "error": e }),
+                };
+                (f.as_str(), v)
+            })
+            .collect();
         print::json(&serde_json::json!({
             "manifest": m,
             "labels": idx.label_counts(),
+            "graphs": graph_json,
+            "needs_upgrade": idx.needs_upgrade(),
             "changed_files": changed,
             "damaged_rows": damaged.iter().map(|(f, r)| (f.as_str(), r)).collect::<std::collections::BTreeMap<_, _>>(),
         }))?;
     } else {
-        print_info(&idx, &a.index);
+        print_info(&idx, &a.index, &graphs);
         for (f, rows) in &damaged {
             let shown: Vec<String> = rows.iter().take(10).map(|r| r.to_string()).collect();
             println!(
@@ -73,7 +106,11 @@ pub(super) fn info(a: &InfoArgs) -> Result<()> {
     }
 }
 
-fn print_info(idx: &IndexDir, path: &std::path::Path) {
+fn print_info(
+    idx: &IndexDir,
+    path: &std::path::Path,
+    graphs: &[(Feature, std::result::Result<GraphHeader, String>)],
+) {
     let m = idx.manifest();
     println!("index        {}", path.display());
     println!(
@@ -135,6 +172,7 @@ fn print_info(idx: &IndexDir, path: &std::path::Path) {
             (t.tokens * t.dim * 2) as f64 / 1000.0
         );
     }
+    print_graphs(idx, path, graphs);
     let labels = idx.label_counts();
     println!("labels       {} distinct; most frequent:", labels.len());
     for l in labels.iter().take(12) {
@@ -149,6 +187,83 @@ fn print_info(idx: &IndexDir, path: &std::path::Path) {
             m.skipped.len() - 20
         );
     }
+}
+
+/// One line per HNSW graph: its parameters from the file's header, or what is wrong with it.
+fn print_graphs(
+    idx: &IndexDir,
+    path: &std::path::Path,
+    graphs: &[(Feature, std::result::Result<GraphHeader, String>)],
+) {
+    if idx.needs_upgrade() {
+        println!(
+            "graphs       hnsw_rs dumps (schema {}): queries need `partlens upgrade {}` first",
+            idx.manifest().schema_version,
+            path.display()
+        );
+        return;
+    }
+    for (f, g) in graphs {
+        let info = idx.manifest().hnsw.get(f.as_str());
+        match g {
+            Ok(h) => {
+                let sizes: Vec<String> = h.layer_nodes[..h.layers]
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect();
+                println!(
+                    "graph        {f}: M {} ({} on layer 0), ef_construction {}, {} layers ({} nodes), built by {}, seed {:#x}",
+                    h.m,
+                    h.m0,
+                    h.ef_construction,
+                    h.layers,
+                    sizes.join(" / "),
+                    info.and_then(|i| i.builder.as_deref()).unwrap_or("?"),
+                    h.seed
+                );
+            }
+            Err(e) => println!("damaged      graph of {f}: {e}"),
+        }
+    }
+}
+
+/// `partlens upgrade`.
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// Index directory.
+    pub index: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(super) fn upgrade(a: &UpgradeArgs) -> Result<()> {
+    let r = partlens::store::upgrade::upgrade(&a.index)?;
+    if a.json {
+        return print::json(&r);
+    }
+    if r.from == r.to {
+        println!(
+            "{} is already schema {}: nothing to do",
+            a.index.display(),
+            r.to
+        );
+    } else {
+        println!(
+            "upgraded {} from schema {} to {} in {:.1} s: wrote {}; removed {}",
+            a.index.display(),
+            r.from,
+            r.to,
+            r.seconds,
+            r.written.join(", "),
+            if r.removed.is_empty() {
+                "nothing".into()
+            } else {
+                r.removed.join(", ")
+            }
+        );
+    }
+    Ok(())
 }
 
 /// `partlens query`.
@@ -186,8 +301,9 @@ pub struct QueryArgs {
     /// Exact (brute-force) search instead of HNSW.
     #[arg(long)]
     pub exact: bool,
-    /// HNSW search width.
-    #[arg(long, default_value_t = 64)]
+    /// HNSW search width: more is better recall and slower (raised to -k; `partlens info`
+    /// shows the graph's own parameters).
+    #[arg(long, default_value_t = partlens::query::SearchOptions::default().ef)]
     pub ef: usize,
     /// Use this model file (must be the one the index was built with).
     #[arg(long)]

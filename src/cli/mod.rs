@@ -77,6 +77,9 @@ pub enum Command {
     Dataset(data::DatasetCommand),
     /// Find the stored regions most similar to an image crop.
     Query(index::QueryArgs),
+    /// Convert an index written by an earlier partlens to the current layout, in place,
+    /// without re-embedding.
+    Upgrade(index::UpgradeArgs),
     /// Evaluate an encoder's stored features with the paper's retrieval protocol.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
@@ -113,6 +116,7 @@ pub fn run(cli: Cli) -> partlens::Result<()> {
         Command::Convert(a) => data::convert(a),
         Command::Dataset(data::DatasetCommand::Stats(a)) => data::dataset_stats(a),
         Command::Query(a) => index::query(a, &enc),
+        Command::Upgrade(a) => index::upgrade(a),
         Command::Eval(c) => eval::eval(c),
         Command::Probe(c) => eval::probe(c),
         Command::Report(a) => eval::run_report(a),
