@@ -12,8 +12,7 @@ use crate::error::{Error, Result};
 use crate::index::{exact_search, normalize_rows, Hit, HnswIndex};
 use crate::preprocess::decode_rgb;
 use crate::region::{PixelBox, RegionKind};
-use crate::store::IndexDir;
-use crate::store::NpyMatrix;
+use crate::store::{IndexDir, NpyMatrix};
 
 /// Default for [`SearchOptions::exact_below`].
 pub const EXACT_BELOW: usize = 2000;
@@ -416,8 +415,7 @@ impl QueryEngine {
             .unit(f)
             .ok_or_else(|| Error::InvalidArgument(format!("index has no unit rows for {f}")))?;
         self.damaged[&f].get_or_init(|| {
-            // The same rows `partlens info` reports (a normalised row is non-finite exactly
-            // when its stored one is).
+            // The same rows `partlens info` reports: stored rows holding NaN or infinity.
             let damaged = self.index.damaged_rows(f);
             if !damaged.is_empty() {
                 tracing::warn!(
