@@ -45,6 +45,8 @@ pub trait Links {
     fn nodes(&self) -> usize;
     /// Calls `f` with each neighbour of `node` on `layer`, in list order.
     fn each_neighbour(&self, layer: usize, node: u32, f: impl FnMut(u32));
+    /// Hints the CPU to fetch the list of `node` on layer 0 (no-op by default).
+    fn prefetch_list(&self, _node: u32) {}
 }
 
 impl Links for super::graph::GraphView<'_> {
@@ -54,6 +56,13 @@ impl Links for super::graph::GraphView<'_> {
     #[inline(always)]
     fn each_neighbour(&self, layer: usize, node: u32, f: impl FnMut(u32)) {
         self.neighbours(layer, node).iter().copied().for_each(f);
+    }
+    #[inline(always)]
+    fn prefetch_list(&self, node: u32) {
+        let w = self.m0 + 1;
+        if let Some(s) = self.layer0.get(node as usize * w..) {
+            prefetch(s.as_ptr() as *const u8, w * 4);
+        }
     }
 }
 
@@ -229,6 +238,12 @@ pub fn search_layer<L: Links>(
     while let Some(Reverse(c)) = s.cand.pop() {
         if c.d > bound && (s.top.len() >= ef || keep.is_none()) {
             break;
+        }
+        // The list expanded next is fetched while this one is scored.
+        if layer == 0 {
+            if let Some(Reverse(next)) = s.cand.peek() {
+                links.prefetch_list(next.id);
+            }
         }
         // Pass 1: keep the neighbours not yet visited (marking them) and start fetching
         // their vectors: whole for the first `ahead` (a few tens of KB in all), the first
