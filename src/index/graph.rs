@@ -309,6 +309,11 @@ impl GraphFile {
         // folder and swaps it in), and every length is checked below before use; a file
         // truncated by another program while mapped raises SIGBUS, as with any mmap.
         let map = Backing::Map(unsafe { Mmap::map(&file) }.at(&path)?);
+        Self::checked(path, map)
+    }
+
+    /// Validates `map`; errors name `path`.
+    fn checked(path: PathBuf, map: Backing) -> Result<GraphFile> {
         let (header, layer0, upper) = validate(&map).map_err(|m| Error::corrupt(&path, m))?;
         Ok(GraphFile {
             path,
@@ -325,15 +330,7 @@ impl GraphFile {
         let path = name.as_ref().to_path_buf();
         let mut words = vec![0u64; bytes.len().div_ceil(8)];
         bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
-        let map = Backing::Heap(words, bytes.len());
-        let (header, layer0, upper) = validate(&map).map_err(|m| Error::corrupt(&path, m))?;
-        Ok(GraphFile {
-            path,
-            map,
-            header,
-            layer0,
-            upper,
-        })
+        Self::checked(path, Backing::Heap(words, bytes.len()))
     }
 
     /// The header.

@@ -17,7 +17,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::manifest::{FileRecord, SCHEMA_VERSION};
-use super::{feature_path, unit_path, IndexDir};
+use super::{unit_path, IndexDir};
 use crate::encoder::Feature;
 use crate::error::{Error, Result};
 use crate::files::PathLock;
@@ -98,7 +98,6 @@ pub fn upgrade(path: &Path) -> Result<UpgradeReport> {
             written.push(rel);
         }
     }
-    debug_assert!(dims.keys().all(|f| feature_path(path, *f).is_file()));
     m.files.retain(|k, _| !old_dumps.contains(k));
     m.hnsw = hnsw;
     m.schema_version = SCHEMA_VERSION;
