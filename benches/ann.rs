@@ -145,21 +145,10 @@ fn write_npy(path: &Path, rows: &[f32], dim: usize) {
 
 /// int64 `.npy` of shape (rows, K) for Python, and the same ids as raw u64 for the child.
 fn write_truth(dir: &Path, truth: &[Vec<usize>]) {
-    let dict = format!(
-        "{{'descr': '<i8', 'fortran_order': False, 'shape': ({}, {K}), }}",
-        truth.len()
-    );
-    let mut h = b"\x93NUMPY\x01\x00".to_vec();
-    let pad = (64 - (10 + dict.len() + 1) % 64) % 64;
-    h.extend_from_slice(&((dict.len() + pad + 1) as u16).to_le_bytes());
-    h.extend_from_slice(dict.as_bytes());
-    h.extend(std::iter::repeat_n(b' ', pad));
-    h.push(b'\n');
-    let body: Vec<u8> = truth
-        .iter()
-        .flat_map(|t| t.iter().flat_map(|&i| (i as i64).to_le_bytes()))
-        .collect();
-    std::fs::write(dir.join("truth.npy"), [h, body.clone()].concat()).expect("truth");
+    let ids: Vec<i64> = truth.iter().flatten().map(|&i| i as i64).collect();
+    let body: &[u8] = bytemuck::cast_slice(&ids);
+    partlens::store::npy::write_raw(&dir.join("truth.npy"), "<i8", &[truth.len(), K], body)
+        .expect("truth");
     std::fs::write(dir.join("truth.bin"), body).expect("truth");
 }
 

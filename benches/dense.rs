@@ -348,23 +348,9 @@ fn bench_ingest(name: &str, enc: &Encoder, dataset: &MmsegDataset, out: &Path) {
 
 /// A 1-D little-endian int64 `.npy` file.
 fn write_npy_i64(path: &Path, v: &[u64]) {
-    let dict = format!(
-        "{{'descr': '<i8', 'fortran_order': False, 'shape': ({},), }}",
-        v.len()
-    );
-    let mut head = dict.into_bytes();
-    while (10 + head.len() + 1) % 64 != 0 {
-        head.push(b' ');
-    }
-    head.push(b'\n');
-    let mut out = Vec::with_capacity(10 + head.len() + 8 * v.len());
-    out.extend_from_slice(b"\x93NUMPY\x01\x00");
-    out.extend_from_slice(&(head.len() as u16).to_le_bytes());
-    out.extend_from_slice(&head);
-    for &x in v {
-        out.extend_from_slice(&(x as i64).to_le_bytes());
-    }
-    std::fs::write(path, out).expect("write .npy");
+    let v: Vec<i64> = v.iter().map(|&x| x as i64).collect();
+    partlens::store::npy::write_raw(path, "<i8", &[v.len()], bytemuck::cast_slice(&v))
+        .expect("write .npy");
 }
 
 /// The baselines of (2): numpy softmax SGD (the same algorithm) and sklearn's SGDClassifier.

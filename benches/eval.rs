@@ -139,24 +139,9 @@ fn generate(dir: &Path, s: &Sizes, seed: u64) -> (Vec<u32>, Vec<u32>) {
 
 /// A 1-D little-endian int32 `.npy` file.
 fn write_npy_i32(path: &Path, v: &[u32]) {
-    let dict = format!(
-        "{{'descr': '<i4', 'fortran_order': False, 'shape': ({},), }}",
-        v.len()
-    );
-    let mut head = dict.into_bytes();
-    // magic (6) + version (2) + length (2) + dict + '\n', padded to a multiple of 64.
-    while (10 + head.len() + 1) % 64 != 0 {
-        head.push(b' ');
-    }
-    head.push(b'\n');
-    let mut out = Vec::with_capacity(10 + head.len() + 4 * v.len());
-    out.extend_from_slice(b"\x93NUMPY\x01\x00");
-    out.extend_from_slice(&(head.len() as u16).to_le_bytes());
-    out.extend_from_slice(&head);
-    for &x in v {
-        out.extend_from_slice(&(x as i32).to_le_bytes());
-    }
-    std::fs::write(path, out).expect("write .npy");
+    let v: Vec<i32> = v.iter().map(|&x| x as i32).collect();
+    partlens::store::npy::write_raw(path, "<i4", &[v.len()], bytemuck::cast_slice(&v))
+        .expect("write .npy");
 }
 
 /// A field of `/proc/self/status`, in kB.

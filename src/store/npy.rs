@@ -44,6 +44,28 @@ fn header_of(descr: &str, rows: usize, inner: &[usize]) -> Vec<u8> {
     h
 }
 
+/// Writes a whole small `.npy` at once: dtype `descr` (e.g. `<i4`, `<i8`), `shape`, and its
+/// values as little-endian bytes (labels or ids for numpy; matrices use the writers below).
+pub fn write_raw(path: &Path, descr: &str, shape: &[usize], data: &[u8]) -> Result<()> {
+    let item: usize = descr
+        .trim_start_matches(['<', '>', '|'])
+        .get(1..)
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0);
+    let values: usize = shape.iter().product();
+    let (rows, inner) = shape.split_first().unwrap_or((&0, &[]));
+    if item == 0 || Some(data.len()) != values.checked_mul(item) {
+        return Err(Error::InvalidArgument(format!(
+            "{}: {} bytes are not a {shape:?} array of {descr}",
+            path.display(),
+            data.len()
+        )));
+    }
+    let mut bytes = header_of(descr, *rows, inner);
+    bytes.extend_from_slice(data);
+    std::fs::write(path, bytes).at(path)
+}
+
 /// Flushes `file`, writes the final `header` over the placeholder and syncs.
 fn finish_file(file: std::io::BufWriter<File>, path: &Path, header: &[u8]) -> Result<()> {
     let mut file = file
