@@ -717,10 +717,7 @@ fn record_files(dir: &Path) -> Result<BTreeMap<String, FileRecord>> {
             .collect();
         names.sort();
         for n in names {
-            let p = d.join(&n);
-            let bytes = std::fs::metadata(&p).at(&p)?.len();
-            let sha256 = crate::encoder::sha256_file(&p)?;
-            files.insert(format!("{sub}/{n}"), FileRecord { bytes, sha256 });
+            files.insert(format!("{sub}/{n}"), FileRecord::of(&d.join(&n))?);
         }
     }
     Ok(files)

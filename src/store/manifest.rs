@@ -105,6 +105,16 @@ pub struct FileRecord {
     pub sha256: String,
 }
 
+impl FileRecord {
+    /// The length and SHA-256 of the file at `path` as it is now.
+    pub fn of(path: &Path) -> Result<FileRecord> {
+        Ok(FileRecord {
+            bytes: std::fs::metadata(path).at(path)?.len(),
+            sha256: crate::encoder::sha256_file(path)?,
+        })
+    }
+}
+
 /// The whole manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {

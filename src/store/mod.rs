@@ -121,10 +121,15 @@ pub fn feature_path(dir: &Path, f: Feature) -> PathBuf {
     dir.join("features").join(format!("{}.npy", f.as_str()))
 }
 
+/// A feature's unit-norm rows, relative to the index directory (schema 2):
+/// `features/<feature>.unit.npy`.
+pub fn unit_file(f: Feature) -> String {
+    format!("features/{}.unit.npy", f.as_str())
+}
+
 /// Path of a feature's unit-norm rows inside an index directory (schema 2).
 pub fn unit_path(dir: &Path, f: Feature) -> PathBuf {
-    dir.join("features")
-        .join(format!("{}.unit.npy", f.as_str()))
+    dir.join(unit_file(f))
 }
 
 impl IndexDir {

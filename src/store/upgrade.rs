@@ -17,7 +17,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::manifest::{FileRecord, SCHEMA_VERSION};
-use super::{unit_path, IndexDir};
+use super::{unit_file, IndexDir};
 use crate::encoder::Feature;
 use crate::error::{Error, Result};
 use crate::files::PathLock;
@@ -90,11 +90,9 @@ pub fn upgrade(path: &Path) -> Result<UpgradeReport> {
         let info = hnsw
             .get(f.as_str())
             .ok_or_else(|| Error::InvalidArgument(format!("no graph was built for {f}")))?;
-        for rel in [relative(path, &unit_path(path, *f)), info.graph_file()] {
-            let p = path.join(&rel);
-            let bytes = std::fs::metadata(&p).map_err(|e| Error::io(&p, e))?.len();
-            let sha256 = crate::encoder::sha256_file(&p)?;
-            m.files.insert(rel.clone(), FileRecord { bytes, sha256 });
+        for rel in [unit_file(*f), info.graph_file()] {
+            m.files
+                .insert(rel.clone(), FileRecord::of(&path.join(&rel))?);
             written.push(rel);
         }
     }
@@ -117,13 +115,4 @@ pub fn upgrade(path: &Path) -> Result<UpgradeReport> {
         removed,
         seconds: start.elapsed().as_secs_f64(),
     })
-}
-
-fn relative(root: &Path, p: &Path) -> String {
-    p.strip_prefix(root)
-        .unwrap_or(p)
-        .components()
-        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join("/")
 }
