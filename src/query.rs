@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::encoder::{Encoder, EncoderOptions, Feature, Features};
 use crate::error::{Error, Result};
-use crate::index::{exact_search, normalize_rows, Hit, HnswIndex};
+use crate::index::{exact_search, normalize_rows, Hit, HnswIndex, IdSet};
 use crate::preprocess::decode_rgb;
 use crate::region::{PixelBox, RegionKind};
 use crate::store::{IndexDir, NpyMatrix};
@@ -481,16 +481,8 @@ impl QueryEngine {
         };
         let hits: Vec<Hit> = match self.hnsw.get(&f) {
             Some(g) if !opts.exact && candidates >= opts.exact_below => {
-                let mask: Option<Vec<bool>> = allowed.as_ref().map(|ids| {
-                    let mut v = vec![false; m.rows()];
-                    for &i in ids {
-                        v[i] = true;
-                    }
-                    v
-                });
-                let keep = mask
-                    .as_ref()
-                    .map(|v| move |i: u32| v.get(i as usize).copied().unwrap_or(false));
+                let set = allowed.as_ref().map(|ids| IdSet::new(ids, m.rows()));
+                let keep = set.as_ref().map(|s| move |i: u32| s.contains(i));
                 let keep_ref = keep.as_ref().map(|k| k as &dyn Fn(u32) -> bool);
                 // A damaged stored row has no rank, whatever its score.
                 let hits: Vec<Hit> = g

@@ -471,11 +471,8 @@ fn approx(
     let queried: Vec<usize> = (0..rows.len())
         .filter(|&p| sizes[rows.labels[p] as usize] >= opts.min_members.max(2))
         .collect();
-    let mut member = vec![false; n_all];
-    for &i in &rows.rows {
-        member[i] = true;
-    }
-    let keep = |i: u32| member.get(i as usize).copied().unwrap_or(false);
+    let member = crate::index::IdSet::new(&rows.rows, n_all);
+    let keep = |i: u32| member.contains(i);
     let filter: Option<&(dyn Fn(u32) -> bool + Sync)> = (rows.rows.len() < n_all).then_some(&keep);
     let label_of = |id: usize| -> u32 {
         let p = rows

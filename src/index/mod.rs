@@ -93,6 +93,29 @@ pub fn exact_search(
     hits
 }
 
+/// A set of region ids as one flag per row: what a filtered graph walk tests for each node it
+/// reaches, in O(1).
+#[derive(Debug, Clone)]
+pub struct IdSet(Vec<bool>);
+
+impl IdSet {
+    /// The ids of `ids` among `n` rows (ids ≥ `n` are ignored).
+    pub fn new(ids: &[usize], n: usize) -> IdSet {
+        let mut flags = vec![false; n];
+        for &i in ids {
+            if let Some(f) = flags.get_mut(i) {
+                *f = true;
+            }
+        }
+        IdSet(flags)
+    }
+
+    /// Whether `id` is in the set.
+    pub fn contains(&self, id: u32) -> bool {
+        self.0.get(id as usize).copied().unwrap_or(false)
+    }
+}
+
 /// HNSW construction and search parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HnswParams {
