@@ -49,10 +49,7 @@ impl BuiltGraph {
             self.header.entry,
             &self.levels,
             &self.layer0,
-            self.upper
-                .iter()
-                .map(|(a, b)| (a.as_slice(), b.as_slice()))
-                .collect(),
+            self.upper.iter().map(|(a, b)| (a.as_slice(), b.as_slice())),
         )
     }
 }

@@ -75,19 +75,21 @@ pub struct GraphView<'a> {
 }
 
 impl<'a> GraphView<'a> {
-    /// A view of these parts: `upper` holds layers 1, 2, … (at most 15).
+    /// A view of these parts: `upper` holds layers 1, 2, … (at most 15; more are ignored).
+    /// Nothing is allocated: a query builds one per search.
     pub fn new(
         m: usize,
         m0: usize,
         entry: u32,
         levels: &'a [u8],
         layer0: &'a [u32],
-        upper: Vec<(&'a [u32], &'a [u32])>,
+        upper: impl IntoIterator<Item = (&'a [u32], &'a [u32])>,
     ) -> GraphView<'a> {
-        let layers = upper.len() + 1;
         let mut fixed: [(&[u32], &[u32]); MAX_LAYERS - 1] = [(&[], &[]); MAX_LAYERS - 1];
+        let mut layers = 1;
         for (f, u) in fixed.iter_mut().zip(upper) {
             *f = u;
+            layers += 1;
         }
         GraphView {
             m,
@@ -96,7 +98,7 @@ impl<'a> GraphView<'a> {
             levels,
             layer0,
             upper: fixed,
-            layers: layers.min(MAX_LAYERS),
+            layers,
         }
     }
 
@@ -356,8 +358,7 @@ impl GraphFile {
             words(self.layer0.0, self.layer0.1),
             self.upper
                 .iter()
-                .map(|&(ids, lists, nl)| (words(ids, nl), words(lists, nl * (h.m + 1))))
-                .collect(),
+                .map(|&(ids, lists, nl)| (words(ids, nl), words(lists, nl * (h.m + 1)))),
         )
     }
 }
