@@ -260,6 +260,31 @@ fn read_spec(session: &Session, path: &Path, opts: &EncoderOptions) -> Result<Mo
     }
 }
 
+/// Feeds `pixels` (`tlen` floats per input) to `run` in batches of exactly `b` inputs, as a
+/// model exported with a fixed batch size needs: the last batch is zero-padded (a copy; full
+/// batches are passed in place), and `run` is told how many of its inputs are real.
+fn in_fixed_batches(
+    pixels: &[f32],
+    tlen: usize,
+    b: usize,
+    mut run: impl FnMut(&[f32], usize) -> Result<()>,
+) -> Result<()> {
+    let mut padded = Vec::new();
+    for chunk in pixels.chunks(b * tlen) {
+        let m = chunk.len() / tlen;
+        let input = if m == b {
+            chunk
+        } else {
+            padded.clear();
+            padded.extend_from_slice(chunk);
+            padded.resize(b * tlen, 0.0);
+            &padded[..]
+        };
+        run(input, m)?;
+    }
+    Ok(())
+}
+
 impl Encoder {
     /// Loads `path`, reads its spec, builds a session on the requested device and validates the
     /// graph against the spec with one dry run. Refuses with [`Error::Model`] naming the tensor
@@ -522,11 +547,8 @@ impl Encoder {
             values: BTreeMap::new(),
         };
         let mut all_tokens = grid.map(|g| Vec::with_capacity(n * g.tokens() * g.dim));
-        for chunk in pixels.chunks(b * tlen) {
-            let m = chunk.len() / tlen;
-            let mut padded = chunk.to_vec();
-            padded.resize(b * tlen, 0.0);
-            let (f, t) = self.embed_exact(&padded, b, grid.as_ref())?;
+        in_fixed_batches(pixels, tlen, b, |input, m| {
+            let (f, t) = self.embed_exact(input, b, grid.as_ref())?;
             for (feat, v) in f.values {
                 let d = v.len() / b;
                 all.values
@@ -537,7 +559,8 @@ impl Encoder {
             if let (Some(all_t), Some(t), Some(g)) = (&mut all_tokens, t, grid) {
                 all_t.extend_from_slice(&t[..m * g.tokens() * g.dim]);
             }
-        }
+            Ok(())
+        })?;
         Ok((all, all_tokens))
     }
 
@@ -660,19 +683,11 @@ impl Encoder {
         let per = g.tokens() * g.dim;
         let b = self.fixed_batch.unwrap_or(n);
         let mut out = Vec::with_capacity(n * per);
-        for chunk in pixels.chunks(b * tlen) {
-            let m = chunk.len() / tlen;
-            let mut padded;
-            let input = if m == b {
-                chunk
-            } else {
-                padded = chunk.to_vec();
-                padded.resize(b * tlen, 0.0);
-                &padded
-            };
+        in_fixed_batches(pixels, tlen, b, |input, m| {
             let t = self.run_tokens(input, b, &g)?;
             out.extend_from_slice(&t[..m * per]);
-        }
+            Ok(())
+        })?;
         if let Some(i) = out.iter().position(|x| !x.is_finite()) {
             return Err(Error::model(
                 &self.path,
