@@ -233,7 +233,7 @@ fn real(want: usize) -> (Vec<f32>, usize) {
         m.rows(),
         t.elapsed().as_secs_f64()
     );
-    let unit = normalize_rows(m.as_slice(), m.cols());
+    let unit = normalize_rows(&m.to_vec(), m.cols());
     std::fs::create_dir_all(&cache).expect("cache dir");
     write_npy(&file, &unit, m.cols());
     (unit, m.cols())

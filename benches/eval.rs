@@ -375,9 +375,10 @@ fn bench_retrieval(dir: &Path, s: &Sizes, labels: &[u32]) {
     let rust_aps: Vec<f64> = queries
         .par_chunks(16)
         .flat_map_iter(|qs| {
-            let q = unit_rows(data, s.dim, qs);
+            let rows = partlens::store::Rows::contiguous(data, s.dim);
+            let q = unit_rows(&rows, s.dim, qs);
             let mut out = Vec::new();
-            score_tile(&q, s.dim, data, &all, &inv, &mut out);
+            score_tile(&q, s.dim, &rows, &all, &inv, &mut out);
             qs.iter()
                 .enumerate()
                 .map(|(a, &qi)| {

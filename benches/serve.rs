@@ -416,7 +416,7 @@ fn encoder_rate(enc: &Encoder, n: usize, time: Duration) -> (f64, f64) {
 /// work batching cannot share, on one thread.
 fn bounds(index: &Path, enc_opts: &EncoderOptions, images: &[Image], plan: &Plan) -> f64 {
     let engine = QueryEngine::open(index, enc_opts).expect("open the index");
-    let enc = engine.encoder();
+    let enc = engine.encoder().expect("encoder");
     let ((one, c1), (many, c32)) = (
         encoder_rate(enc, 1, plan.encoder_time),
         encoder_rate(enc, BATCH, plan.encoder_time),
@@ -473,7 +473,7 @@ fn bounds(index: &Path, enc_opts: &EncoderOptions, images: &[Image], plan: &Plan
         let t = Instant::now();
         let hits = engine.search_vector(v, &opts).expect("search");
         t_search += t.elapsed().as_secs_f64();
-        assert_eq!(hits.len(), K.min(engine.index().regions().len()));
+        assert_eq!(hits.len(), K.min(engine.index().len()));
         n += 1;
     }
     let (pre, search) = (t_pre / n as f64, t_search / n as f64);

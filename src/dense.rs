@@ -236,6 +236,7 @@ fn max_label(m: &LabelMap) -> Option<u8> {
 /// ends the run); a run where no image has a grid fails.
 pub fn write_dense(
     dataset: &dyn Dataset,
+    items: &[crate::dataset::ImageItem],
     encoder: &Encoder,
     ingest: &crate::ingest::IngestOptions,
     stage: &Path,
@@ -251,7 +252,6 @@ pub fn write_dense(
         std::fs::create_dir_all(stage.join(d)).at(stage.join(d))?;
     }
     let mut grids = HalfWriter::create(stage.join(GRIDS_FILE), &[grid.dim])?;
-    let items = dataset.items();
     let pb = crate::ingest::progress_bar(ingest.progress, items.len(), "images (dense)");
     let (tx, rx) = sync_channel::<(usize, Result<Loaded>)>(2);
     let mut rows: Vec<DenseImage> = Vec::new();

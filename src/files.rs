@@ -220,6 +220,46 @@ pub fn parent_of(p: &Path) -> PathBuf {
     }
 }
 
+/// A named moment where the crash tests kill the process: with `PARTLENS_CRASH_AT=NAME:K` in
+/// the environment, the K-th time (from 1) this process reaches `crash_point(NAME)` it sends
+/// itself SIGKILL — no destructor, no flush, as a power cut or `kill -9` would. Without the
+/// variable (always, outside the tests) it does nothing.
+pub fn crash_point(name: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static AT: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let at = AT.get_or_init(|| {
+        let v = std::env::var("PARTLENS_CRASH_AT").ok()?;
+        let (n, k) = v.rsplit_once(':').unwrap_or((&v, "1"));
+        Some((n.to_string(), k.parse().ok()?))
+    });
+    if let Some((n, k)) = at {
+        if n == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *k {
+            #[cfg(unix)]
+            // SAFETY: kill(2) on our own pid with a valid signal number.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+            std::process::abort();
+        }
+    }
+}
+
+/// Flushes every file and folder under `dir` (and `dir` itself) to disk: what a commit makes
+/// durable before the manifest that lists it is replaced.
+pub fn sync_tree(dir: &Path) -> Result<()> {
+    for e in walkdir::WalkDir::new(dir).follow_links(false) {
+        let e = e.map_err(|e| Error::io(dir, std::io::Error::other(e.to_string())))?;
+        if e.file_type().is_file() || e.file_type().is_dir() {
+            File::open(e.path())
+                .and_then(|f| f.sync_all())
+                .map_err(|err| Error::io(e.path(), err))?;
+        }
+    }
+    Ok(())
+}
+
 /// Whether process `pid` is alive (Linux: `/proc/<pid>`; elsewhere assumed alive, so that
 /// nothing is ever removed on a guess).
 pub fn process_alive(pid: u32) -> bool {
@@ -244,6 +284,8 @@ pub struct StagedDir {
     stage: PathBuf,
     lock: Option<PathLock>,
     committed: bool,
+    /// A resumable stage survives an error (its committed part is the point of resuming).
+    keep: bool,
     /// Leftovers of killed runs that were removed or restored, with what was done.
     pub cleaned: Vec<String>,
 }
@@ -315,6 +357,33 @@ impl StagedDir {
     /// Locks `target`, cleans up after killed runs, and creates the staging folder. `what`
     /// names the output in messages ("index", "dataset").
     pub fn begin(target: &Path, what: &str) -> Result<StagedDir> {
+        let staged = Self::lock_and_clean(target, what, "partial")?;
+        std::fs::create_dir(&staged.stage).map_err(|e| {
+            Error::io(
+                &staged.stage,
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot create the staging folder beside {}: {e}",
+                        staged.target.display()
+                    ),
+                ),
+            )
+        })?;
+        Ok(staged)
+    }
+
+    /// Locks `target` and cleans up after killed runs like [`StagedDir::begin`], but stages
+    /// in `<parent>/.<name>.ingest`, a name that does not depend on the process: a run that
+    /// dies leaves it for the next run to resume. It is neither created nor removed here, and
+    /// an uncommitted one is kept when the value is dropped.
+    pub fn resumable(target: &Path, what: &str) -> Result<StagedDir> {
+        let mut staged = Self::lock_and_clean(target, what, "ingest")?;
+        staged.keep = true;
+        Ok(staged)
+    }
+
+    fn lock_and_clean(target: &Path, what: &str, suffix: &str) -> Result<StagedDir> {
         // `out/.` and `a/./out` name `out`; `..` and `/` name no folder partlens may replace.
         let target: PathBuf = target
             .components()
@@ -359,26 +428,20 @@ impl StagedDir {
                     .unwrap_or_default()
             ))
         })?;
+        let stage = if suffix == "partial" {
+            sibling(target, "partial", std::process::id())?
+        } else {
+            hidden_sibling(target, suffix)?
+        };
         let mut staged = StagedDir {
             target: target.to_path_buf(),
-            stage: sibling(target, "partial", std::process::id())?,
+            stage,
             lock: Some(lock),
             committed: false,
+            keep: false,
             cleaned: Vec::new(),
         };
         staged.clean_stale()?;
-        std::fs::create_dir(&staged.stage).map_err(|e| {
-            Error::io(
-                &staged.stage,
-                std::io::Error::new(
-                    e.kind(),
-                    format!(
-                        "cannot create the staging folder beside {}: {e}",
-                        target.display()
-                    ),
-                ),
-            )
-        })?;
         Ok(staged)
     }
 
@@ -479,6 +542,7 @@ impl StagedDir {
             Err(e) => return Err(Error::io(&target, e)),
             Ok(_) => {
                 if exchange(&stage, &target)? {
+                    crash_point("swapped");
                     // The stage now holds the old folder: check it before deleting it.
                     if !may_replace(&stage) {
                         exchange(&stage, &target)?;
@@ -514,7 +578,7 @@ impl StagedDir {
 
 impl Drop for StagedDir {
     fn drop(&mut self) {
-        if !self.committed {
+        if !self.committed && !self.keep {
             let _ = std::fs::remove_dir_all(&self.stage);
         }
         if let Some(l) = self.lock.take() {

@@ -30,6 +30,7 @@ pub mod encoder;
 pub mod error;
 pub mod eval;
 pub mod files;
+pub mod import;
 pub mod index;
 pub mod ingest;
 pub mod preprocess;

@@ -9,10 +9,10 @@ use serde::Serialize;
 
 use crate::encoder::{Encoder, EncoderOptions, Feature, Features};
 use crate::error::{Error, Result};
-use crate::index::{exact_search, normalize_rows, Hit, HnswIndex, IdSet};
+use crate::index::{exact_search, merge_top, normalize_rows, Hit, IdSet, SegmentGraphs};
 use crate::preprocess::decode_rgb;
 use crate::region::{PixelBox, RegionKind};
-use crate::store::{IndexDir, NpyMatrix};
+use crate::store::{IndexDir, Rows};
 
 /// Default for [`SearchOptions::exact_below`].
 pub const EXACT_BELOW: usize = 2000;
@@ -88,11 +88,25 @@ pub struct QueryHit {
 /// An opened index with its encoder, ready to answer queries.
 pub struct QueryEngine {
     index: IndexDir,
-    encoder: Encoder,
-    hnsw: BTreeMap<Feature, HnswIndex>,
+    /// `None` for an index imported from vectors without a model: it answers "more like this"
+    /// and vector queries, not images.
+    encoder: Option<Encoder>,
+    hnsw: BTreeMap<Feature, SegmentGraphs>,
     /// Per feature, the rows holding NaN or infinity (found on the first exact search).
     damaged: BTreeMap<Feature, OnceLock<Vec<usize>>>,
+    /// The last few filters' matching ids (a filter is one pass over the filterable columns).
+    filters: std::sync::Mutex<Vec<(String, std::sync::Arc<Filtered>)>>,
 }
+
+/// The regions a filter keeps, as sorted ids and as a set.
+#[derive(Debug)]
+struct Filtered {
+    ids: Vec<usize>,
+    set: IdSet,
+}
+
+/// Filters remembered by a [`QueryEngine`].
+const FILTER_CACHE: usize = 8;
 
 /// Levenshtein distance in characters (for "did you mean").
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -160,26 +174,36 @@ impl QueryEngine {
     ) -> Result<QueryEngine> {
         let index = IndexDir::open(path)?;
         let m = index.manifest();
-        let model: PathBuf =
-            model.map_or_else(|| PathBuf::from(&m.encoder.file), Path::to_path_buf);
-        let encoder = Encoder::load(&model, opts)?;
-        if encoder.sha256() != m.encoder.sha256 {
-            return Err(Error::model(
-                &model,
-                format!(
-                    "this is not the model the index was built with (sha256 {} ≠ {}); embeddings \
-                     from another model are not comparable. Pass the original with --model",
-                    encoder.sha256(),
-                    m.encoder.sha256
-                ),
-            ));
-        }
-        // Graph search and exact search both read the unit rows of schema 2.
+        let encoder = if m.imported() && model.is_none() {
+            None
+        } else {
+            let model: PathBuf =
+                model.map_or_else(|| PathBuf::from(&m.encoder.file), Path::to_path_buf);
+            let encoder = Encoder::load(&model, opts)?;
+            if encoder.sha256() != m.encoder.sha256 {
+                return Err(Error::model(
+                    &model,
+                    format!(
+                        "this is not the model the index was built with (sha256 {} ≠ {}); \
+                         embeddings from another model are not comparable. Pass the original \
+                         with --model",
+                        encoder.sha256(),
+                        if m.imported() {
+                            "none: imported vectors"
+                        } else {
+                            &m.encoder.sha256
+                        }
+                    ),
+                ));
+            }
+            Some(encoder)
+        };
+        // Graph search and exact search both read the unit rows of schema ≥ 2.
         index.require_current()?;
         let mut hnsw = BTreeMap::new();
         for name in m.hnsw.keys() {
             if let Some(f) = Feature::parse(name) {
-                hnsw.insert(f, index.graph(f)?);
+                hnsw.insert(f, index.segment_graphs(f)?);
             }
         }
         let damaged = index
@@ -192,6 +216,7 @@ impl QueryEngine {
             encoder,
             hnsw,
             damaged,
+            filters: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -200,9 +225,16 @@ impl QueryEngine {
         &self.index
     }
 
-    /// The encoder.
-    pub fn encoder(&self) -> &Encoder {
-        &self.encoder
+    /// The encoder, or why there is none (an index imported from vectors without a model).
+    pub fn encoder(&self) -> Result<&Encoder> {
+        self.encoder.as_ref().ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "index {} was imported from vectors without a model, so it cannot embed an \
+                 image; search it by a stored region (\"more like this\") or by a vector, or \
+                 import again with --model M.onnx (the model that made the vectors)",
+                self.index.path().display()
+            ))
+        })
     }
 
     /// Embeds the crop `bbox` of an image file (the whole image when `None`) exactly as ingest
@@ -210,7 +242,7 @@ impl QueryEngine {
     pub fn embed_image_file(&self, image: &Path, bbox: Option<PixelBox>) -> Result<Features> {
         let img = decode_rgb(image)?;
         let t = self.crop_tensor(&img, bbox, &image.display().to_string())?;
-        self.encoder.embed(&t, 1)
+        self.encoder()?.embed(&t, 1)
     }
 
     /// The encoder's input tensor for the crop `bbox` of a decoded image (the whole image when
@@ -257,7 +289,7 @@ impl QueryEngine {
                 crate::preprocess::MAX_CROP_SIDE
             )));
         }
-        let pre = self.encoder.preprocessor();
+        let pre = self.encoder()?.preprocessor();
         let mut t = vec![0f32; pre.tensor_len()];
         pre.region_tensor(img, crop, &mut t);
         Ok(t)
@@ -273,10 +305,10 @@ impl QueryEngine {
                 self.index.manifest().features
             ))
         })?;
-        if id >= m.rows() {
+        if id >= m.len() {
             return Err(Error::InvalidArgument(format!(
                 "no region {id}: this index has regions 0 to {}",
-                m.rows().saturating_sub(1)
+                m.len().saturating_sub(1)
             )));
         }
         self.search_vector(m.row(id), opts)
@@ -284,25 +316,30 @@ impl QueryEngine {
 
     /// Stored region `id` as a hit of score `score`.
     pub fn hit(&self, id: usize, score: f32) -> Result<QueryHit> {
-        let r = self.index.regions().get(id).ok_or_else(|| {
-            Error::corrupt(
-                self.index.path(),
-                format!("no region {id} of {}", self.index.regions().len()),
-            )
-        })?;
-        Ok(QueryHit {
-            id: r.id,
-            image: r.image.clone(),
-            split: r.split.clone(),
-            kind: r.kind,
-            label: r.label_name.clone(),
-            label_id: r.label,
-            object: r.object_name.clone(),
-            bbox: r.bbox.to_array(),
-            crop_box: r.crop_box.to_array(),
-            area: r.area,
-            score,
-        })
+        Ok(self.hits(&[Hit { id, score }])?.remove(0))
+    }
+
+    /// Stored regions as hits, reading only their rows' metadata.
+    pub fn hits(&self, hits: &[Hit]) -> Result<Vec<QueryHit>> {
+        let ids: Vec<usize> = hits.iter().map(|h| h.id).collect();
+        let regions = self.index.regions_at(&ids)?;
+        Ok(regions
+            .into_iter()
+            .zip(hits)
+            .map(|(r, h)| QueryHit {
+                id: r.id,
+                image: r.image,
+                split: r.split,
+                kind: r.kind,
+                label: r.label_name,
+                label_id: r.label,
+                object: r.object_name,
+                bbox: r.bbox.to_array(),
+                crop_box: r.crop_box.to_array(),
+                area: r.area,
+                score: h.score,
+            })
+            .collect())
     }
 
     /// Embeds and searches in one call.
@@ -319,32 +356,75 @@ impl QueryEngine {
         self.search_vector(v, opts)
     }
 
-    /// Refuses a filter value no stored region has, naming the closest one and the values
-    /// that exist.
-    fn check_filters(&self, opts: &SearchOptions) -> Result<()> {
-        type Getter = fn(&crate::region::Region) -> (Option<&str>, Option<u32>);
-        let filters: [(&str, &str, &Option<String>, Getter); 3] = [
-            ("label", "--label", &opts.label, |r| {
-                (Some(&r.label_name), Some(r.label))
-            }),
-            ("object", "--object", &opts.object, |r| {
-                (r.object_name.as_deref(), r.object_label)
-            }),
-            ("split", "--split", &opts.split, |r| (Some(&r.split), None)),
-        ];
-        for (what, flag, want, get) in filters {
-            let Some(want) = want else { continue };
-            let regions = self.index.regions();
-            let hit = regions.iter().any(|r| {
-                let (name, id) = get(r);
-                name == Some(want.as_str()) || id.is_some_and(|i| want.parse() == Ok(i))
-            });
-            if hit {
-                continue;
+    /// The regions `opts`' filters keep (`None`: no filter), from one pass over the
+    /// filterable columns (remembered for the next queries with the same filters). A filter
+    /// value no stored region has is refused, naming the closest one and the values that
+    /// exist; filters that each match but match nothing together keep nothing.
+    fn filtered(&self, opts: &SearchOptions) -> Result<Option<std::sync::Arc<Filtered>>> {
+        if opts.label.is_none()
+            && opts.kind.is_none()
+            && opts.split.is_none()
+            && opts.object.is_none()
+        {
+            return Ok(None);
+        }
+        let key = format!(
+            "{:?}\u{0}{:?}\u{0}{:?}\u{0}{:?}",
+            opts.label, opts.kind, opts.split, opts.object
+        );
+        if let Ok(cache) = self.filters.lock() {
+            if let Some((_, f)) = cache.iter().find(|(k, _)| *k == key) {
+                return Ok(Some(f.clone()));
             }
-            let mut names: Vec<&str> = regions.iter().filter_map(|r| get(r).0).collect();
-            names.sort_unstable();
-            names.dedup();
+        }
+        let matches = |want: &Option<String>, name: Option<&str>, id: Option<u32>| {
+            want.as_ref()
+                .is_none_or(|w| name == Some(w.as_str()) || id.is_some_and(|i| w.parse() == Ok(i)))
+        };
+        // Per named filter (label, object, split): whether any region matches it alone, and
+        // the distinct values of its column (for the message when none does).
+        let wants = [&opts.label, &opts.object, &opts.split];
+        let mut any = [false; 3];
+        let mut names: [std::collections::BTreeSet<String>; 3] = Default::default();
+        let mut ids = Vec::new();
+        self.index.scan(&mut |b| {
+            for i in 0..b.len() {
+                let cols: [(Option<&str>, Option<u32>); 3] = [
+                    (Some(b.label_name.value(i)), Some(b.label.value(i))),
+                    (b.object_name(i), b.object_label(i)),
+                    (Some(b.split.value(i)), None),
+                ];
+                let mut all = opts.kind.is_none_or(|k| b.kind(i) == Some(k));
+                for (j, ((name, id), want)) in cols.iter().zip(wants).enumerate() {
+                    if want.is_none() {
+                        continue;
+                    }
+                    let ok = matches(want, *name, *id);
+                    all &= ok;
+                    any[j] |= ok;
+                    if !any[j] {
+                        if let Some(n) = name.filter(|n| !names[j].contains(*n)) {
+                            names[j].insert(n.to_string());
+                        }
+                    }
+                }
+                if all {
+                    ids.push(b.id.value(i) as usize);
+                }
+            }
+            Ok(())
+        })?;
+        let what = [
+            ("label", "--label"),
+            ("object", "--object"),
+            ("split", "--split"),
+        ];
+        for (j, want) in wants.iter().enumerate() {
+            let (Some(want), false) = (want, any[j]) else {
+                continue;
+            };
+            let (what, flag) = what[j];
+            let names: Vec<&str> = names[j].iter().map(String::as_str).collect();
             let hint = match closest(want, names.iter().copied())[..] {
                 [] => String::new(),
                 [one] => format!(" Did you mean {one:?}?"),
@@ -368,35 +448,17 @@ impl QueryEngine {
                 "{flag} {want:?} matches no region.{hint} {values}"
             )));
         }
-        Ok(())
-    }
-
-    fn allowed(&self, opts: &SearchOptions) -> Option<Vec<usize>> {
-        let matches = |filter: &Option<String>, name: Option<&str>, id: Option<u32>| {
-            filter.as_ref().is_none_or(|want| {
-                name == Some(want.as_str()) || id.is_some_and(|i| want.parse() == Ok(i))
-            })
-        };
-        if opts.label.is_none()
-            && opts.kind.is_none()
-            && opts.split.is_none()
-            && opts.object.is_none()
-        {
-            return None;
+        let f = std::sync::Arc::new(Filtered {
+            set: IdSet::new(&ids, self.index.len()),
+            ids,
+        });
+        if let Ok(mut cache) = self.filters.lock() {
+            if cache.len() >= FILTER_CACHE {
+                cache.remove(0);
+            }
+            cache.push((key, f.clone()));
         }
-        Some(
-            self.index
-                .regions()
-                .iter()
-                .filter(|r| {
-                    opts.kind.is_none_or(|k| r.kind == k)
-                        && opts.split.as_ref().is_none_or(|s| &r.split == s)
-                        && matches(&opts.label, Some(&r.label_name), Some(r.label))
-                        && matches(&opts.object, r.object_name.as_deref(), r.object_label)
-                })
-                .map(|r| r.id as usize)
-                .collect(),
-        )
+        Ok(Some(f))
     }
 
     /// Rows of `f` that hold NaN or infinity (a damaged index file; ingest never stores one).
@@ -409,7 +471,7 @@ impl QueryEngine {
     }
 
     /// The unit rows of `f`, warning once about rows holding NaN or infinity.
-    fn unit_rows(&self, f: Feature) -> Result<&NpyMatrix> {
+    fn unit_rows(&self, f: Feature) -> Result<Rows<'_>> {
         let unit = self
             .index
             .unit(f)
@@ -422,7 +484,7 @@ impl QueryEngine {
                     "{} rows of {} hold NaN or infinity (damaged index file): never returned; \
                      `partlens info {}` lists them",
                     damaged.len(),
-                    feature_path_display(self.index.path(), f),
+                    self.index.feature_file(f, damaged[0]).display(),
                     self.index.path().display()
                 );
             }
@@ -445,11 +507,11 @@ impl QueryEngine {
                 self.index.manifest().features
             ))
         })?;
-        if vector.len() != m.cols() {
+        if vector.len() != m.dim() {
             return Err(Error::InvalidArgument(format!(
                 "query has {} dims, the index's {f} feature has {}",
                 vector.len(),
-                m.cols()
+                m.dim()
             )));
         }
         if vector.iter().any(|v| !v.is_finite()) {
@@ -457,59 +519,84 @@ impl QueryEngine {
                 "the query vector holds NaN or infinity".into(),
             ));
         }
-        self.check_filters(opts)?;
-        let q = normalize_rows(vector, m.cols());
-        let allowed = self.allowed(opts);
-        let candidates = allowed.as_ref().map_or(m.rows(), Vec::len);
+        let filtered = self.filtered(opts)?;
+        let q = normalize_rows(vector, m.dim());
+        let n = m.len();
+        let candidates = filtered.as_ref().map_or(n, |a| a.ids.len());
         // k and the search width never exceed what exists: `-k 1000000000` asks for every
         // region, not for a billion-entry heap.
         let k = opts.k.min(candidates.max(1));
-        let ef = opts.ef.clamp(k, m.rows().max(k));
-        let exact = || -> Result<Vec<Hit>> {
-            let unit = self.unit_rows(f)?;
-            // A stored row holding NaN or infinity has no rank, whatever its unit copy says.
-            let damaged = self.damaged_rows(f);
-            let keep = |i: usize| {
-                allowed
-                    .as_ref()
-                    .is_none_or(|ids| ids.binary_search(&i).is_ok())
-                    && damaged.binary_search(&i).is_err()
-            };
-            let filtered = allowed.is_some() || !damaged.is_empty();
-            let keep_ref = filtered.then_some(&keep as &dyn Fn(usize) -> bool);
-            Ok(exact_search(unit.as_slice(), m.cols(), &q, k, keep_ref))
+        let ef = opts.ef.clamp(k, n.max(k));
+        let unit = self.unit_rows(f)?;
+        // A stored row holding NaN or infinity has no rank, whatever its unit copy says.
+        let damaged = self.damaged_rows(f);
+        let keep = |i: usize| {
+            filtered.as_ref().is_none_or(|a| a.set.contains(i as u32))
+                && damaged.binary_search(&i).is_err()
         };
-        let hits: Vec<Hit> = match self.hnsw.get(&f) {
-            Some(g) if !opts.exact && candidates >= opts.exact_below => {
-                let set = allowed.as_ref().map(|ids| IdSet::new(ids, m.rows()));
-                let keep = set.as_ref().map(|s| move |i: u32| s.contains(i));
-                let keep_ref = keep.as_ref().map(|k| k as &dyn Fn(u32) -> bool);
-                // A damaged stored row has no rank, whatever its score.
-                let hits: Vec<Hit> = g
-                    .search(&q, k, ef, keep_ref)
-                    .into_iter()
-                    .filter(|h| {
-                        h.score.is_finite()
-                            && h.id < m.rows()
-                            && m.row(h.id).iter().all(|v| v.is_finite())
-                    })
-                    .collect();
-                // A selective filter can starve the graph walk; never return fewer hits than
-                // exist.
-                if hits.len() < k {
-                    exact()?
-                } else {
-                    hits
-                }
+        let filtering = filtered.is_some() || !damaged.is_empty();
+        // Per segment: exact over its mapped rows when few of its regions are candidates (or
+        // --exact), else its graph; the segments' top k merged.
+        let exact_in = |seg: usize| -> Vec<Hit> {
+            let (first, rows) = unit.parts().nth(seg).expect("segment");
+            let local_keep = |i: usize| keep(first + i);
+            let keep_ref = filtering.then_some(&local_keep as &dyn Fn(usize) -> bool);
+            exact_search(rows, m.dim(), &q, k, keep_ref)
+                .into_iter()
+                .map(|h| Hit {
+                    id: first + h.id,
+                    score: h.score,
+                })
+                .collect()
+        };
+        let segs = self.index.segments();
+        let in_segment = |s: &crate::store::Segment| match &filtered {
+            Some(a) => {
+                let lo = a.ids.partition_point(|&i| i < s.first_id());
+                let hi = a.ids.partition_point(|&i| i < s.first_id() + s.len());
+                hi - lo
             }
-            _ => exact()?,
+            None => s.len(),
         };
-        hits.into_iter().map(|h| self.hit(h.id, h.score)).collect()
+        let graphs = self.hnsw.get(&f).filter(|_| !opts.exact);
+        let one = |si: usize| -> Vec<Hit> {
+            let s = &segs[si];
+            let cand = in_segment(s);
+            if cand == 0 {
+                return Vec::new();
+            }
+            let Some(g) = graphs.filter(|_| cand >= opts.exact_below) else {
+                return exact_in(si);
+            };
+            let (first, graph) = &g.graphs()[si];
+            let local_keep = |i: u32| keep(first + i as usize);
+            let keep_ref = filtering.then_some(&local_keep as &dyn Fn(u32) -> bool);
+            let hits: Vec<Hit> = graph
+                .search(&q, k.min(cand), ef, keep_ref)
+                .into_iter()
+                .filter(|h| h.score.is_finite())
+                .map(|h| Hit {
+                    id: first + h.id,
+                    score: h.score,
+                })
+                .collect();
+            // A selective filter can starve the graph walk; never return fewer hits than
+            // exist.
+            if hits.len() < k.min(cand) {
+                exact_in(si)
+            } else {
+                hits
+            }
+        };
+        let mut hits: Vec<Hit> = if segs.len() > 1 {
+            use rayon::prelude::*;
+            (0..segs.len()).into_par_iter().flat_map_iter(one).collect()
+        } else {
+            (0..segs.len()).flat_map(one).collect()
+        };
+        merge_top(&mut hits, k);
+        self.hits(&hits)
     }
-}
-
-fn feature_path_display(dir: &Path, f: Feature) -> String {
-    crate::store::feature_path(dir, f).display().to_string()
 }
 
 #[cfg(test)]

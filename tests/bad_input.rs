@@ -339,9 +339,9 @@ fn truncate(p: &Path) {
 
 #[test]
 fn damaged_index_files_are_refused() {
-    let e = damaged_index(|d| truncate(&d.join("features/mean.npy")));
+    let e = damaged_index(|d| truncate(&common::seg0(d).join("features/mean.npy")));
     assert!(e.contains("mean.npy") && e.contains("truncated"), "{e}");
-    let e = damaged_index(|d| truncate(&d.join("regions/part-00000.parquet")));
+    let e = damaged_index(|d| truncate(&common::seg0(d).join("regions/part-00000.parquet")));
     assert!(e.contains("part-00000.parquet"), "{e}");
     let e = damaged_index(|d| std::fs::remove_file(d.join("manifest.json")).unwrap());
     assert!(
@@ -352,17 +352,19 @@ fn damaged_index_files_are_refused() {
         std::fs::write(d.join("manifest.json"), b"{\"schema_version\": 1").unwrap()
     });
     assert!(e.contains("unreadable manifest"), "{e}");
-    let e = damaged_index(|d| truncate(&d.join("hnsw/mean.graph")));
+    let e = damaged_index(|d| truncate(&common::seg0(d).join("hnsw/mean.graph")));
     assert!(e.contains("mean.graph"), "{e}");
     // Same length, one byte changed: the graph's own checks catch it when it is opened.
     let e = damaged_index(|d| {
-        let p = d.join("hnsw/mean.graph");
+        let p = common::seg0(d).join("hnsw/mean.graph");
         let mut b = std::fs::read(&p).unwrap();
         b[300] ^= 0x40;
         std::fs::write(&p, b).unwrap();
     });
     assert!(e.contains("mean.graph") && e.contains("checksum"), "{e}");
-    let e = damaged_index(|d| std::fs::remove_file(d.join("features/mean.unit.npy")).unwrap());
+    let e = damaged_index(|d| {
+        std::fs::remove_file(common::seg0(d).join("features/mean.unit.npy")).unwrap()
+    });
     assert!(e.contains("mean.unit.npy") && e.contains("missing"), "{e}");
 }
 
@@ -444,7 +446,7 @@ fn overwrite_never_deletes_a_folder_that_is_not_an_index() {
     opts.settings.min_area = 1;
     let m = ingest_with_encoder(&ds, &enc, &opts).unwrap().manifest;
     assert_eq!(m.counts.regions, 12); // lip part ≥ 1 (EXPECTED.json)
-    assert_eq!(IndexDir::open(&out).unwrap().regions().len(), 12);
+    assert_eq!(IndexDir::open(&out).unwrap().len(), 12);
 }
 
 #[test]

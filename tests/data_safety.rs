@@ -213,7 +213,7 @@ fn stale_staging_folders_are_removed_and_an_interrupted_swap_is_undone() {
 /// Flips the first value of `row` in `idx/features/<feature>.npy` to `v`.
 fn poke(idx: &Path, feature: &str, row: usize, v: f32) {
     use std::io::{Seek, SeekFrom, Write};
-    let p = idx.join(format!("features/{feature}.npy"));
+    let p = common::seg0(idx).join(format!("features/{feature}.npy"));
     let m = partlens::store::NpyMatrix::open(&p).unwrap();
     let offset = 128 + (row * m.cols() * 4) as u64;
     drop(m);
@@ -268,7 +268,10 @@ fn damaged_feature_rows_are_reported_and_never_ranked() {
         text.contains("damaged      2 rows of mean") && text.contains("0, 3"),
         "{text}"
     );
-    assert!(text.contains("changed      features/mean.npy"), "{text}");
+    assert!(
+        text.contains("changed      segments/seg-000000/features/mean.npy"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -73,7 +73,7 @@ fn dense_grids_equal_an_independent_reference_on_real_jpegs() {
     let t = idx.tokens().unwrap();
     let (n, dim) = (t.shape()[1], t.shape()[2]);
     let mut tok = vec![0f32; n * dim];
-    t.read_rows(5, 1, &mut tok);
+    t.read_region(5, &mut tok);
     let mean = idx.feature(partlens::Feature::Mean).unwrap().row(5);
     for (k, &m) in mean.iter().enumerate() {
         let got: f32 = (0..n).map(|i| tok[i * dim + k]).sum::<f32>() / n as f32;
@@ -361,7 +361,7 @@ fn dense_settings_are_checked_before_any_work_and_damage_is_caught() {
     // A truncated grid file: the index does not open.
     let copy = dir.path().join("copy");
     common::copy_dir(index, &copy);
-    let g = copy.join("dense/grids.npy");
+    let g = common::seg0(&copy).join("dense/grids.npy");
     let bytes = std::fs::read(&g).unwrap();
     std::fs::write(&g, &bytes[..bytes.len() - 64]).unwrap();
     let e = err(&["probe", "segment", "--index", s(&copy)]);
@@ -379,13 +379,13 @@ fn dense_settings_are_checked_before_any_work_and_damage_is_caught() {
 /// true (so only the table's content is wrong).
 fn rewrite_images(index: &Path, edit: impl FnOnce(&mut [partlens::store::dense::DenseImage])) {
     use partlens::store::dense::{read_images, write_images, IMAGES_FILE};
-    let t = index.join(IMAGES_FILE);
+    let t = common::seg0(index).join(IMAGES_FILE);
     let mut rows = read_images(&t).unwrap();
     edit(&mut rows);
     write_images(&t, &rows).unwrap();
     let m = index.join("manifest.json");
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
-    v["files"][IMAGES_FILE]["bytes"] = std::fs::metadata(&t).unwrap().len().into();
+    v["segments"][0]["files"][IMAGES_FILE]["bytes"] = std::fs::metadata(&t).unwrap().len().into();
     std::fs::write(&m, serde_json::to_vec(&v).unwrap()).unwrap();
 }
 

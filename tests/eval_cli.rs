@@ -110,7 +110,10 @@ fn probes_on_real_parts() {
     // The saved head reproduces the probe's predictions in numpy, without partlens.
     let out = run_python(
         "check_head.py",
-        &[head.as_os_str(), a.join("features/mean.npy").as_os_str()],
+        &[
+            head.as_os_str(),
+            common::seg0(a).join("features/mean.npy").as_os_str(),
+        ],
     );
     assert!(
         out.contains("weight (") && out.contains(&format!("{c} classes")),
@@ -211,7 +214,7 @@ fn nan_rows_are_named_not_averaged() {
     let copy = dir.path().join("idx");
     common::copy_dir(a, &copy);
     // Region 2 gets a NaN, region 5 huge values (same file length: the index still opens).
-    let f = copy.join("features/mean.npy");
+    let f = common::seg0(&copy).join("features/mean.npy");
     let mut bytes = std::fs::read(&f).unwrap();
     let at = |row: usize| 128 + row * 1280 * 4 + 40;
     bytes[at(2)..at(2) + 4].copy_from_slice(&f32::NAN.to_le_bytes());

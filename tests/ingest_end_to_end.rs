@@ -49,8 +49,10 @@ fn pascal_part_index_is_complete_and_readable_by_pyarrow_and_numpy() {
     assert_eq!(m.features, vec!["mean"]);
     assert_eq!(m.encoder.sha256.len(), 64);
     assert_eq!(m.dataset.format, "mmseg");
-    assert!(out.join(m.hnsw["mean"].graph_file()).is_file());
-    assert!(out.join("features/mean.unit.npy").is_file());
+    assert!(common::seg0(&out)
+        .join(m.hnsw["mean"].graph_file())
+        .is_file());
+    assert!(common::seg0(&out).join("features/mean.unit.npy").is_file());
     assert!(!out.join("manifest.json.tmp").exists());
 
     let py: Value =
@@ -64,7 +66,7 @@ fn pascal_part_index_is_complete_and_readable_by_pyarrow_and_numpy() {
     assert_eq!(ids, (0..254).collect::<Vec<u64>>());
     let names: Vec<String> = serde_json::from_value(py["label_names"].clone()).unwrap();
     let boxes: Vec<[i64; 4]> = serde_json::from_value(py["boxes"].clone()).unwrap();
-    for (i, r) in idx.regions().iter().enumerate() {
+    for (i, r) in idx.read_all_regions().unwrap().iter().enumerate() {
         assert_eq!(names[i], r.label_name);
         assert_eq!(boxes[i], r.bbox.to_array());
         assert_eq!(py["kinds"][i], r.kind.as_str());
@@ -77,7 +79,7 @@ fn pascal_part_index_is_complete_and_readable_by_pyarrow_and_numpy() {
     // numpy reads the unit rows and the graph file without partlens.
     assert!(f["unit_max_abs_diff"].as_f64().unwrap() < 1e-7, "{f}");
     let g = &f["graph"];
-    let h = *idx.graph(Feature::Mean).unwrap().header();
+    let h = *idx.graphs(Feature::Mean).unwrap()[0].header();
     assert_eq!(g["magic"], "PLGRAPH\u{0}");
     assert_eq!(
         (
@@ -94,7 +96,7 @@ fn pascal_part_index_is_complete_and_readable_by_pyarrow_and_numpy() {
     assert!(g["layer0_links"].as_u64().unwrap() >= 254);
     assert!(g["layer0_max_count"].as_u64().unwrap() <= 48);
     let mine = idx.feature(Feature::Mean).unwrap();
-    let sum: f64 = mine.as_slice().iter().map(|&v| f64::from(v)).sum();
+    let sum: f64 = mine.to_vec().iter().map(|&v| f64::from(v)).sum();
     assert!((sum - f["sum"].as_f64().unwrap()).abs() <= 1e-6 * sum.abs().max(1.0));
     let row0: Vec<f32> = serde_json::from_value(f["row0"].clone()).unwrap();
     assert_eq!(row0, mine.row(0));
@@ -105,7 +107,8 @@ fn compare_with_reference(dataset: &str, model: &Path, features: &[Feature]) {
     let out = dir.path().join("idx");
     let idx = build(dataset, model, &out, 64);
     let crops: Vec<Value> = idx
-        .regions()
+        .read_all_regions()
+        .unwrap()
         .iter()
         .map(|r| serde_json::json!({"image": r.image, "crop_box": r.crop_box.to_array()}))
         .collect();
@@ -222,10 +225,10 @@ fn query_by_a_stored_region_finds_itself_first() {
     let root = common::sample("pascal_part");
     let probes: Vec<_> = engine
         .index()
-        .regions()
-        .iter()
+        .read_all_regions()
+        .unwrap()
+        .into_iter()
         .step_by(37)
-        .cloned()
         .collect();
     for r in &probes {
         for exact in [true, false] {
@@ -281,13 +284,13 @@ fn hnsw_recall_on_real_embeddings() {
     let out = dir.path().join("pascal_all");
     // Every region down to one pixel: 985 parts + 58 objects (EXPECTED.json).
     let idx = build("pascal_part", &common::mobilenet(), &out, 1);
-    assert_eq!(idx.regions().len(), 1043);
+    assert_eq!(idx.len(), 1043);
     let m = idx.feature(Feature::Mean).unwrap();
-    let norm = normalize_rows(m.as_slice(), m.cols());
+    let norm = normalize_rows(&m.to_vec(), m.cols());
     // The stored unit rows are the raw rows normalised.
     let unit = idx.unit(Feature::Mean).unwrap();
-    assert_eq!(unit.as_slice(), &norm[..]);
-    let graph = idx.graph(Feature::Mean).unwrap();
+    assert_eq!(unit.to_vec(), norm);
+    let graph = idx.graphs(Feature::Mean).unwrap().remove(0);
     assert_eq!(graph.header().n, 1043);
     // A second build from the same rows (another thread interleaving) is as good.
     let fresh_dir = tempfile::tempdir().unwrap();
@@ -301,7 +304,11 @@ fn hnsw_recall_on_real_embeddings() {
         partlens::index::GraphBuilder::Partlens,
     )
     .unwrap();
-    let fresh = HnswIndex::open(&fresh_path, unit.clone()).unwrap();
+    let fresh = HnswIndex::open(
+        &fresh_path,
+        idx.segments()[0].unit(Feature::Mean).unwrap().clone(),
+    )
+    .unwrap();
     for (name, g) in [("stored", &graph), ("fresh", &fresh)] {
         let mut total = 0.0;
         for q in 0..m.rows() {
@@ -439,11 +446,11 @@ fn every_reader_ingests_its_real_sample_end_to_end() {
         assert_eq!(m["skipped"].as_array().unwrap().len(), 0, "{sample}: {m}");
         // The index answers: its first region finds itself.
         let idx = IndexDir::open(&out).unwrap();
-        assert_eq!(idx.regions().len() as u64, parts + objects);
+        assert_eq!(idx.len() as u64, parts + objects);
         let feats = idx.feature(Feature::Mean).unwrap();
         let d = feats.cols();
         let unit = partlens::index::normalize_rows(feats.row(0), d);
-        let all = partlens::index::normalize_rows(feats.as_slice(), d);
+        let all = partlens::index::normalize_rows(&feats.to_vec(), d);
         assert_eq!(exact_search(&all, d, &unit, 1, None)[0].id, 0, "{sample}");
     }
 }

@@ -57,13 +57,26 @@ fn manifest_values_are_checked_again_when_read() {
         ),
         (
             "not a plain path",
-            Box::new(|m| m["shards"][0] = "../../etc/passwd".into()),
+            Box::new(|m| {
+                m["segments"][0]["files"]["../../../../etc/passwd"] =
+                    serde_json::json!({"bytes": 1, "sha256": "0"})
+            }),
         ),
         (
-            "not a plain path",
+            "segment name",
+            Box::new(|m| m["segments"][0]["name"] = "../../x".into()),
+        ),
+        // Segments whose ids overlap, or whose rows do not add up to the index's.
+        (
+            "ids must continue",
+            Box::new(|m| m["segments"][0]["first_id"] = 3u64.into()),
+        ),
+        (
+            "segments hold",
             Box::new(|m| {
-                m["files"]["../../../../etc/passwd"] =
-                    serde_json::json!({"bytes": 1, "sha256": "0"})
+                m["segments"][0]["counts"]["regions"] = 1_000_000u64.into();
+                m["segments"][0]["counts"]["parts"] = 1_000_000u64.into();
+                m["segments"][0]["counts"]["objects"] = 0u64.into();
             }),
         ),
         (
@@ -352,7 +365,7 @@ fn counts_that_size_work_are_bounded_too() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let hits: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let n = partlens::IndexDir::open(&idx).unwrap().regions().len();
+    let n = partlens::IndexDir::open(&idx).unwrap().len();
     assert_eq!(hits.as_array().unwrap().len(), n);
 
     // Keypoints: the distance rule compares every pair; 10,002 kept keypoints in one image

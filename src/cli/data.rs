@@ -132,9 +132,26 @@ pub struct IngestArgs {
     /// file and the search are the same).
     #[arg(long, default_value = "partlens", value_parser = one_of(&GraphBuilder::ALL, GraphBuilder::as_str))]
     pub graph_builder: GraphBuilder,
+    /// Regions per segment: a segment (its files, its graphs) is committed at the first
+    /// image boundary at or past this many regions; a killed run resumes after the last one.
+    #[arg(long, default_value_t = partlens::store::manifest::DEFAULT_SEGMENT_SIZE)]
+    pub segment_size: usize,
+    /// Continue an interrupted run (killed, power loss, full disk) after its last committed
+    /// segment; the other arguments must be the same as the first run's.
+    #[arg(long)]
+    pub resume: bool,
+    /// Take only share i of N of the dataset's images (the first 8 bytes of the SHA-256 of
+    /// an image's relative path, little-endian, modulo N: stable when images are added);
+    /// join the shards' indexes with `partlens merge`.
+    #[arg(long, value_name = "i/N", value_parser = parse_shard)]
+    pub shard: Option<partlens::ingest::Shard>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_shard(s: &str) -> std::result::Result<partlens::ingest::Shard, String> {
+    partlens::ingest::Shard::parse(s).map_err(|e| e.to_string())
 }
 
 impl DatasetArgs {
@@ -180,6 +197,9 @@ pub(super) fn ingest(a: &IngestArgs, enc: &EncoderOptions, quiet: bool) -> Resul
         ef_construction: a.ef_construction,
     };
     opts.graph_builder = a.graph_builder;
+    opts.segment_size = a.segment_size;
+    opts.resume = a.resume;
+    opts.shard = a.shard;
     opts.dense = a.dense.then_some(partlens::dense::DenseOptions {
         size: a.dense_size,
         stride: a.dense_stride,
@@ -200,6 +220,9 @@ pub(super) fn ingest(a: &IngestArgs, enc: &EncoderOptions, quiet: bool) -> Resul
             "index": report.path,
             "seconds": report.seconds,
             "regions_per_second": report.regions_per_second(),
+            "hnsw_seconds": report.hnsw_seconds,
+            "segments": report.manifest.segments.len(),
+            "resumed_after": report.resumed_after,
             "cleaned": report.cleaned,
             "manifest": report.manifest,
         }))
@@ -454,11 +477,10 @@ pub(super) fn demo(a: &DemoArgs, enc: &EncoderOptions) -> Result<()> {
     let engine = QueryEngine::open(&a.out, enc)?;
     let probe = engine
         .index()
-        .regions()
-        .iter()
+        .read_all_regions()?
+        .into_iter()
         .filter(|r| r.split == "val" && r.kind == RegionKind::Part)
         .max_by_key(|r| (r.area, std::cmp::Reverse(r.id)))
-        .cloned()
         .ok_or_else(|| Error::InvalidArgument("the sample index has no val parts".into()))?;
     let image = dataset.join(&probe.image);
     let b = probe.bbox;

@@ -36,20 +36,24 @@ pub(super) fn info(a: &InfoArgs) -> Result<()> {
         .filter(|(_, rows)| !rows.is_empty())
         .collect();
     let m = idx.manifest();
-    // Opening a graph validates every byte of it.
-    let graphs: Vec<(Feature, std::result::Result<GraphHeader, String>)> = if idx.needs_upgrade() {
-        Vec::new()
-    } else {
-        idx.feature_names()
-            .into_iter()
-            .map(|f| {
-                (
-                    f,
-                    idx.graph(f).map(|g| *g.header()).map_err(|e| e.to_string()),
-                )
-            })
-            .collect()
-    };
+    // Opening a graph validates every byte of it (every segment's).
+    let graphs: Vec<(Feature, std::result::Result<Vec<GraphHeader>, String>)> =
+        if idx.needs_upgrade() {
+            Vec::new()
+        } else {
+            idx.feature_names()
+                .into_iter()
+                .map(|f| {
+                    (
+                        f,
+                        idx.graphs(f)
+                            .map(|g| g.iter().map(|g| *g.header()).collect())
+                            .map_err(|e| e.to_string()),
+                    )
+                })
+                .collect()
+        };
+    let labels = idx.label_counts()?;
     let healthy = damaged.is_empty()
         && changed.as_ref().is_none_or(Vec::is_empty)
         && graphs.iter().all(|(_, g)| g.is_ok());
@@ -58,11 +62,11 @@ pub(super) fn info(a: &InfoArgs) -> Result<()> {
             .iter()
             .map(|(f, g)| {
                 let v = match g {
-                    Ok(h) => serde_json::json!({
+                    Ok(hs) => serde_json::Value::Array(hs.iter().map(|h| serde_json::json!({
                         "points": h.n, "dims": h.dim, "m": h.m, "m0": h.m0,
                         "ef_construction": h.ef_construction, "layers": h.layers,
                         "layer_nodes": &h.layer_nodes[..h.layers], "entry": h.entry, "seed": h.seed,
-                    }),
+                    })).collect()),
                     Err(e) => serde_json::json!({ "error": e }),
                 };
                 (f.as_str(), v)
@@ -70,14 +74,15 @@ pub(super) fn info(a: &InfoArgs) -> Result<()> {
             .collect();
         print::json(&serde_json::json!({
             "manifest": m,
-            "labels": idx.label_counts(),
+            "labels": labels,
+            "segments": segment_rows(&idx),
             "graphs": graph_json,
             "needs_upgrade": idx.needs_upgrade(),
             "changed_files": changed,
             "damaged_rows": damaged.iter().map(|(f, r)| (f.as_str(), r)).collect::<std::collections::BTreeMap<_, _>>(),
         }))?;
     } else {
-        print_info(&idx, &a.index, &graphs);
+        print_info(&idx, &a.index, &graphs, &labels);
         for (f, rows) in &damaged {
             let shown: Vec<String> = rows.iter().take(10).map(|r| r.to_string()).collect();
             println!(
@@ -90,7 +95,10 @@ pub(super) fn info(a: &InfoArgs) -> Result<()> {
         match &changed {
             Some(c) if c.is_empty() => println!(
                 "verified     {} files match the SHA-256 recorded at ingest",
-                m.files.len()
+                idx.segments()
+                    .iter()
+                    .map(|s| s.files().len())
+                    .sum::<usize>()
             ),
             Some(c) => c.iter().for_each(|c| println!("changed      {c}")),
             None => {}
@@ -106,10 +114,36 @@ pub(super) fn info(a: &InfoArgs) -> Result<()> {
     }
 }
 
+/// Bytes of the files a segment lists.
+fn segment_bytes(s: &partlens::store::Segment) -> u64 {
+    s.files().values().map(|r| r.bytes).sum()
+}
+
+/// Per segment: name, ids, counts, size and origin (for `info --json`).
+fn segment_rows(idx: &IndexDir) -> Vec<serde_json::Value> {
+    let infos = &idx.manifest().segments;
+    idx.segments()
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let info = infos.get(i);
+            serde_json::json!({
+                "name": s.name(),
+                "first_id": s.first_id(),
+                "regions": s.len(),
+                "bytes": segment_bytes(s),
+                "origin": info.and_then(|x| x.origin.as_ref()),
+                "counts": info.map(|x| &x.counts),
+            })
+        })
+        .collect()
+}
+
 fn print_info(
     idx: &IndexDir,
     path: &std::path::Path,
-    graphs: &[(Feature, std::result::Result<GraphHeader, String>)],
+    graphs: &[(Feature, std::result::Result<Vec<GraphHeader>, String>)],
+    labels: &[partlens::store::LabelCount],
 ) {
     let m = idx.manifest();
     println!("index        {}", path.display());
@@ -172,8 +206,8 @@ fn print_info(
             (t.tokens * t.dim * 2) as f64 / 1000.0
         );
     }
+    print_segments(idx);
     print_graphs(idx, path, graphs);
-    let labels = idx.label_counts();
     println!("labels       {} distinct; most frequent:", labels.len());
     for l in labels.iter().take(12) {
         println!("  {:>6}  {:<6} {}", l.regions, l.kind.as_str(), l.label);
@@ -189,11 +223,65 @@ fn print_info(
     }
 }
 
-/// One line per HNSW graph: its parameters from the file's header, or what is wrong with it.
+/// One line per segment (schema 3): ids, counts, size, shard of origin.
+fn print_segments(idx: &IndexDir) {
+    let m = idx.manifest();
+    if m.schema_version < 3 {
+        println!(
+            "segments     one (schema {}: the whole folder)",
+            m.schema_version
+        );
+        return;
+    }
+    let total: u64 = idx.segments().iter().map(segment_bytes).sum();
+    println!(
+        "segments     {} ({:.1} MB in all)",
+        m.segments.len(),
+        total as f64 / 1e6
+    );
+    for (s, info) in idx.segments().iter().zip(&m.segments) {
+        let c = &info.counts;
+        let origin = info
+            .origin
+            .as_ref()
+            .map(|o| {
+                let mut parts = Vec::new();
+                if let Some(sh) = &o.shard {
+                    parts.push(format!("shard {sh}"));
+                }
+                if let Some(i) = &o.index {
+                    parts.push(format!(
+                        "from {}{}",
+                        i,
+                        o.segment
+                            .as_ref()
+                            .map(|s| format!(" ({s})"))
+                            .unwrap_or_default()
+                    ));
+                }
+                format!("; {}", parts.join(" "))
+            })
+            .unwrap_or_default();
+        println!(
+            "  {}  ids {}..{}: {} regions ({} parts, {} objects) from {} images, {:.1} MB{origin}",
+            s.name(),
+            s.first_id(),
+            s.first_id() + s.len(),
+            c.regions,
+            c.parts,
+            c.objects,
+            c.images,
+            segment_bytes(s) as f64 / 1e6
+        );
+    }
+}
+
+/// One line per HNSW graph: its parameters from the files' headers (every segment's), or
+/// what is wrong with one.
 fn print_graphs(
     idx: &IndexDir,
     path: &std::path::Path,
-    graphs: &[(Feature, std::result::Result<GraphHeader, String>)],
+    graphs: &[(Feature, std::result::Result<Vec<GraphHeader>, String>)],
 ) {
     if idx.needs_upgrade() {
         println!(
@@ -206,7 +294,8 @@ fn print_graphs(
     for (f, g) in graphs {
         let info = idx.manifest().hnsw.get(f.as_str());
         match g {
-            Ok(h) => {
+            Ok(hs) if hs.len() == 1 => {
+                let h = &hs[0];
                 let sizes: Vec<String> = h.layer_nodes[..h.layers]
                     .iter()
                     .map(|c| c.to_string())
@@ -220,6 +309,19 @@ fn print_graphs(
                     sizes.join(" / "),
                     info.and_then(|i| i.builder.as_deref()).unwrap_or("?"),
                     h.seed
+                );
+            }
+            Ok(hs) => {
+                let (m, m0, efc) = hs
+                    .first()
+                    .map_or((0, 0, 0), |h| (h.m, h.m0, h.ef_construction));
+                let layers: Vec<String> = hs.iter().map(|h| h.layers.to_string()).collect();
+                println!(
+                    "graph        {f}: one per segment ({} graphs, {} nodes; layers {}), M {m} ({m0} on layer 0), ef_construction {efc}, built by {}",
+                    hs.len(),
+                    hs.iter().map(|h| h.n).sum::<usize>(),
+                    layers.join(", "),
+                    info.and_then(|i| i.builder.as_deref()).unwrap_or("?"),
                 );
             }
             Err(e) => println!("damaged      graph of {f}: {e}"),

@@ -7,6 +7,7 @@ mod eval;
 mod index;
 mod print;
 mod probe_dense;
+mod segments;
 mod serve;
 
 use std::path::PathBuf;
@@ -80,6 +81,15 @@ pub enum Command {
     /// Convert an index written by an earlier partlens to the current layout, in place,
     /// without re-embedding.
     Upgrade(index::UpgradeArgs),
+    /// Join indexes (e.g. the shards of `ingest --shard i/N`) into one, without re-embedding.
+    Merge(segments::MergeArgs),
+    /// Merge an index's small segments into one (rebuilding its graph).
+    Compact(segments::CompactArgs),
+    /// Build an index from vectors made elsewhere (a .npy) and a Parquet table of regions.
+    Import(segments::ImportArgs),
+    /// Check every segment of an index against its manifest (row counts, sizes, checksums,
+    /// graphs) and name what is damaged; exits with 1 if anything is.
+    Verify(segments::VerifyArgs),
     /// Evaluate an encoder's stored features with the paper's retrieval protocol.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
@@ -117,6 +127,10 @@ pub fn run(cli: Cli) -> partlens::Result<()> {
         Command::Dataset(data::DatasetCommand::Stats(a)) => data::dataset_stats(a),
         Command::Query(a) => index::query(a, &enc),
         Command::Upgrade(a) => index::upgrade(a),
+        Command::Merge(a) => segments::merge(a),
+        Command::Compact(a) => segments::compact(a),
+        Command::Import(a) => segments::import(a, &enc),
+        Command::Verify(a) => segments::verify(a),
         Command::Eval(c) => eval::eval(c),
         Command::Probe(c) => eval::probe(c),
         Command::Report(a) => eval::run_report(a),

@@ -13,7 +13,7 @@ use super::{
     Selection,
 };
 use crate::error::{Error, Result};
-use crate::store::{HalfArray, IndexDir};
+use crate::store::IndexDir;
 
 /// Settings of `probe attentive`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,7 +80,7 @@ pub struct AttentiveReport {
 
 /// The selected regions' tokens, read from the index's float16 matrix.
 struct IndexTokens<'a> {
-    tokens: &'a HalfArray,
+    tokens: crate::store::TokenRows<'a>,
     rows: &'a LabeledRows<'a>,
 }
 
@@ -95,7 +95,7 @@ impl TokenRows for IndexTokens<'_> {
         self.rows.classes.len()
     }
     fn load(&self, pos: usize, out: &mut [f32]) {
-        self.tokens.read_rows(self.rows.rows[pos], 1, out);
+        self.tokens.read_region(self.rows.rows[pos], out);
     }
     fn label(&self, pos: usize) -> u32 {
         self.rows.labels[pos]

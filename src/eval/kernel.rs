@@ -11,6 +11,8 @@
 //! are sixteen, reduced to eight and then in the same order. The paths differ in the last bits;
 //! one process always uses one.
 
+use crate::store::Rows;
+
 /// 1 / ‖row‖ (computed in f64), 0 for a row without a usable direction: all zeros, or so
 /// small that the inverse overflows float32 (it would score +∞ against everything).
 pub fn inv_norm(row: &[f32]) -> f32 {
@@ -24,10 +26,10 @@ pub fn inv_norm(row: &[f32]) -> f32 {
 }
 
 /// Unit-norm copies of `rows` (ids into `data`, `dim` wide), contiguous, in order.
-pub fn unit_rows(data: &[f32], dim: usize, rows: &[usize]) -> Vec<f32> {
+pub fn unit_rows(data: &Rows<'_>, dim: usize, rows: &[usize]) -> Vec<f32> {
     let mut out = Vec::with_capacity(rows.len() * dim);
     for &r in rows {
-        let row = &data[r * dim..(r + 1) * dim];
+        let row = data.row(r);
         let s = inv_norm(row);
         out.extend(row.iter().map(|&v| v * s));
     }
@@ -40,7 +42,7 @@ pub fn unit_rows(data: &[f32], dim: usize, rows: &[usize]) -> Vec<f32> {
 pub fn score_tile(
     queries: &[f32],
     dim: usize,
-    data: &[f32],
+    data: &Rows<'_>,
     items: &[usize],
     inv: &[f32],
     out: &mut Vec<f32>,
@@ -72,7 +74,7 @@ pub fn score_tile(
 struct Tile<'a> {
     queries: &'a [f32],
     dim: usize,
-    data: &'a [f32],
+    data: &'a Rows<'a>,
     items: &'a [usize],
     inv: &'a [f32],
 }
@@ -89,7 +91,7 @@ impl Tile<'_> {
     ) {
         let dim = self.dim;
         let (nq, ni) = (self.queries.len() / dim, self.items.len());
-        let row = |j: usize| &self.data[self.items[j] * dim..(self.items[j] + 1) * dim];
+        let row = |j: usize| self.data.row(self.items[j]);
         let mut j = 0;
         while j < ni {
             let nr = (ni - j).min(NR);
@@ -121,7 +123,7 @@ pub const TILE_ITEMS: usize = 384;
 pub fn scan(
     queries: &[f32],
     dim: usize,
-    data: &[f32],
+    data: &Rows<'_>,
     items: &[usize],
     inv: &[f32],
     mut visit: impl FnMut(usize, &[f32]),
@@ -280,9 +282,10 @@ mod tests {
             .iter()
             .map(|&i| inv_norm(&m[i * dim..][..dim]))
             .collect();
-        let q = unit_rows(&m, dim, &all);
+        let rows = Rows::contiguous(&m, dim);
+        let q = unit_rows(&rows, dim, &all);
         let mut full = Vec::new();
-        score_tile(&q, dim, &m, &all, &inv, &mut full);
+        score_tile(&q, dim, &rows, &all, &inv, &mut full);
         for a in 0..23 {
             for b in 0..23 {
                 let (x, y) = (&m[a * dim..][..dim], &m[b * dim..][..dim]);
@@ -300,7 +303,7 @@ mod tests {
         let items = [17usize, 2, 9, 22, 0];
         let inv2: Vec<f32> = items.iter().map(|&i| inv[i]).collect();
         let mut part = Vec::new();
-        score_tile(&q[5 * dim..6 * dim], dim, &m, &items, &inv2, &mut part);
+        score_tile(&q[5 * dim..6 * dim], dim, &rows, &items, &inv2, &mut part);
         for (j, &it) in items.iter().enumerate() {
             assert_eq!(part[j].to_bits(), full[5 * 23 + it].to_bits());
         }

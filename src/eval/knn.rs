@@ -130,7 +130,7 @@ pub fn rank(
 ) -> Vec<Vec<u32>> {
     // Each training row is read once per block of queries (as retrieval's blocks).
     const BLOCK: usize = 256;
-    let (dim, data) = (rows.dim, rows.data);
+    let (dim, data) = (rows.dim, &rows.data);
     let train_ids: Vec<usize> = train.iter().map(|&p| rows.rows[p]).collect();
     let train_labels: Vec<u32> = train.iter().map(|&p| rows.labels[p]).collect();
     let inv: Vec<f32> = train_ids

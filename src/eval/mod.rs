@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::encoder::Feature;
 use crate::error::{Error, Result};
 use crate::region::RegionKind;
-use crate::store::IndexDir;
+use crate::store::{IndexDir, Rows};
 
 /// Which regions of an index an evaluation uses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,7 +48,7 @@ pub struct Selection {
 #[derive(Debug, Clone)]
 pub struct LabeledRows<'a> {
     /// The feature matrix (all rows of the index, row-major, `dim` wide), memory-mapped.
-    pub data: &'a [f32],
+    pub data: Rows<'a>,
     /// Width of a row.
     pub dim: usize,
     /// Region ids (= rows) taking part, ascending.
@@ -88,20 +88,31 @@ impl<'a> LabeledRows<'a> {
                 have.join(", ")
             ))
         })?;
-        let regions = index.regions();
-        let chosen: Vec<usize> = regions
-            .iter()
-            .filter(|r| r.kind == sel.kind && sel.split.as_ref().is_none_or(|s| &r.split == s))
-            .map(|r| r.id as usize)
-            .collect();
+        // One pass over the filterable columns: the chosen rows' ids, labels and splits, and
+        // the splits of the kind (for the message when none is chosen).
+        let mut chosen: Vec<usize> = Vec::new();
+        let mut chosen_labels: Vec<String> = Vec::new();
+        let mut chosen_splits: Vec<String> = Vec::new();
+        let mut kind_splits = std::collections::BTreeSet::new();
+        index.scan(&mut |b| {
+            for i in 0..b.len() {
+                if b.kind(i) != Some(sel.kind) {
+                    continue;
+                }
+                let split = b.split.value(i);
+                if !kind_splits.contains(split) {
+                    kind_splits.insert(split.to_string());
+                }
+                if sel.split.as_ref().is_none_or(|s| s == split) {
+                    chosen.push(b.id.value(i) as usize);
+                    chosen_labels.push(b.label_name.value(i).to_string());
+                    chosen_splits.push(split.to_string());
+                }
+            }
+            Ok(())
+        })?;
         if chosen.is_empty() {
-            let mut splits: Vec<&str> = regions
-                .iter()
-                .filter(|r| r.kind == sel.kind)
-                .map(|r| r.split.as_str())
-                .collect();
-            splits.sort_unstable();
-            splits.dedup();
+            let splits: Vec<&str> = kind_splits.iter().map(String::as_str).collect();
             let what = match &sel.split {
                 Some(s) if !splits.is_empty() => format!(
                     "no {} region in split {s:?} (its {} regions are in {})",
@@ -116,21 +127,21 @@ impl<'a> LabeledRows<'a> {
                 index.path().display()
             )));
         }
-        let dim = m.cols();
-        let data = m.as_slice();
+        let dim = m.dim();
+        let data = m;
         // NaN, infinity, or a norm past float32's range (its dot products would overflow).
         let bad: Vec<usize> = chosen
             .iter()
             .copied()
             .filter(|&i| {
-                let row = &data[i * dim..(i + 1) * dim];
+                let row = data.row(i);
                 row.iter().any(|v| !v.is_finite())
                     || crate::index::l2_norm(row) > f64::from(f32::MAX)
             })
             .collect();
         if !bad.is_empty() {
             return Err(Error::corrupt(
-                crate::store::feature_path(index.path(), sel.feature),
+                index.feature_file(sel.feature, bad[0]),
                 format!(
                     "rows {} hold NaN or infinity, or values too large to compare (ingest never \
                      writes one: the file is damaged; `partlens info --verify` checks it)",
@@ -138,10 +149,7 @@ impl<'a> LabeledRows<'a> {
                 ),
             ));
         }
-        let mut names: Vec<&str> = chosen
-            .iter()
-            .map(|&i| regions[i].label_name.as_str())
-            .collect();
+        let mut names: Vec<&str> = chosen_labels.iter().map(String::as_str).collect();
         names.sort_unstable();
         names.dedup();
         let class_of: BTreeMap<&str, u32> = names
@@ -149,11 +157,8 @@ impl<'a> LabeledRows<'a> {
             .enumerate()
             .map(|(i, n)| (*n, i as u32))
             .collect();
-        let labels = chosen
-            .iter()
-            .map(|&i| class_of[regions[i].label_name.as_str()])
-            .collect();
-        let splits = chosen.iter().map(|&i| regions[i].split.clone()).collect();
+        let labels = chosen_labels.iter().map(|n| class_of[n.as_str()]).collect();
+        let splits = chosen_splits;
         Ok(LabeledRows {
             data,
             dim,
@@ -167,6 +172,7 @@ impl<'a> LabeledRows<'a> {
     /// Builds a selection from raw parts (tests and callers with their own matrices): `data`
     /// holds `data.len() / dim` rows, all of which take part.
     pub fn from_matrix(data: &'a [f32], dim: usize, labels: Vec<u32>) -> Result<LabeledRows<'a>> {
+        let rows = Rows::contiguous(data, dim);
         let n = data.len() / dim.max(1);
         if dim == 0 || n * dim != data.len() || labels.len() != n {
             return Err(Error::InvalidArgument(format!(
@@ -179,7 +185,7 @@ impl<'a> LabeledRows<'a> {
             .map(|c| c.to_string())
             .collect();
         Ok(LabeledRows {
-            data,
+            data: rows,
             dim,
             rows: (0..n).collect(),
             labels,
@@ -190,7 +196,7 @@ impl<'a> LabeledRows<'a> {
 
     /// Row of region id `id`.
     pub fn row(&self, id: usize) -> &'a [f32] {
-        &self.data[id * self.dim..(id + 1) * self.dim]
+        self.data.row(id)
     }
 
     /// Number of selected rows.

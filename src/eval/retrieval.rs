@@ -22,6 +22,7 @@ use super::kernel::{inv_norm, scan, unit_rows};
 use super::{shorten, LabeledRows, Selection};
 use crate::error::{Error, Result};
 use crate::store::IndexDir;
+use crate::store::Rows;
 
 /// The recall cut-offs reported.
 pub const RECALL_AT: [usize; 3] = [1, 5, 10];
@@ -250,7 +251,7 @@ fn prepare(rows: &LabeledRows<'_>, opts: &RetrievalOptions) -> Result<Vec<String
 pub fn exact(rows: &LabeledRows<'_>, opts: &RetrievalOptions) -> Result<RetrievalReport> {
     let start = Instant::now();
     let warnings = prepare(rows, opts)?;
-    let (dim, data) = (rows.dim, rows.data);
+    let (dim, data) = (rows.dim, &rows.data);
     let n = rows.len();
     // Positions (into rows.rows) grouped by class, ids ascending within a class.
     let mut order: Vec<usize> = (0..n).collect();
@@ -378,7 +379,7 @@ fn recall_table(hits: &[usize; 3], queries: usize) -> Vec<RecallAt> {
 
 /// What every query block reads: the selection in class order.
 struct Ctx<'a> {
-    data: &'a [f32],
+    data: &'a Rows<'a>,
     dim: usize,
     ids: &'a [usize],
     labels: &'a [u32],
@@ -465,15 +466,16 @@ fn approx(
             sel.feature
         )));
     }
-    let n_all = index.regions().len();
-    let graph = index.graph(sel.feature)?;
+    let n_all = index.len();
+    let graph = index.segment_graphs(sel.feature)?;
     let sizes = rows.class_sizes();
     let queried: Vec<usize> = (0..rows.len())
         .filter(|&p| sizes[rows.labels[p] as usize] >= opts.min_members.max(2))
         .collect();
     let member = crate::index::IdSet::new(&rows.rows, n_all);
-    let keep = |i: u32| member.contains(i);
-    let filter: Option<&(dyn Fn(u32) -> bool + Sync)> = (rows.rows.len() < n_all).then_some(&keep);
+    let keep = |i: usize| member.contains(i as u32);
+    let filter: Option<&(dyn Fn(usize) -> bool + Sync)> =
+        (rows.rows.len() < n_all).then_some(&keep);
     let label_of = |id: usize| -> u32 {
         let p = rows
             .rows
@@ -487,8 +489,8 @@ fn approx(
         .par_iter()
         .map(|&p| {
             let id = rows.rows[p];
-            let q = unit_rows(rows.data, rows.dim, &[id]);
-            let hits = graph.search(&q, 11, ef, filter.map(|f| f as &dyn Fn(u32) -> bool));
+            let q = unit_rows(&rows.data, rows.dim, &[id]);
+            let hits = graph.search(&q, 11, ef, filter);
             let others: Vec<(f32, usize, u32)> = hits
                 .iter()
                 .filter(|h| h.id != id)
@@ -512,16 +514,16 @@ fn approx(
         .par_iter()
         .map(|&p| {
             let id = rows.rows[p];
-            let q = unit_rows(rows.data, rows.dim, &[id]);
+            let q = unit_rows(&rows.data, rows.dim, &[id]);
             let mut top = TopK::new(10);
-            scan(&q, rows.dim, rows.data, &rows.rows, &inv, |t, tile| {
+            scan(&q, rows.dim, &rows.data, &rows.rows, &inv, |t, tile| {
                 for (j, &sc) in tile.iter().enumerate() {
                     if rows.rows[t + j] != id {
                         top.offer(sc, rows.rows[t + j], 0);
                     }
                 }
             });
-            let found = graph.search(&q, 11, ef, filter.map(|f| f as &dyn Fn(u32) -> bool));
+            let found = graph.search(&q, 11, ef, filter);
             let got: Vec<usize> = found
                 .iter()
                 .filter(|h| h.id != id)
@@ -612,9 +614,10 @@ mod tests {
                 .collect();
             let mut sum = 0.0;
             for qi in 0..n {
-                let q = unit_rows(&data, dim, &[qi]);
+                let rows = Rows::contiguous(&data, dim);
+                let q = unit_rows(&rows, dim, &[qi]);
                 let mut s = Vec::new();
-                score_tile(&q, dim, &data, &all, &inv, &mut s);
+                score_tile(&q, dim, &rows, &all, &inv, &mut s);
                 let rel: Vec<bool> = labels.iter().map(|&l| l == labels[qi]).collect();
                 sum += average_precision(&rel, &s);
             }

@@ -117,7 +117,7 @@ impl TrainRows for CellRows<'_> {
         self.nclass
     }
     fn read(&self, p: usize, out: &mut [f32]) {
-        self.dense.grids.read_rows(self.cells[p] as usize, 1, out);
+        self.dense.read_cells(self.cells[p] as usize, 1, out);
     }
     fn target(&self, p: usize) -> Target<'_> {
         Target::Soft(&self.targets[self.starts[p] as usize..self.starts[p + 1] as usize])
@@ -284,7 +284,7 @@ fn image_rows<'a>(dense: &DenseIndex, set: LabelSet) -> (Vec<usize>, LabeledRows
         })
         .collect();
     let rows = LabeledRows {
-        data: &[],
+        data: crate::store::Rows::contiguous(&[], 1),
         dim: 1,
         rows: (0..with.len()).collect(),
         labels: vec![0; with.len()],

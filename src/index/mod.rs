@@ -84,12 +84,7 @@ pub fn exact_search(
         })
         .filter(|h| h.score.is_finite())
         .collect();
-    let by_score = |a: &Hit, b: &Hit| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id));
-    if hits.len() > k {
-        hits.select_nth_unstable_by(k, by_score);
-        hits.truncate(k);
-    }
-    hits.sort_by(by_score);
+    merge_top(&mut hits, k);
     hits
 }
 
@@ -114,6 +109,76 @@ impl IdSet {
     pub fn contains(&self, id: u32) -> bool {
         self.0.get(id as usize).copied().unwrap_or(false)
     }
+}
+
+/// The HNSW graphs of every segment of an index, searched as one: each segment's graph is
+/// walked (in parallel) and the top hits merged, ids made global (`first_id + local`).
+#[derive(Debug)]
+pub struct SegmentGraphs {
+    graphs: Vec<(usize, HnswIndex)>,
+}
+
+impl SegmentGraphs {
+    /// The graphs with the global id of each one's first node, in id order.
+    pub fn new(graphs: Vec<(usize, HnswIndex)>) -> SegmentGraphs {
+        SegmentGraphs { graphs }
+    }
+
+    /// The graphs, each with its first id.
+    pub fn graphs(&self) -> &[(usize, HnswIndex)] {
+        &self.graphs
+    }
+
+    /// Nodes in all graphs.
+    pub fn len(&self) -> usize {
+        self.graphs.iter().map(|(_, g)| g.vectors().rows()).sum()
+    }
+
+    /// True when no graph has a node.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `k` best of every graph's `k` best (`ef` wide walks), ids global; `keep` filters by
+    /// global id during each walk. Ties rank the smaller id first, as [`exact_search`].
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        keep: Option<&(dyn Fn(usize) -> bool + Sync)>,
+    ) -> Vec<Hit> {
+        let one = |(first, g): &(usize, HnswIndex)| -> Vec<Hit> {
+            let first = *first;
+            let local = keep.map(|f| move |i: u32| f(first + i as usize));
+            let local_ref = local.as_ref().map(|f| f as &dyn Fn(u32) -> bool);
+            g.search(query, k, ef, local_ref)
+                .into_iter()
+                .map(|h| Hit {
+                    id: first + h.id,
+                    score: h.score,
+                })
+                .collect()
+        };
+        let mut hits: Vec<Hit> = if self.graphs.len() > 1 {
+            use rayon::prelude::*;
+            self.graphs.par_iter().flat_map_iter(one).collect()
+        } else {
+            self.graphs.iter().flat_map(one).collect()
+        };
+        merge_top(&mut hits, k);
+        hits
+    }
+}
+
+/// Keeps the `k` best of `hits` (score descending, then smaller id), sorted.
+pub fn merge_top(hits: &mut Vec<Hit>, k: usize) {
+    let by_score = |a: &Hit, b: &Hit| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id));
+    if hits.len() > k {
+        hits.select_nth_unstable_by(k, by_score);
+        hits.truncate(k);
+    }
+    hits.sort_by(by_score);
 }
 
 /// HNSW construction and search parameters.

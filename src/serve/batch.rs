@@ -82,7 +82,7 @@ fn run(engine: &QueryEngine, jobs: Vec<Job>, metrics: &Metrics) {
     for j in &jobs {
         pixels.extend_from_slice(&j.tensor);
     }
-    match engine.encoder().embed(&pixels, n) {
+    match engine.encoder().and_then(|e| e.embed(&pixels, n)) {
         Ok(f) => {
             for (i, j) in jobs.into_iter().enumerate() {
                 let values = f

@@ -107,12 +107,16 @@ pub fn open(opts: &ServeOptions, enc: &EncoderOptions) -> Result<AppState> {
     let mut indexes = Vec::new();
     for (name, path) in &opts.indexes {
         let engine = Arc::new(QueryEngine::open(path, enc)?);
+        // Labels, splits and objects for `/v1/indexes`: one pass over the columns, now.
+        engine.index().summary()?;
         tracing::info!(
             "serving {} as {name:?}: {} regions, encoder {} on {}",
             path.display(),
-            engine.index().regions().len(),
-            engine.encoder().spec().name,
-            engine.encoder().provider()
+            engine.index().len(),
+            engine
+                .encoder()
+                .map_or("imported vectors", |e| &e.spec().name),
+            engine.encoder().map_or("-", |e| e.provider())
         );
         let batcher = batch::Batcher::start(
             engine.clone(),

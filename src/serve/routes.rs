@@ -193,21 +193,12 @@ async fn indexes(State(state): State<Arc<AppState>>) -> Json<Value> {
         .map(|s| {
             let idx = s.engine.index();
             let m = idx.manifest();
-            let regions = idx.regions();
-            let mut objects: Vec<&str> = regions
-                .iter()
-                .filter_map(|r| r.object_name.as_deref())
-                .collect();
-            objects.sort_unstable();
-            objects.dedup();
-            let mut splits: Vec<&str> = regions.iter().map(|r| r.split.as_str()).collect();
-            splits.sort_unstable();
-            splits.dedup();
-            let mut kinds: Vec<&str> = regions.iter().map(|r| r.kind.as_str()).collect();
-            kinds.sort_unstable();
-            kinds.dedup();
-            let labels: Vec<Value> = idx
-                .label_counts()
+            // Computed when the server opened the index (`serve::open`), so no I/O here.
+            let summary = idx.summary().cloned().unwrap_or_default();
+            let kinds: Vec<&str> = summary.kinds.iter().map(|k| k.as_str()).collect();
+            let (objects, splits) = (&summary.objects, &summary.splits);
+            let labels: Vec<Value> = summary
+                .labels
                 .iter()
                 .map(|l| json!({"kind": l.kind.as_str(), "name": l.label, "regions": l.regions}))
                 .collect();
@@ -474,7 +465,7 @@ fn url_path(
 /// The region `{index}/{id}` of a URL.
 fn region_of<'a>(state: &'a AppState, index: &str, id: &str) -> ApiResult<(&'a Served, usize)> {
     let s = served(state, Some(index))?;
-    let n = s.engine.index().regions().len();
+    let n = s.engine.index().len();
     let id = id.parse::<usize>().ok().filter(|&i| i < n).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -566,7 +557,9 @@ const THUMB_SIDE: u32 = 192;
 /// [`THUMB_SIDE`], as JPEG.
 fn make_thumbnail(s: &Served, id: usize) -> ApiResult<Bytes> {
     let idx = s.engine.index();
-    let r = &idx.regions()[id];
+    let r = idx
+        .region(id)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let src = Path::new(&idx.manifest().dataset.path).join(&r.image);
     let img = crate::preprocess::decode_rgb(&src).map_err(|e| {
         ApiError::new(

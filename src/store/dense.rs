@@ -237,19 +237,99 @@ impl LabelSet {
     }
 }
 
-/// An index's dense features, opened and checked.
+/// The dense settings of two parts of one index (segments) as one: counts added, each class
+/// list the longer of the two (names made up from the largest value seen grow with it).
+pub fn merge_info(a: &DenseInfo, b: &DenseInfo) -> DenseInfo {
+    let longer = |x: &Option<Vec<String>>, y: &Option<Vec<String>>| match (x, y) {
+        (Some(x), Some(y)) => Some(if y.len() > x.len() {
+            y.clone()
+        } else {
+            x.clone()
+        }),
+        (x, y) => x.clone().or_else(|| y.clone()),
+    };
+    DenseInfo {
+        images: a.images + b.images,
+        cells: a.cells + b.cells,
+        part_classes: longer(&a.part_classes, &b.part_classes),
+        object_classes: longer(&a.object_classes, &b.object_classes),
+        ..a.clone()
+    }
+}
+
+/// An index's dense features, opened and checked: one part per segment (schema 3) or one for
+/// the whole index (schema 2).
 #[derive(Debug)]
 pub struct DenseIndex {
-    dir: PathBuf,
+    /// Per part: its folder, its first cell (global), its grid matrix (memory-mapped).
+    parts: Vec<(PathBuf, u64, HalfArray)>,
+    /// Part of each image.
+    image_part: Vec<u32>,
     /// How they were made.
     pub info: DenseInfo,
-    /// One row per image, in grid order.
+    /// One row per image, in grid order; `offset` is the image's first cell counted over all
+    /// parts.
     pub images: Vec<DenseImage>,
-    /// The cells, `cells × dim` float16, memory-mapped.
-    pub grids: HalfArray,
 }
 
 impl DenseIndex {
+    /// Opens every segment's dense files (`(folder, [images, cells])` in segment order) as one
+    /// table: images and cells numbered across segments.
+    pub fn open_segments(parts: &[(PathBuf, [u64; 2])], info: &DenseInfo) -> Result<DenseIndex> {
+        let mut out = DenseIndex {
+            parts: Vec::new(),
+            image_part: Vec::new(),
+            info: info.clone(),
+            images: Vec::new(),
+        };
+        let mut cells = 0u64;
+        for (p, (dir, [images, n_cells])) in parts.iter().enumerate() {
+            let one = DenseIndex::open(
+                dir,
+                &DenseInfo {
+                    images: *images,
+                    cells: *n_cells,
+                    ..info.clone()
+                },
+            )?;
+            for mut im in one.images {
+                im.offset += cells;
+                out.images.push(im);
+                out.image_part.push(p as u32);
+            }
+            let (d, _, g) = one.parts.into_iter().next().expect("one part");
+            out.parts.push((d, cells, g));
+            cells += n_cells;
+        }
+        if cells != info.cells || out.images.len() as u64 != info.images {
+            return Err(Error::corrupt(
+                parts.first().map_or(Path::new("."), |p| p.0.as_path()),
+                format!(
+                    "segments hold {} dense images and {cells} cells; the manifest says {} and {}",
+                    out.images.len(),
+                    info.images,
+                    info.cells
+                ),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// `n` cells from global cell `start` (within one image's grid) as float32 into `out`.
+    pub fn read_cells(&self, start: usize, n: usize, out: &mut [f32]) {
+        let p = self
+            .parts
+            .partition_point(|(_, first, _)| *first as usize <= start)
+            - 1;
+        let (_, first, g) = &self.parts[p];
+        g.read_rows(start - *first as usize, n, out);
+    }
+
+    /// Total cells.
+    pub fn cells(&self) -> usize {
+        self.parts.iter().map(|(_, _, g)| g.rows()).sum()
+    }
+
     /// Opens `dir`'s dense files and checks them against `info` and each other: the image
     /// rows' cells must be contiguous and add up to the grid matrix, label paths must be
     /// plain files under `dense/labels/`. Any disagreement is [`Error::DataCorruption`].
@@ -325,10 +405,10 @@ impl DenseIndex {
             ));
         }
         Ok(DenseIndex {
-            dir: dir.to_path_buf(),
+            image_part: vec![0; images.len()],
+            parts: vec![(dir.to_path_buf(), 0, grids)],
             info: info.clone(),
             images,
-            grids,
         })
     }
 
@@ -336,7 +416,7 @@ impl DenseIndex {
     pub fn read_grid(&self, n: usize, out: &mut Vec<f32>) {
         let im = &self.images[n];
         out.resize(im.cells() * self.info.dim, 0.0);
-        self.grids.read_rows(im.offset as usize, im.cells(), out);
+        self.read_cells(im.offset as usize, im.cells(), out);
     }
 
     /// [`DenseIndex::read_grid`], refusing a grid holding NaN or infinity (ingest never
@@ -346,7 +426,7 @@ impl DenseIndex {
         if let Some(i) = out.iter().position(|v| !v.is_finite()) {
             let im = &self.images[n];
             return Err(Error::corrupt(
-                self.dir.join(GRIDS_FILE),
+                self.parts[self.image_part[n] as usize].0.join(GRIDS_FILE),
                 format!(
                     "row {} (image {}) holds NaN or infinity: the file is damaged \
                      (`partlens info --verify` checks it)",
@@ -376,7 +456,7 @@ impl DenseIndex {
             LabelSet::Objects => &im.object_labels,
         };
         let Some(rel) = rel else { return Ok(None) };
-        let p = self.dir.join(rel);
+        let p = self.parts[self.image_part[n] as usize].0.join(rel);
         let map = LabelMap::read_png(&p)?;
         if (map.width, map.height) != (im.width as usize, im.height as usize) {
             return Err(Error::corrupt(

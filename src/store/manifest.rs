@@ -12,11 +12,18 @@ pub use crate::dataset::Skipped;
 use crate::encoder::{Feature, ModelSpec};
 use crate::error::{Error, IoContext, Result};
 
-/// Version of the index directory layout this build writes. Version 2 keeps each feature's
-/// unit-norm rows in `features/<feature>.unit.npy` and its graph in partlens's own format,
-/// `hnsw/<basename>.graph`; version 1 (hnsw_rs dumps, `hnsw/<basename>.hnsw.{graph,data}`)
-/// still opens for everything but graph search, which asks for `partlens upgrade`.
-pub const SCHEMA_VERSION: u32 = 2;
+/// Version of the index directory layout this build writes. Version 3 is a list of immutable
+/// segments (`segments/<name>/`, each laid out as a whole version-2 index); version 2 (one
+/// folder: `regions/`, `features/<feature>.unit.npy`, `hnsw/<basename>.graph`) opens as one
+/// segment; version 1 (hnsw_rs dumps, `hnsw/<basename>.hnsw.{graph,data}`) still opens for
+/// everything but graph search, which asks for `partlens upgrade`.
+pub const SCHEMA_VERSION: u32 = 3;
+
+/// Oldest layout whose graphs partlens searches (schema 1's hnsw_rs dumps need `upgrade`).
+pub const SEARCHABLE_SCHEMA_VERSION: u32 = 2;
+
+/// Default regions per segment (`ingest --segment-size`, `import --segment-size`).
+pub const DEFAULT_SEGMENT_SIZE: usize = 100_000;
 
 /// Oldest layout version this build opens.
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
@@ -115,6 +122,78 @@ impl FileRecord {
     }
 }
 
+/// One committed segment: a folder `segments/<name>/` laid out as a schema-2 index
+/// (`regions/part-00000.parquet`, `features/<f>.npy`, `features/<f>.unit.npy`,
+/// `hnsw/<f>.graph`, optionally `tokens/regions.npy` and `dense/`), immutable once listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentInfo {
+    /// Folder name under `segments/`.
+    pub name: String,
+    /// Global id of its first region; its regions are `first_id .. first_id + counts.regions`.
+    pub first_id: u64,
+    /// Its row and image counts.
+    pub counts: Counts,
+    /// Where it came from (a shard of `ingest --shard`, adopted by `merge`), if anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<SegmentOrigin>,
+    /// For ingest: the dataset items `[start, end)` (in listing order, after `--shard`) whose
+    /// regions it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<[u64; 2]>,
+    /// Dense images and cells it holds (`--dense`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dense: Option<[u64; 2]>,
+    /// Every file of the segment, relative to its folder, with length and SHA-256 recorded at
+    /// commit (`partlens verify` checks them).
+    pub files: BTreeMap<String, FileRecord>,
+}
+
+impl SegmentInfo {
+    /// Its folder, relative to the index: `segments/<name>`.
+    pub fn dir(&self) -> String {
+        format!("segments/{}", self.name)
+    }
+
+    /// One past its last region id.
+    pub fn end_id(&self) -> u64 {
+        self.first_id + self.counts.regions
+    }
+}
+
+/// Where an adopted segment came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentOrigin {
+    /// The shard, `i/N`, when it was written by `ingest --shard`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
+    /// The index it was adopted from (absolute path at merge time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<String>,
+    /// Its name there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<String>,
+}
+
+/// An ingest in progress: the settings a `--resume` must repeat, and the next item to read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngestProgress {
+    /// Everything that decides the result (encoder hash, dataset root, format and listing hash,
+    /// region settings, segment size, shard, batch size, graph parameters, dense and token
+    /// options), compared field by field on resume.
+    pub fingerprint: BTreeMap<String, serde_json::Value>,
+    /// Items (in listing order, after `--shard`) already committed.
+    pub next_item: u64,
+    /// Items in the run.
+    pub items: u64,
+    /// Problems of the dataset's listing (reported once, at the start).
+    #[serde(default)]
+    pub listing_skipped: u64,
+    /// True once the run finished: the record stays, so a `--resume` of a run that had
+    /// already finished (killed after its last step) recognises it.
+    #[serde(default)]
+    pub complete: bool,
+}
+
 /// The whole manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -134,16 +213,26 @@ pub struct Manifest {
     pub counts: Counts,
     /// Features stored, in `features/<name>.npy` and as Parquet columns.
     pub features: Vec<String>,
-    /// Parquet files under the index directory, in row order.
+    /// Schema 1 and 2: Parquet files under the index directory, in row order (schema 3: each
+    /// segment's `regions/part-00000.parquet`; empty here).
+    #[serde(default)]
     pub shards: Vec<String>,
     /// HNSW graph per feature.
     pub hnsw: BTreeMap<String, HnswInfo>,
     /// Inputs skipped, with reasons.
     pub skipped: Vec<Skipped>,
-    /// Every other file of the index (`regions/…`, `features/…`, `hnsw/…`) with its length and
-    /// SHA-256. Indexes written before this field have none.
-    #[serde(default)]
+    /// Schema 1 and 2: every other file of the index (`regions/…`, `features/…`, `hnsw/…`)
+    /// with its length and SHA-256 (indexes written before this field have none). Schema 3:
+    /// empty; each segment lists its own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub files: BTreeMap<String, FileRecord>,
+    /// Schema 3: the committed segments, in id order.
+    #[serde(default)]
+    pub segments: Vec<SegmentInfo>,
+    /// Written by `ingest`: what a `--resume` must match and where it continues; not
+    /// `complete` while the run lasts (only in its staging folder `.<name>.ingest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest: Option<IngestProgress>,
     /// Dense features (`ingest --dense`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dense: Option<super::dense::DenseInfo>,
@@ -165,6 +254,7 @@ impl Manifest {
             f.write_all(b"\n").at(&tmp)?;
             f.sync_all().at(&tmp)?;
         }
+        crate::files::crash_point("manifest-tmp");
         std::fs::rename(&tmp, &path).at(&path)?;
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
@@ -243,8 +333,11 @@ impl Manifest {
                 }
             }
         }
-        if self.shards.is_empty() {
+        if self.schema_version < 3 && self.shards.is_empty() {
             return Err("no region files listed".into());
+        }
+        if self.schema_version >= 3 {
+            self.validate_segments()?;
         }
         if let Some(d) = &self.dense {
             let ok = (1..=MAX_DIM).contains(&d.dim)
@@ -288,6 +381,72 @@ impl Manifest {
             .map_err(|e| format!("{f:?}: {e}"))?;
         }
         Ok(())
+    }
+}
+
+impl Manifest {
+    /// Schema 3: segments with plain, distinct names, ids contiguous from 0, counts that add
+    /// up to the index's, files inside their folders.
+    fn validate_segments(&self) -> std::result::Result<(), String> {
+        if !self.shards.is_empty() || !self.files.is_empty() {
+            return Err("schema 3 lists files per segment, not at the top".into());
+        }
+        let mut next = 0u64;
+        let mut total = Counts::default();
+        let mut names = std::collections::BTreeSet::new();
+        for s in &self.segments {
+            crate::dataset::root::check_component(&s.name, "segment name")
+                .map_err(|e| e.to_string())?;
+            if !names.insert(s.name.as_str()) {
+                return Err(format!("segment {:?} listed twice", s.name));
+            }
+            let c = &s.counts;
+            if s.first_id != next
+                || c.regions == 0
+                || c.parts.checked_add(c.objects) != Some(c.regions)
+            {
+                return Err(format!(
+                    "segment {:?}: first id {}, {} regions ({} parts + {} objects); ids must \
+                     continue from {next} and a segment holds at least one region",
+                    s.name, s.first_id, c.regions, c.parts, c.objects
+                ));
+            }
+            for f in s.files.keys() {
+                check_inner_path(f)?;
+            }
+            if !s.files.contains_key(super::SEGMENT_REGIONS) {
+                return Err(format!("segment {:?} lists no region file", s.name));
+            }
+            next = s.end_id();
+            total.regions += c.regions;
+            total.parts += c.parts;
+            total.objects += c.objects;
+            total.images += c.images;
+            total.images_skipped += c.images_skipped;
+        }
+        let c = &self.counts;
+        if (total.regions, total.parts, total.objects) != (c.regions, c.parts, c.objects) {
+            return Err(format!(
+                "segments hold {} regions ({} parts, {} objects), the index says {} ({}, {})",
+                total.regions, total.parts, total.objects, c.regions, c.parts, c.objects
+            ));
+        }
+        if self.segments.is_empty() && !self.in_progress() {
+            return Err("no segment listed".into());
+        }
+        Ok(())
+    }
+
+    /// True while an ingest is writing this index (an unfinished one, if read elsewhere than
+    /// by the ingest itself).
+    pub fn in_progress(&self) -> bool {
+        self.ingest.as_ref().is_some_and(|p| !p.complete)
+    }
+
+    /// True for an index imported from vectors (`partlens import` without `--model`): it has
+    /// no encoder to embed a query image with.
+    pub fn imported(&self) -> bool {
+        self.encoder.sha256.is_empty()
     }
 }
 

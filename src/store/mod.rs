@@ -1,22 +1,29 @@
 //! The index directory, an on-disk contract (see ARCHITECTURE.md):
 //!
 //! ```text
-//! .partlens-index               marker: this folder is a partlens index (and may be replaced)
-//! manifest.json                 written last, atomically; sizes and SHA-256 of the files below
-//! regions/part-00000.parquet    region metadata + one FixedSizeList<f32, D> column per feature
-//! features/<feature>.npy        N × D float32, row i = region id i (as the encoder gave it)
-//! features/<feature>.unit.npy   N × D float32, the same rows L2-normalised (what search reads)
-//! hnsw/<feature>.graph          the HNSW graph over the unit rows (crate::index::graph)
+//! .partlens-index                        marker: this folder is a partlens index (and may be replaced)
+//! manifest.json                          replaced atomically at each commit; lists the segments
+//! segments/<name>/                       one immutable segment, regions first_id .. first_id + n:
+//!   regions/part-00000.parquet           region metadata + one FixedSizeList<f32, D> column per feature
+//!   features/<feature>.npy               n × D float32, local row i = region first_id + i (raw)
+//!   features/<feature>.unit.npy          n × D float32, the same rows L2-normalised (what search reads)
+//!   hnsw/<feature>.graph                 the HNSW graph over the unit rows (crate::index::graph)
+//!   tokens/regions.npy, dense/…          with --tokens / --dense
 //! ```
+//!
+//! An index of schema 2 is that layout at the top level: it opens as one segment.
 
 pub mod dense;
 pub mod manifest;
+pub mod merge;
 pub mod npy;
 pub mod parquet;
 pub mod upgrade;
+pub mod verify;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -27,16 +34,216 @@ pub use manifest::Manifest;
 pub use npy::{HalfArray, HalfWriter, NpyMatrix, NpyWriter};
 pub use parquet::{read_regions, RegionWriter};
 
-/// An opened index directory: its manifest, region metadata and memory-mapped features.
+/// An opened index directory: its manifest, its segments' memory-mapped features, and region
+/// metadata read lazily from the segments' Parquet files (only the rows asked for, or the
+/// filterable columns streamed), so opening costs a few `stat`s and footers, whatever the
+/// number of regions.
 #[derive(Debug)]
 pub struct IndexDir {
     path: PathBuf,
     manifest: Manifest,
-    regions: Vec<Region>,
-    features: BTreeMap<Feature, NpyMatrix>,
-    units: BTreeMap<Feature, std::sync::Arc<NpyMatrix>>,
+    segments: Vec<Segment>,
     dense: Option<dense::DenseIndex>,
+    summary: std::sync::OnceLock<Summary>,
+}
+
+/// The region file of a segment, relative to its folder.
+pub const SEGMENT_REGIONS: &str = "regions/part-00000.parquet";
+
+/// One opened segment: its files mapped, its regions `first_id .. first_id + len`.
+#[derive(Debug)]
+pub struct Segment {
+    name: String,
+    dir: PathBuf,
+    first_id: usize,
+    len: usize,
+    parquet: Vec<(PathBuf, usize)>,
+    features: BTreeMap<Feature, NpyMatrix>,
+    units: BTreeMap<Feature, Arc<NpyMatrix>>,
     tokens: Option<HalfArray>,
+    files: BTreeMap<String, manifest::FileRecord>,
+}
+
+impl Segment {
+    /// Its name (`""` for an index of schema 1 or 2, which is one segment).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Global id of its first region.
+    pub fn first_id(&self) -> usize {
+        self.first_id
+    }
+
+    /// Its number of regions.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when it holds no region (never, once committed).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Its rows of feature `f` (local row i = region `first_id + i`), mapped.
+    pub fn feature(&self, f: Feature) -> Option<&NpyMatrix> {
+        self.features.get(&f)
+    }
+
+    /// Its unit-norm rows of `f` (schema ≥ 2), mapped.
+    pub fn unit(&self, f: Feature) -> Option<&Arc<NpyMatrix>> {
+        self.units.get(&f)
+    }
+
+    /// Its region tokens (`--tokens`), mapped.
+    pub fn tokens(&self) -> Option<&HalfArray> {
+        self.tokens.as_ref()
+    }
+
+    /// Its files and the lengths and SHA-256 recorded at commit.
+    pub fn files(&self) -> &BTreeMap<String, manifest::FileRecord> {
+        &self.files
+    }
+
+    /// Its Parquet files with their row counts, in row order.
+    pub fn parquet(&self) -> &[(PathBuf, usize)] {
+        &self.parquet
+    }
+
+    /// The metadata of its local rows `local` (ascending), ids checked.
+    fn regions_at(&self, local: &[usize]) -> Result<Vec<Region>> {
+        let mut out = Vec::with_capacity(local.len());
+        let mut base = 0;
+        let mut rest = local;
+        for (p, rows) in &self.parquet {
+            let cut = rest.partition_point(|&i| i < base + rows);
+            let (mine, later) = rest.split_at(cut);
+            if !mine.is_empty() {
+                let in_file: Vec<usize> = mine.iter().map(|&i| i - base).collect();
+                let got = parquet::read_regions_at(p, &in_file)?;
+                for (r, &i) in got.iter().zip(mine) {
+                    let want = (self.first_id + i) as u64;
+                    if r.id != want {
+                        return Err(Error::corrupt(
+                            p,
+                            format!("row {} has id {}, expected {want}", i - base, r.id),
+                        ));
+                    }
+                }
+                if got.len() != mine.len() {
+                    return Err(Error::corrupt(p, "fewer rows than its footer says"));
+                }
+                out.extend(got);
+            }
+            rest = later;
+            base += rows;
+        }
+        Ok(out)
+    }
+
+    /// Maps and validates its HNSW graph of `f`.
+    pub fn graph(&self, f: Feature, info: &manifest::HnswInfo) -> Result<crate::index::HnswIndex> {
+        let unit = self.units.get(&f).ok_or_else(|| {
+            Error::InvalidArgument(format!("segment {} has no {f} unit rows", self.name))
+        })?;
+        crate::index::HnswIndex::open(self.dir.join(info.graph_file()), unit.clone())
+    }
+}
+
+/// A feature's rows across segments, read through the maps: row `id` = region `id`.
+#[derive(Debug, Clone)]
+pub struct Rows<'a> {
+    dim: usize,
+    starts: Vec<usize>,
+    parts: Vec<&'a [f32]>,
+    len: usize,
+}
+
+impl<'a> Rows<'a> {
+    /// One contiguous matrix (`data.len() / dim` rows).
+    pub fn contiguous(data: &'a [f32], dim: usize) -> Rows<'a> {
+        Rows {
+            dim,
+            starts: vec![0],
+            len: data.len() / dim.max(1),
+            parts: vec![data],
+        }
+    }
+
+    /// Width of a row.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when there is no row.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Row `id`.
+    #[inline]
+    pub fn row(&self, id: usize) -> &'a [f32] {
+        let (p, base) = if self.parts.len() == 1 {
+            (0, 0)
+        } else {
+            let p = self.starts.partition_point(|&s| s <= id) - 1;
+            (p, self.starts[p])
+        };
+        let i = id - base;
+        &self.parts[p][i * self.dim..(i + 1) * self.dim]
+    }
+
+    /// Number of rows (as [`NpyMatrix::rows`]).
+    pub fn rows(&self) -> usize {
+        self.len
+    }
+
+    /// Width of a row (as [`NpyMatrix::cols`]).
+    pub fn cols(&self) -> usize {
+        self.dim
+    }
+
+    /// All rows as one slice, when they are one piece (an index of one segment).
+    pub fn as_contiguous(&self) -> Option<&'a [f32]> {
+        match self.parts[..] {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+
+    /// All rows, contiguous (a copy).
+    pub fn to_vec(&self) -> Vec<f32> {
+        self.parts.concat()
+    }
+
+    /// The pieces, each with the id of its first row.
+    pub fn parts(&self) -> impl Iterator<Item = (usize, &'a [f32])> + '_ {
+        self.starts.iter().copied().zip(self.parts.iter().copied())
+    }
+}
+
+/// Distinct values and label counts of an index's regions (one pass over the filterable
+/// columns; cached).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    /// Regions per label, most frequent first.
+    pub labels: Vec<LabelCount>,
+    /// Splits present, sorted.
+    pub splits: Vec<String>,
+    /// Object class names present, sorted.
+    pub objects: Vec<String>,
+    /// Kinds present.
+    pub kinds: Vec<RegionKind>,
 }
 
 /// The marker file every index holds; only a folder with it (or, for indexes written before
@@ -49,10 +256,11 @@ pub const MARKER_TEXT: &str = "partlens index: see manifest.json\n";
 /// Entries an index directory may hold; anything else means a user put files there, and the
 /// folder is not replaced.
 /// (`evals/` holds results cached by `partlens report`.)
-pub const INDEX_ENTRIES: [&str; 9] = [
+pub const INDEX_ENTRIES: [&str; 10] = [
     MARKER_FILE,
     "manifest.json",
     "manifest.json.tmp",
+    "segments",
     "regions",
     "features",
     "hnsw",
@@ -132,15 +340,88 @@ pub fn unit_path(dir: &Path, f: Feature) -> PathBuf {
     dir.join(unit_file(f))
 }
 
+/// An index of an older layout as one segment: its own folder, its top-level file list.
+pub(crate) fn legacy_segment(m: &Manifest) -> manifest::SegmentInfo {
+    manifest::SegmentInfo {
+        name: String::new(),
+        first_id: 0,
+        counts: m.counts.clone(),
+        origin: None,
+        items: None,
+        dense: None,
+        files: m.files.clone(),
+    }
+}
+
 impl IndexDir {
-    /// Opens `path`, checking that the manifest, Parquet shards and feature matrices agree on
-    /// the number of regions, and that every file has the length the manifest recorded; any
-    /// disagreement (a truncated or partly copied index) is [`Error::DataCorruption`].
+    /// Opens `path`, checking that the manifest, every segment's Parquet footer and feature
+    /// matrices agree on the number of regions, and that every listed file has the length the
+    /// manifest recorded; any disagreement (a truncated or partly copied index) is
+    /// [`Error::DataCorruption`]. Region metadata is not read (see [`IndexDir::regions_at`]).
     pub fn open(path: impl AsRef<Path>) -> Result<IndexDir> {
         let path = path.as_ref().to_path_buf();
         let manifest = Manifest::read(&path)?;
-        for (name, rec) in &manifest.files {
-            let p = path.join(name);
+        if manifest.in_progress() {
+            return Err(Error::InvalidArgument(format!(
+                "{} is an ingest that has not finished ({} segments committed); continue it \
+                 with the same `partlens ingest …` command and --resume",
+                path.display(),
+                manifest.segments.len()
+            )));
+        }
+        let infos: Vec<(manifest::SegmentInfo, PathBuf, Vec<String>)> =
+            if manifest.schema_version >= 3 {
+                manifest
+                    .segments
+                    .iter()
+                    .map(|s| {
+                        (
+                            s.clone(),
+                            path.join(s.dir()),
+                            vec![SEGMENT_REGIONS.to_string()],
+                        )
+                    })
+                    .collect()
+            } else {
+                vec![(
+                    legacy_segment(&manifest),
+                    path.clone(),
+                    manifest.shards.clone(),
+                )]
+            };
+        let mut segments = Vec::with_capacity(infos.len());
+        for (info, dir, shards) in infos {
+            segments.push(Self::open_segment(&manifest, info, dir, &shards)?);
+        }
+        let dense = match &manifest.dense {
+            Some(info) if manifest.schema_version >= 3 => {
+                let parts: Vec<(PathBuf, [u64; 2])> = manifest
+                    .segments
+                    .iter()
+                    .filter_map(|s| s.dense.map(|d| (path.join(s.dir()), d)))
+                    .collect();
+                Some(dense::DenseIndex::open_segments(&parts, info)?)
+            }
+            Some(info) => Some(dense::DenseIndex::open(&path, info)?),
+            None => None,
+        };
+        Ok(IndexDir {
+            path,
+            manifest,
+            segments,
+            dense,
+            summary: std::sync::OnceLock::new(),
+        })
+    }
+
+    fn open_segment(
+        manifest: &Manifest,
+        info: manifest::SegmentInfo,
+        dir: PathBuf,
+        shards: &[String],
+    ) -> Result<Segment> {
+        for (name, rec) in &info.files {
+            let p = dir.join(name);
             let len = std::fs::metadata(&p)
                 .map_err(|e| match e.kind() {
                     std::io::ErrorKind::NotFound => {
@@ -159,70 +440,54 @@ impl IndexDir {
                 ));
             }
         }
-        let mut regions = Vec::new();
-        for shard in &manifest.shards {
-            regions.extend(read_regions(path.join(shard))?);
+        let n = info.counts.regions as usize;
+        let mut parquet = Vec::new();
+        for shard in shards {
+            let p = dir.join(shard);
+            let rows = parquet::count_rows(&p)? as usize;
+            parquet.push((p, rows));
         }
-        let n = manifest.counts.regions;
-        if regions.len() as u64 != n {
+        let held: usize = parquet.iter().map(|(_, r)| r).sum();
+        if held != n {
             return Err(Error::corrupt(
-                &path,
-                format!(
-                    "manifest lists {n} regions, the Parquet files hold {}",
-                    regions.len()
-                ),
-            ));
-        }
-        let n = regions.len();
-        if let Some((i, r)) = regions.iter().enumerate().find(|(i, r)| r.id != *i as u64) {
-            return Err(Error::corrupt(
-                &path,
-                format!("region row {i} has id {}; ids must be 0..N in order", r.id),
+                &dir,
+                format!("manifest lists {n} regions, the Parquet files hold {held}"),
             ));
         }
         let mut features = BTreeMap::new();
         let mut units = BTreeMap::new();
         for name in &manifest.features {
             let f = Feature::parse(name).ok_or_else(|| {
-                Error::corrupt(&path, format!("manifest names unknown feature {name:?}"))
+                Error::corrupt(&dir, format!("manifest names unknown feature {name:?}"))
             })?;
-            let fp = feature_path(&path, f);
-            let m = NpyMatrix::open(&fp)?;
             let dim = manifest.encoder.dims.get(name).copied().unwrap_or(0);
-            if dim == 0 || m.rows() != n || m.cols() != dim {
-                return Err(Error::corrupt(
-                    &fp,
-                    format!(
-                        "{} × {} matrix, manifest says {n} × {dim}",
-                        m.rows(),
-                        m.cols()
-                    ),
-                ));
-            }
-            if manifest.schema_version >= 2 {
-                let up = unit_path(&path, f);
-                let u = NpyMatrix::open(&up)?;
-                if u.rows() != n || u.cols() != dim {
+            let check = |m: &NpyMatrix, p: &Path| {
+                if dim == 0 || m.rows() != n || m.cols() != dim {
                     return Err(Error::corrupt(
-                        &up,
+                        p,
                         format!(
                             "{} × {} matrix, manifest says {n} × {dim}",
-                            u.rows(),
-                            u.cols()
+                            m.rows(),
+                            m.cols()
                         ),
                     ));
                 }
-                units.insert(f, std::sync::Arc::new(u));
+                Ok(())
+            };
+            let fp = feature_path(&dir, f);
+            let m = NpyMatrix::open(&fp)?;
+            check(&m, &fp)?;
+            if manifest.schema_version >= 2 {
+                let up = unit_path(&dir, f);
+                let u = NpyMatrix::open(&up)?;
+                check(&u, &up)?;
+                units.insert(f, Arc::new(u));
             }
             features.insert(f, m);
         }
-        let dense = match &manifest.dense {
-            Some(info) => Some(dense::DenseIndex::open(&path, info)?),
-            None => None,
-        };
         let tokens = match &manifest.tokens {
             Some(t) => {
-                let tp = path.join(dense::TOKENS_FILE);
+                let tp = dir.join(dense::TOKENS_FILE);
                 let a = HalfArray::open(&tp)?;
                 if a.shape() != [n, t.tokens, t.dim] {
                     return Err(Error::corrupt(
@@ -239,63 +504,158 @@ impl IndexDir {
             }
             None => None,
         };
-        Ok(IndexDir {
-            path,
-            manifest,
-            regions,
+        Ok(Segment {
+            name: info.name,
+            dir,
+            first_id: info.first_id as usize,
+            len: n,
+            parquet,
             features,
             units,
-            dense,
             tokens,
+            files: info.files,
         })
     }
 
-    /// Re-reads every file the manifest lists and compares its SHA-256 with the recorded one.
-    /// Returns the files that differ, each with what is wrong (empty: all match). Catches what
-    /// lengths cannot: flipped bits, a file swapped for another of the same size.
+    /// Re-reads every file each segment lists and compares its SHA-256 with the one recorded
+    /// at commit. Returns the files that differ, each named inside the index with what is
+    /// wrong (empty: all match). Catches what lengths cannot: flipped bits, a file swapped for
+    /// another of the same size.
     pub fn verify(&self) -> Result<Vec<String>> {
         let mut bad = Vec::new();
-        for (name, rec) in &self.manifest.files {
-            let p = self.path.join(name);
-            let got = crate::encoder::sha256_file(&p)?;
-            if got != rec.sha256 {
-                bad.push(format!(
-                    "{name}: SHA-256 {got} ≠ {} recorded at ingest: the file changed",
-                    rec.sha256
-                ));
+        for s in &self.segments {
+            let rel = s.dir.strip_prefix(&self.path).unwrap_or(Path::new(""));
+            for (name, rec) in &s.files {
+                let p = s.dir.join(name);
+                let shown = rel.join(name).display().to_string();
+                match crate::encoder::sha256_file(&p) {
+                    Ok(got) if got == rec.sha256 => {}
+                    Ok(got) => bad.push(format!(
+                        "{shown}: SHA-256 {got} ≠ {} recorded at commit: the file changed",
+                        rec.sha256
+                    )),
+                    Err(e) => bad.push(format!("{shown}: {e}")),
+                }
             }
         }
         Ok(bad)
     }
 
-    /// Regions per label, most frequent first (ties by kind, then name).
-    pub fn label_counts(&self) -> Vec<LabelCount> {
-        let mut per: BTreeMap<(RegionKind, &str), usize> = BTreeMap::new();
-        for r in &self.regions {
-            *per.entry((r.kind, r.label_name.as_str())).or_default() += 1;
+    /// Streams the filterable columns of every region, in id order, checking ids run
+    /// 0..N without a gap.
+    pub fn scan(&self, f: &mut dyn FnMut(&parquet::LightBatch) -> Result<()>) -> Result<()> {
+        let mut next = 0u64;
+        for s in &self.segments {
+            for (p, _) in &s.parquet {
+                parquet::scan_light(p, &mut |b| {
+                    let ids = b.id.values();
+                    if let Some((i, &id)) = ids
+                        .iter()
+                        .enumerate()
+                        .find(|(i, &id)| id != next + *i as u64)
+                    {
+                        return Err(Error::corrupt(
+                            p,
+                            format!(
+                                "region row {} has id {id}; ids must be 0..N in order",
+                                next + i as u64
+                            ),
+                        ));
+                    }
+                    next += ids.len() as u64;
+                    f(b)
+                })?;
+            }
         }
-        let mut v: Vec<LabelCount> = per
+        if next != self.len() as u64 {
+            return Err(Error::corrupt(
+                &self.path,
+                format!(
+                    "the region files hold {next} rows, the manifest {}",
+                    self.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Distinct splits, kinds and object classes and the regions per label (one pass over
+    /// the filterable columns the first time; then cached).
+    pub fn summary(&self) -> Result<&Summary> {
+        if let Some(s) = self.summary.get() {
+            return Ok(s);
+        }
+        let mut per: BTreeMap<(RegionKind, String), usize> = BTreeMap::new();
+        let mut splits = std::collections::BTreeSet::new();
+        let mut objects = std::collections::BTreeSet::new();
+        let mut kinds = std::collections::BTreeSet::new();
+        self.scan(&mut |b| {
+            for i in 0..b.len() {
+                let kind = b.kind(i).ok_or_else(|| {
+                    Error::corrupt(
+                        &self.path,
+                        format!("region {}: unknown kind", b.id.value(i)),
+                    )
+                })?;
+                kinds.insert(kind);
+                let label = b.label_name.value(i);
+                match per.get_mut(&(kind, label.to_string())) {
+                    Some(c) => *c += 1,
+                    None => {
+                        per.insert((kind, label.to_string()), 1);
+                    }
+                }
+                if !splits.contains(b.split.value(i)) {
+                    splits.insert(b.split.value(i).to_string());
+                }
+                if let Some(o) = b.object_name(i).filter(|o| !objects.contains(*o)) {
+                    objects.insert(o.to_string());
+                }
+            }
+            Ok(())
+        })?;
+        let mut labels: Vec<LabelCount> = per
             .into_iter()
             .map(|((kind, label), regions)| LabelCount {
                 kind,
-                label: label.to_string(),
+                label,
                 regions,
             })
             .collect();
-        v.sort_by(|a, b| {
+        labels.sort_by(|a, b| {
             b.regions
                 .cmp(&a.regions)
                 .then(a.kind.cmp(&b.kind))
                 .then(a.label.cmp(&b.label))
         });
-        v
+        let s = Summary {
+            labels,
+            splits: splits.into_iter().collect(),
+            objects: objects.into_iter().collect(),
+            kinds: kinds.into_iter().collect(),
+        };
+        Ok(self.summary.get_or_init(|| s))
     }
 
-    /// Rows of `f` holding a NaN or infinity (a damaged file: ingest never stores one).
+    /// Regions per label, most frequent first (ties by kind, then name).
+    pub fn label_counts(&self) -> Result<Vec<LabelCount>> {
+        Ok(self.summary()?.labels.clone())
+    }
+
+    /// Rows of `f` holding a NaN or infinity (a damaged file: ingest never stores one), as
+    /// region ids.
     pub fn damaged_rows(&self, f: Feature) -> Vec<usize> {
-        self.feature(f).map_or_else(Vec::new, |m| {
-            crate::index::nonfinite_rows(m.as_slice(), m.cols())
-        })
+        let mut out = Vec::new();
+        for s in &self.segments {
+            if let Some(m) = s.feature(f) {
+                out.extend(
+                    crate::index::nonfinite_rows(m.as_slice(), m.cols())
+                        .into_iter()
+                        .map(|i| s.first_id + i),
+                );
+            }
+        }
+        out
     }
 
     /// The directory.
@@ -308,25 +668,138 @@ impl IndexDir {
         &self.manifest
     }
 
-    /// All regions, indexed by id.
-    pub fn regions(&self) -> &[Region] {
-        &self.regions
+    /// Number of regions.
+    pub fn len(&self) -> usize {
+        self.manifest.counts.regions as usize
     }
 
-    /// The memory-mapped matrix of a feature, if the index has it.
-    pub fn feature(&self, f: Feature) -> Option<&NpyMatrix> {
-        self.features.get(&f)
+    /// True when the index holds no region.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
-    /// The unit-norm rows of a feature (`features/<feature>.unit.npy`), mapped; `None` for
-    /// a feature the index lacks or an index written before schema 2.
-    pub fn unit(&self, f: Feature) -> Option<&std::sync::Arc<NpyMatrix>> {
-        self.units.get(&f)
+    /// The segments, in id order.
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
     }
 
-    /// True for an index in an older layout that `partlens upgrade` converts.
+    /// The segment holding region `id` and the row inside it.
+    pub fn locate(&self, id: usize) -> Option<(&Segment, usize)> {
+        let p = self.segments.partition_point(|s| s.first_id <= id);
+        let s = self.segments.get(p.checked_sub(1)?)?;
+        (id < s.first_id + s.len).then(|| (s, id - s.first_id))
+    }
+
+    /// The metadata of region `id`, read from its segment's Parquet file.
+    pub fn region(&self, id: usize) -> Result<Region> {
+        self.regions_at(&[id])?
+            .pop()
+            .ok_or_else(|| Error::InvalidArgument(format!("no region {id} of {}", self.len())))
+    }
+
+    /// The metadata of the regions `ids` (any order, repeats allowed), in that order, reading
+    /// only the pages of the Parquet files that hold them.
+    pub fn regions_at(&self, ids: &[usize]) -> Result<Vec<Region>> {
+        if let Some(&bad) = ids.iter().find(|&&i| i >= self.len()) {
+            return Err(Error::InvalidArgument(format!(
+                "no region {bad}: this index has regions 0 to {}",
+                self.len().saturating_sub(1)
+            )));
+        }
+        let mut sorted = ids.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut found: BTreeMap<usize, Region> = BTreeMap::new();
+        let mut rest = &sorted[..];
+        for s in &self.segments {
+            let cut = rest.partition_point(|&i| i < s.first_id + s.len);
+            let (mine, later) = rest.split_at(cut);
+            if !mine.is_empty() {
+                let local: Vec<usize> = mine.iter().map(|&i| i - s.first_id).collect();
+                for r in s.regions_at(&local)? {
+                    found.insert(r.id as usize, r);
+                }
+            }
+            rest = later;
+        }
+        ids.iter()
+            .map(|i| {
+                found.get(i).cloned().ok_or_else(|| {
+                    Error::corrupt(
+                        &self.path,
+                        format!("region {i} is missing from its segment"),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Every region's metadata, in id order. Memory grows with the index: for a few regions'
+    /// use [`IndexDir::regions_at`], for filters [`IndexDir::scan`].
+    pub fn read_all_regions(&self) -> Result<Vec<Region>> {
+        let mut out = Vec::with_capacity(self.len());
+        for s in &self.segments {
+            for (p, _) in &s.parquet {
+                out.extend(read_regions(p)?);
+            }
+        }
+        if let Some((i, r)) = out.iter().enumerate().find(|(i, r)| r.id != *i as u64) {
+            return Err(Error::corrupt(
+                &self.path,
+                format!("region row {i} has id {}; ids must be 0..N in order", r.id),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The rows of feature `f` across segments (raw, as the encoder gave them), mapped.
+    pub fn feature(&self, f: Feature) -> Option<Rows<'_>> {
+        self.rows_of(f, |s| s.feature(f))
+    }
+
+    /// The unit-norm rows of `f` across segments; `None` for a feature the index lacks or an
+    /// index written before schema 2.
+    pub fn unit(&self, f: Feature) -> Option<Rows<'_>> {
+        self.rows_of(f, |s| s.unit(f).map(|a| &**a))
+    }
+
+    fn rows_of<'a>(
+        &'a self,
+        f: Feature,
+        get: impl Fn(&'a Segment) -> Option<&'a NpyMatrix>,
+    ) -> Option<Rows<'a>> {
+        let dim = *self.manifest.encoder.dims.get(f.as_str())?;
+        let mut rows = Rows {
+            dim,
+            starts: Vec::new(),
+            parts: Vec::new(),
+            len: 0,
+        };
+        for s in &self.segments {
+            let m = get(s)?;
+            rows.starts.push(s.first_id);
+            rows.parts.push(m.as_slice());
+            rows.len += m.rows();
+        }
+        if rows.parts.is_empty() {
+            rows.starts.push(0);
+            rows.parts.push(&[]);
+        }
+        Some(rows)
+    }
+
+    /// The path of feature `f`'s file holding region `id` (for messages).
+    pub fn feature_file(&self, f: Feature, id: usize) -> PathBuf {
+        match self.locate(id) {
+            Some((s, _)) => feature_path(&s.dir, f),
+            None => feature_path(&self.path, f),
+        }
+    }
+
+    /// True for an index in an older layout whose graphs `partlens upgrade` must convert
+    /// before graph search (schema 1).
     pub fn needs_upgrade(&self) -> bool {
-        self.manifest.schema_version < manifest::SCHEMA_VERSION
+        self.manifest.schema_version < manifest::SEARCHABLE_SCHEMA_VERSION
     }
 
     /// Refuses an index in an older layout, with the command that upgrades it.
@@ -343,10 +816,10 @@ impl IndexDir {
         )))
     }
 
-    /// Maps and validates the HNSW graph of `f` over its unit rows. An index in the older
-    /// layout is refused with the command that upgrades it; a damaged graph file is
-    /// [`Error::DataCorruption`] naming it.
-    pub fn graph(&self, f: Feature) -> Result<crate::index::HnswIndex> {
+    /// Maps and validates every segment's HNSW graph of `f` over its unit rows, in segment
+    /// order. An index in the older layout is refused with the command that upgrades it; a
+    /// damaged graph file is [`Error::DataCorruption`] naming it.
+    pub fn graphs(&self, f: Feature) -> Result<Vec<crate::index::HnswIndex>> {
         self.require_current()?;
         let info = self.manifest.hnsw.get(f.as_str()).ok_or_else(|| {
             Error::InvalidArgument(format!(
@@ -354,10 +827,19 @@ impl IndexDir {
                 self.path.display()
             ))
         })?;
-        let unit = self.units.get(&f).ok_or_else(|| {
-            Error::InvalidArgument(format!("index {} has no {f} feature", self.path.display()))
-        })?;
-        crate::index::HnswIndex::open(self.path.join(info.graph_file()), unit.clone())
+        self.segments.iter().map(|s| s.graph(f, info)).collect()
+    }
+
+    /// Every segment's graph of `f`, searched as one ([`crate::index::SegmentGraphs`]).
+    pub fn segment_graphs(&self, f: Feature) -> Result<crate::index::SegmentGraphs> {
+        let graphs = self.graphs(f)?;
+        Ok(crate::index::SegmentGraphs::new(
+            self.segments
+                .iter()
+                .map(|s| s.first_id)
+                .zip(graphs)
+                .collect(),
+        ))
     }
 
     /// The dense features, or an error saying how to add them.
@@ -374,19 +856,53 @@ impl IndexDir {
 
     /// Each region's own patch tokens (`regions × tokens × dim`, float16), or an error
     /// saying how to add them.
-    pub fn tokens(&self) -> Result<&HalfArray> {
-        self.tokens.as_ref().ok_or_else(|| {
-            Error::InvalidArgument(format!(
+    pub fn tokens(&self) -> Result<TokenRows<'_>> {
+        let parts: Option<Vec<(usize, &HalfArray)>> = self
+            .segments
+            .iter()
+            .map(|s| s.tokens().map(|t| (s.first_id, t)))
+            .collect();
+        match (&self.manifest.tokens, parts) {
+            (Some(t), Some(parts)) => Ok(TokenRows {
+                parts,
+                shape: [self.len(), t.tokens, t.dim],
+            }),
+            _ => Err(Error::InvalidArgument(format!(
                 "index {} has no region tokens; ingest again with --tokens to keep them \
                  (partlens ingest --dataset … --tokens --out {} --overwrite)",
                 self.path.display(),
                 self.path.display()
-            ))
-        })
+            ))),
+        }
     }
 
     /// Features stored in this index.
     pub fn feature_names(&self) -> Vec<Feature> {
-        self.features.keys().copied().collect()
+        self.manifest
+            .features
+            .iter()
+            .filter_map(|n| Feature::parse(n))
+            .collect()
+    }
+}
+
+/// Region tokens across segments: region `id`'s `tokens × dim` float16 values.
+#[derive(Debug, Clone)]
+pub struct TokenRows<'a> {
+    parts: Vec<(usize, &'a HalfArray)>,
+    shape: [usize; 3],
+}
+
+impl TokenRows<'_> {
+    /// `[regions, tokens, dim]`.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Region `id`'s tokens as float32 into `out` (`tokens × dim` values).
+    pub fn read_region(&self, id: usize, out: &mut [f32]) {
+        let p = self.parts.partition_point(|(s, _)| *s <= id) - 1;
+        let (first, a) = self.parts[p];
+        a.read_rows(id - first, 1, out);
     }
 }

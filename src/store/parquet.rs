@@ -14,9 +14,12 @@ use arrow_array::{
     UInt32Array, UInt64Array,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
+};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::Compression;
+use parquet::file::metadata::PageIndexPolicy;
 use parquet::file::properties::WriterProperties;
 
 use crate::encoder::{Feature, Features};
@@ -112,10 +115,7 @@ impl RegionWriter {
         let path = path.as_ref().to_path_buf();
         let schema = schema(dims);
         let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .set_max_row_group_row_count(Some(8192))
-            .build();
+        let props = writer_props();
         let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
             .map_err(|e| pq_err(&path, e))?;
         Ok(RegionWriter {
@@ -271,19 +271,216 @@ fn read_boxes(a: &ArrayRef, path: &Path) -> Result<Vec<PixelBox>> {
 
 /// Reads every region's metadata (no feature columns) from a region file.
 pub fn read_regions(path: impl AsRef<Path>) -> Result<Vec<Region>> {
-    let path = path.as_ref();
+    read_region_rows(path.as_ref(), None)
+}
+
+/// Opens a region file for reading; with `pages`, its offset index too (so a row selection
+/// decodes only the pages holding the rows).
+fn reader_builder(path: &Path, pages: bool) -> Result<ParquetRecordBatchReaderBuilder<File>> {
     let file = crate::files::open_regular(path)?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| Error::corrupt(path, format!("not a readable Parquet file: {e}")))?;
+    let policy = if pages {
+        PageIndexPolicy::Optional
+    } else {
+        PageIndexPolicy::Skip
+    };
+    let opts = ArrowReaderOptions::new().with_offset_index_policy(policy);
+    ParquetRecordBatchReaderBuilder::try_new_with_options(file, opts)
+        .map_err(|e| Error::corrupt(path, format!("not a readable Parquet file: {e}")))
+}
+
+/// The projection of `builder`'s root columns named in `names`.
+fn project(builder: &ParquetRecordBatchReaderBuilder<File>, names: &[&str]) -> ProjectionMask {
     let roots: Vec<usize> = builder
         .schema()
         .fields()
         .iter()
         .enumerate()
-        .filter(|(_, f)| METADATA_COLUMNS.contains(&f.name().as_str()))
+        .filter(|(_, f)| names.contains(&f.name().as_str()))
         .map(|(i, _)| i)
         .collect();
-    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    ProjectionMask::roots(builder.parquet_schema(), roots)
+}
+
+/// Rows in a region file, from its footer (nothing else is read).
+pub fn count_rows(path: &Path) -> Result<u64> {
+    let b = reader_builder(path, false)?;
+    Ok(b.metadata().file_metadata().num_rows().max(0) as u64)
+}
+
+/// The metadata of the rows at `local` (ascending, distinct row numbers of the file), decoding
+/// only the pages that hold them.
+pub fn read_regions_at(path: &Path, local: &[usize]) -> Result<Vec<Region>> {
+    if local.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(Error::InvalidArgument(
+            "rows must be ascending and distinct".into(),
+        ));
+    }
+    let total = count_rows(path)? as usize;
+    if let Some(&last) = local.last().filter(|&&l| l >= total) {
+        return Err(Error::corrupt(
+            path,
+            format!("row {last} asked for; the file holds {total}"),
+        ));
+    }
+    let ranges = local.iter().map(|&i| i..i + 1);
+    let sel = RowSelection::from_consecutive_ranges(ranges, total);
+    read_region_rows(path, Some(sel))
+}
+
+/// The filterable columns of a batch of region rows (no boxes, masks or features).
+pub struct LightBatch {
+    /// Region ids.
+    pub id: UInt64Array,
+    /// Splits.
+    pub split: StringArray,
+    /// `part` / `object`.
+    pub kind: StringArray,
+    /// Label ids.
+    pub label: UInt32Array,
+    /// Label names.
+    pub label_name: StringArray,
+    /// Object class ids (null: unknown).
+    pub object_label: UInt32Array,
+    /// Object class names (null: unknown).
+    pub object_name: StringArray,
+}
+
+impl LightBatch {
+    /// Rows in the batch.
+    pub fn len(&self) -> usize {
+        self.id.len()
+    }
+
+    /// True when the batch has no row.
+    pub fn is_empty(&self) -> bool {
+        self.id.is_empty()
+    }
+
+    /// Row `i`'s kind.
+    pub fn kind(&self, i: usize) -> Option<RegionKind> {
+        RegionKind::parse(self.kind.value(i))
+    }
+
+    /// Row `i`'s object class name, if known.
+    pub fn object_name(&self, i: usize) -> Option<&str> {
+        self.object_name
+            .is_valid(i)
+            .then(|| self.object_name.value(i))
+    }
+
+    /// Row `i`'s object class id, if known.
+    pub fn object_label(&self, i: usize) -> Option<u32> {
+        self.object_label
+            .is_valid(i)
+            .then(|| self.object_label.value(i))
+    }
+}
+
+/// Streams the filterable columns of every row of a region file to `f`, a batch at a time.
+pub fn scan_light(path: &Path, f: &mut dyn FnMut(&LightBatch) -> Result<()>) -> Result<()> {
+    let builder = reader_builder(path, false)?;
+    let mask = project(
+        &builder,
+        &[
+            "id",
+            "split",
+            "kind",
+            "label",
+            "label_name",
+            "object_label",
+            "object_name",
+        ],
+    );
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(8192)
+        .build()
+        .map_err(|e| pq_err(path, e))?;
+    for batch in reader {
+        let b = batch.map_err(|e| Error::corrupt(path, e.to_string()))?;
+        let lb = LightBatch {
+            id: u64_col(&b, "id", path)?,
+            split: string_col(&b, "split", path)?,
+            kind: string_col(&b, "kind", path)?,
+            label: u32_col(&b, "label", path)?,
+            label_name: string_col(&b, "label_name", path)?,
+            object_label: u32_col(&b, "object_label", path)?,
+            object_name: string_col(&b, "object_name", path)?,
+        };
+        f(&lb)?;
+    }
+    Ok(())
+}
+
+/// Copies region file `src` to `dst` with ids renumbered from `first_id` (every other column,
+/// features included, as it is): how `merge` adopts a segment without re-embedding.
+pub fn copy_renumbered(src: &Path, dst: &Path, first_id: u64) -> Result<u64> {
+    concat_renumbered(&[src.to_path_buf()], dst, first_id)
+}
+
+/// The rows of the region files `srcs`, in order, as one file `dst`, ids renumbered from
+/// `first_id`. The files must share one schema.
+pub fn concat_renumbered(srcs: &[PathBuf], dst: &Path, first_id: u64) -> Result<u64> {
+    let mut writer: Option<(ArrowWriter<File>, SchemaRef)> = None;
+    let mut next = first_id;
+    for src in srcs {
+        let builder = reader_builder(src, false)?;
+        let schema = builder.schema().clone();
+        let id_col = schema
+            .index_of("id")
+            .map_err(|_| Error::corrupt(src, "column \"id\" missing"))?;
+        let reader = builder
+            .with_batch_size(8192)
+            .build()
+            .map_err(|e| pq_err(src, e))?;
+        let (w, wschema) = match &mut writer {
+            Some(w) => w,
+            None => {
+                let file = File::create(dst).map_err(|e| Error::io(dst, e))?;
+                let w = ArrowWriter::try_new(file, schema.clone(), Some(writer_props()))
+                    .map_err(|e| pq_err(dst, e))?;
+                writer.insert((w, schema.clone()))
+            }
+        };
+        if *wschema != schema {
+            return Err(Error::corrupt(
+                src,
+                "its columns differ from the other region files'",
+            ));
+        }
+        for batch in reader {
+            let b = batch.map_err(|e| Error::corrupt(src, e.to_string()))?;
+            let n = b.num_rows() as u64;
+            let mut cols = b.columns().to_vec();
+            cols[id_col] = Arc::new(UInt64Array::from_iter_values(next..next + n));
+            next += n;
+            let nb = RecordBatch::try_new(schema.clone(), cols).map_err(|e| pq_err(dst, e))?;
+            w.write(&nb).map_err(|e| pq_err(dst, e))?;
+        }
+    }
+    let (w, _) = writer.ok_or_else(|| Error::InvalidArgument("no region file to copy".into()))?;
+    let file = w.into_inner().map_err(|e| pq_err(dst, e))?;
+    file.sync_all().map_err(|e| Error::io(dst, e))?;
+    Ok(next - first_id)
+}
+
+/// How region files are written: Snappy, row groups of 8192, pages of ≤ 1024 rows with an
+/// offset index, so a query reads its hits' rows by decoding only the pages that hold them.
+fn writer_props() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(8192))
+        .set_data_page_row_count_limit(1024)
+        .set_write_batch_size(1024)
+        .build()
+}
+
+fn read_region_rows(path: &Path, selection: Option<RowSelection>) -> Result<Vec<Region>> {
+    let mut builder = reader_builder(path, selection.is_some())?;
+    let mask = project(&builder, &METADATA_COLUMNS);
+    if let Some(sel) = selection {
+        builder = builder.with_row_selection(sel);
+    }
     let reader = builder
         .with_projection(mask)
         .build()

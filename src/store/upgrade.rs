@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::manifest::{FileRecord, SCHEMA_VERSION};
+use super::manifest::{FileRecord, SEARCHABLE_SCHEMA_VERSION as SCHEMA_VERSION};
 use super::{unit_file, IndexDir};
 use crate::encoder::Feature;
 use crate::error::{Error, Result};
@@ -65,7 +65,7 @@ pub fn upgrade(path: &Path) -> Result<UpgradeReport> {
     let dims: BTreeMap<Feature, usize> = idx
         .feature_names()
         .into_iter()
-        .filter_map(|f| idx.feature(f).map(|x| (f, x.cols())))
+        .filter_map(|f| idx.feature(f).map(|x| (f, x.dim())))
         .collect();
     // Keep the parameters the graphs were built with.
     let params = m

@@ -193,3 +193,8 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// The folder of an index's first segment (an index of default segment size has one).
+pub fn seg0(index: &Path) -> PathBuf {
+    index.join("segments/seg-000000")
+}

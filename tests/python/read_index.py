@@ -9,13 +9,22 @@ import os
 import sys
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 
 def main():
-    root = sys.argv[1]
-    manifest = json.load(open(os.path.join(root, "manifest.json")))
-    table = pq.read_table([os.path.join(root, s) for s in manifest["shards"]][0])
+    index = sys.argv[1]
+    manifest = json.load(open(os.path.join(index, "manifest.json")))
+    # Schema 3: segments/<name>/ each laid out as a schema-2 index, rows in segment order.
+    if manifest["schema_version"] >= 3:
+        segs = [os.path.join(index, "segments", s["name"]) for s in manifest["segments"]]
+        parquet = [os.path.join(d, "regions", "part-00000.parquet") for d in segs]
+    else:
+        segs = [index]
+        parquet = [os.path.join(index, s) for s in manifest["shards"]]
+    table = pa.concat_tables([pq.read_table(p) for p in parquet])
+    root = segs[0]
     out = {
         "rows": table.num_rows,
         "columns": table.column_names,
@@ -28,23 +37,26 @@ def main():
         "features": {},
     }
     for f in manifest["features"]:
-        mm = np.load(os.path.join(root, "features", f + ".npy"), mmap_mode="r")
+        maps = [np.load(os.path.join(d, "features", f + ".npy"), mmap_mode="r") for d in segs]
+        is_memmap = all(isinstance(m, np.memmap) for m in maps)
+        mm = maps[0] if len(maps) == 1 else np.concatenate(maps)
         col = np.asarray(table.column(f).to_pylist(), dtype=np.float32)
         out["features"][f] = {
             "npy_shape": list(mm.shape),
             "npy_dtype": str(mm.dtype),
-            "is_memmap": isinstance(mm, np.memmap),
+            "is_memmap": is_memmap,
             "parquet_vs_npy_max_abs_diff": float(np.abs(col - mm).max()) if len(col) else 0.0,
             "sum": float(np.asarray(mm, dtype=np.float64).sum()),
             "row0": [float(v) for v in mm[0]] if len(mm) else [],
         }
         # The unit rows: the stored rows divided by their norms.
-        unit = np.load(os.path.join(root, "features", f + ".unit.npy"), mmap_mode="r")
+        unit = np.concatenate(
+            [np.load(os.path.join(d, "features", f + ".unit.npy"), mmap_mode="r") for d in segs])
         raw = np.asarray(mm, dtype=np.float64)
         norms = np.linalg.norm(raw, axis=1, keepdims=True)
         want = np.where(norms > 0, raw / np.where(norms > 0, norms, 1), 0)
         out["features"][f]["unit_max_abs_diff"] = float(np.abs(unit - want).max())
-        # The graph, read at the offsets ARCHITECTURE.md gives.
+        # The graph (the first segment's), read at the offsets ARCHITECTURE.md gives.
         b = open(os.path.join(root, "hnsw", manifest["hnsw"][f]["basename"] + ".graph"), "rb").read()
         n, dim, m, m0, layers = (int(np.frombuffer(b, "<u8", 1, 16)[0]),
                                  *(int(x) for x in np.frombuffer(b, "<u4", 4, 24)),)

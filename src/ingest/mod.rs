@@ -1,19 +1,22 @@
-//! `partlens ingest`: dataset → regions → tensors → encoder → index directory.
+//! `partlens ingest`: dataset → regions → tensors → encoder → an index of segments.
 //!
 //! The stages, in order ([`ingest_with_encoder`]):
-//! 1. **stage** — lock `--out`, clean up after killed runs, create `.NAME.partial-PID` beside
-//!    it ([`crate::files::StagedDir`]);
+//! 1. **stage** — lock `--out`, clean up after killed runs, open `.NAME.ingest` beside it:
+//!    continue the run waiting there (`--resume`), refuse it, or start afresh
+//!    ([`segments`]);
 //! 2. **embed** — decode, cut and preprocess images in parallel (rayon) on a producer thread a
 //!    few images ahead of inference, through a bounded channel; the encoder runs batches on
-//!    the calling thread and the [`Sink`] streams rows into Parquet and `.npy`
-//!    (with `--tokens`, each region's token grid too, from the same encoder run);
-//! 3. **dense** — with `--dense`, a second pass over the images: every image's token grid
-//!    ([`crate::dense`]);
-//! 4. **graphs** — one HNSW graph per feature from the memory-mapped `.npy`;
-//! 5. **seal** — sizes and SHA-256 of every file, the marker and the manifest (atomically);
-//! 6. **commit** — swap the staging folder into `--out` in one atomic step.
+//!    the calling thread and the [`Sink`] streams rows into the open segment's Parquet and
+//!    `.npy` (with `--tokens`, each region's token grid too, from the same encoder run);
+//! 3. **segment** — at the first image boundary at or past `--segment-size` regions (and at
+//!    the end): the segment's files finished; with `--dense`, a second pass over its images
+//!    ([`crate::dense`]); one HNSW graph per feature; sizes and SHA-256 of its files, fsync,
+//!    and the manifest listing it replaced atomically — the commit;
+//! 4. **seal** — the manifest marked complete;
+//! 5. **swap** — the staging folder moved to `--out` in one atomic step.
 //!
-//! A run that indexes no region fails, and `--out` is left as it was.
+//! A run that indexes no region fails, and `--out` is left as it was. A run killed at any
+//! moment resumes after its last committed segment with the same result.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,10 +33,13 @@ use crate::files::StagedDir;
 use crate::index::{GraphBuilder, HnswParams};
 use crate::region::{Region, RegionKind};
 use crate::store::dense::{TokensInfo, TOKENS_FILE};
+use crate::store::manifest::SegmentInfo;
 use crate::store::manifest::{Counts, DatasetInfo, EncoderInfo, FileRecord, HnswInfo, Manifest};
-use crate::store::{
-    feature_path, HalfWriter, NpyMatrix, NpyWriter, RegionWriter, MARKER_FILE, MARKER_TEXT,
-};
+use crate::store::{feature_path, HalfWriter, NpyMatrix, NpyWriter, RegionWriter};
+
+mod segments;
+pub(crate) use segments::add_counts;
+pub use segments::Shard;
 
 /// Largest `--batch-size` accepted.
 pub const MAX_BATCH: usize = 4096;
@@ -68,6 +74,13 @@ pub struct IngestOptions {
     pub dense: Option<DenseOptions>,
     /// Also keep each region's own patch tokens (`--tokens`), for the attentive probe.
     pub tokens: bool,
+    /// Regions per segment: a segment is committed at the first image boundary at or past
+    /// this many regions (`--segment-size`).
+    pub segment_size: usize,
+    /// Continue an interrupted run of the same settings (`--resume`).
+    pub resume: bool,
+    /// Take only this share of the dataset's images (`--shard i/N`).
+    pub shard: Option<Shard>,
 }
 
 impl IngestOptions {
@@ -84,6 +97,9 @@ impl IngestOptions {
             graph_builder: GraphBuilder::default(),
             dense: None,
             tokens: false,
+            segment_size: crate::store::manifest::DEFAULT_SEGMENT_SIZE,
+            resume: false,
+            shard: None,
         }
     }
 
@@ -99,6 +115,11 @@ impl IngestOptions {
                 self.batch_size,
                 bytes as f64 / 1e9
             )));
+        }
+        if self.segment_size == 0 {
+            return Err(Error::InvalidArgument(
+                "--segment-size must be at least 1".into(),
+            ));
         }
         self.hnsw.validate().map_err(Error::InvalidArgument)
     }
@@ -127,9 +148,29 @@ pub struct IngestReport {
     pub dense_windows: u64,
     /// Leftovers of killed runs for the same `--out` that were cleaned up first.
     pub cleaned: Vec<String>,
+    /// Segments an interrupted run had committed, which this one continued after
+    /// (`--resume`); `None` for a run from the start.
+    pub resumed_after: Option<usize>,
 }
 
 impl IngestReport {
+    /// The report of a `--resume` that found its run finished (nothing embedded).
+    fn already_done(out: &Path, manifest: Manifest, t0: Instant, cleaned: Vec<String>) -> Self {
+        IngestReport {
+            path: out.to_path_buf(),
+            resumed_after: Some(manifest.segments.len()),
+            manifest,
+            seconds: t0.elapsed().as_secs_f64(),
+            encode_seconds: 0.0,
+            hnsw_seconds: 0.0,
+            wait_seconds: 0.0,
+            dense_seconds: 0.0,
+            dense_encode_seconds: 0.0,
+            dense_windows: 0,
+            cleaned,
+        }
+    }
+
     /// Regions embedded per second of wall time (excluding the HNSW build and the dense pass).
     pub fn regions_per_second(&self) -> f64 {
         self.manifest.counts.regions as f64
@@ -149,8 +190,8 @@ const PIECE_BYTES: usize = 64 << 20;
 /// What the producer sends the encoder thread, in dataset order.
 enum Msg {
     /// One image was read: its regions follow in `Regions` messages; `Ok` holds the regions of
-    /// it that were skipped.
-    Image(usize, Result<Vec<Skipped>>),
+    /// it that were skipped and how many regions follow.
+    Image(usize, Result<(Vec<Skipped>, usize)>),
     /// Up to [`PIECE`] regions (of one or more images, in order) and their tensors
     /// (`regions.len() × tensor_len` floats).
     Regions(Vec<Region>, Vec<f32>),
@@ -209,9 +250,10 @@ fn produce(
         let mut outcomes = Vec::new();
         for (i, res) in loaded.into_iter().enumerate() {
             let outcome = res.map(|l| {
+                let n = l.regions.len();
                 work.extend(l.regions.into_iter().map(|r| (images.len(), r)));
                 images.push(l.image);
-                l.skipped
+                (l.skipped, n)
             });
             outcomes.push(Msg::Image(ci * chunk + i, outcome));
         }
@@ -254,15 +296,18 @@ struct Sink {
     tokens: Option<HalfWriter>,
     next_id: u64,
     counts: Counts,
+    /// Inputs of this segment's images that were skipped.
+    skipped: Vec<Skipped>,
 }
 
 impl Sink {
-    /// Creates the region file and one `.npy` per feature in `dir`.
+    /// Creates the region file and one `.npy` per feature in `dir`; ids start at `first_id`.
     fn create(
         dir: &Path,
         shard: &str,
         dims: &BTreeMap<Feature, usize>,
         tokens: Option<&TokensInfo>,
+        first_id: u64,
     ) -> Result<Sink> {
         for sub in ["regions", "features", "hnsw"] {
             std::fs::create_dir_all(dir.join(sub)).at(dir.join(sub))?;
@@ -284,8 +329,9 @@ impl Sink {
                 .iter()
                 .map(|(f, d)| Ok((*f, NpyWriter::create(feature_path(dir, *f), *d)?)))
                 .collect::<Result<_>>()?,
-            next_id: 0,
+            next_id: first_id,
             counts: Counts::default(),
+            skipped: Vec::new(),
         })
     }
 
@@ -320,8 +366,8 @@ impl Sink {
         Ok(())
     }
 
-    /// Closes every file (footer, header, fsync) and returns the counts.
-    fn finish(self) -> Result<Counts> {
+    /// Closes every file (footer, header, fsync) and returns the counts and skipped inputs.
+    fn finish(self) -> Result<(Counts, Vec<Skipped>)> {
         self.parquet.finish()?;
         for w in self.npy.into_values() {
             w.finish()?;
@@ -329,7 +375,7 @@ impl Sink {
         if let Some(t) = self.tokens {
             t.finish()?;
         }
-        Ok(self.counts)
+        Ok((self.counts, self.skipped))
     }
 }
 
@@ -359,7 +405,76 @@ pub fn ingest(
     ingest_with_encoder(dataset, &encoder, opts)
 }
 
-/// Ingests `dataset` with an already loaded encoder.
+/// The manifest of a new run, before its first segment.
+fn new_manifest(
+    dataset: &dyn Dataset,
+    encoder: &Encoder,
+    opts: &IngestOptions,
+    tokens: Option<TokensInfo>,
+    progress: crate::store::manifest::IngestProgress,
+) -> Manifest {
+    let dims = encoder.dims();
+    Manifest {
+        schema_version: crate::store::manifest::SCHEMA_VERSION,
+        partlens_version: env!("CARGO_PKG_VERSION").to_string(),
+        created_unix: now_unix(),
+        encoder: EncoderInfo {
+            file: std::fs::canonicalize(encoder.path())
+                .unwrap_or(encoder.path().into())
+                .display()
+                .to_string(),
+            sha256: encoder.sha256().to_string(),
+            spec: encoder.spec().clone(),
+            provider: encoder.provider().to_string(),
+            dims: dims
+                .iter()
+                .map(|(f, d)| (f.as_str().to_string(), *d))
+                .collect(),
+        },
+        dataset: DatasetInfo {
+            path: dataset.listing().root.canonical().display().to_string(),
+            format: dataset.format().to_string(),
+            splits: dataset.splits(),
+            options: dataset.options(),
+        },
+        settings: opts.settings,
+        counts: Counts::default(),
+        features: dims.keys().map(|f| f.as_str().to_string()).collect(),
+        shards: Vec::new(),
+        hnsw: dims
+            .keys()
+            .map(|f| {
+                (
+                    f.as_str().to_string(),
+                    HnswInfo {
+                        basename: f.as_str().to_string(),
+                        max_nb_connection: opts.hnsw.max_nb_connection,
+                        ef_construction: opts.hnsw.ef_construction,
+                        seed: Some(crate::index::DEFAULT_SEED),
+                        builder: Some(opts.graph_builder.as_str().to_string()),
+                    },
+                )
+            })
+            .collect(),
+        skipped: dataset.listing_problems().to_vec(),
+        files: BTreeMap::new(),
+        segments: Vec::new(),
+        ingest: Some(progress),
+        dense: None,
+        tokens,
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Ingests `dataset` with an already loaded encoder: in `.<out>.ingest`, a segment committed
+/// every `opts.segment_size` regions, then moved to `opts.out` in one step.
 pub fn ingest_with_encoder(
     dataset: &dyn Dataset,
     encoder: &Encoder,
@@ -367,9 +482,21 @@ pub fn ingest_with_encoder(
 ) -> Result<IngestReport> {
     let t0 = Instant::now();
     opts.validate(encoder.preprocessor().tensor_len())?;
+    let items: Vec<ImageItem> = match opts.shard {
+        Some(sh) => dataset
+            .items()
+            .iter()
+            .filter(|it| sh.takes(&it.image))
+            .cloned()
+            .collect(),
+        None => dataset.items().to_vec(),
+    };
     tracing::info!(
-        "ingesting {} images from {} ({}) with {} ({}) on {}",
-        dataset.items().len(),
+        "ingesting {} images{} from {} ({}) with {} ({}) on {}",
+        items.len(),
+        opts.shard
+            .map(|s| format!(" (shard {s} of {})", dataset.items().len()))
+            .unwrap_or_default(),
         dataset.root().display(),
         dataset.format(),
         encoder.spec().name,
@@ -377,8 +504,7 @@ pub fn ingest_with_encoder(
         encoder.provider()
     );
     let out = &opts.out;
-    let staged = StagedDir::begin(out, "index")?;
-    check_target(staged.target(), opts.overwrite)?;
+    let staged = StagedDir::resumable(out, "index")?;
     let stage = staged.path().to_path_buf();
 
     // Dense and token settings are checked before any work.
@@ -401,84 +527,113 @@ pub fn ingest_with_encoder(
         dim: g.dim,
         source: g.source,
     });
-
-    // Embed.
-    let dims = encoder.dims().clone();
-    let shard = "regions/part-00000.parquet".to_string();
-    let mut sink = Sink::create(&stage, &shard, &dims, tokens.as_ref())?;
-    let mut skipped: Vec<Skipped> = dataset.listing_problems().to_vec();
-    if let (true, Some(s)) = (opts.strict, skipped.first()) {
+    if let (true, Some(s)) = (opts.strict, dataset.listing_problems().first()) {
         return Err(strict_stop(dataset, s));
     }
-    let timing = embed_all(dataset, encoder, opts, &mut sink, &mut skipped)?;
-    let counts = sink.finish()?;
-    if counts.regions == 0 {
-        return Err(nothing_indexed(dataset, &counts, &skipped, &opts.settings));
+
+    let fp = segments::fingerprint(dataset, &items, encoder, opts);
+    let fresh = || {
+        let progress =
+            segments::progress(fp.clone(), items.len(), dataset.listing_problems().len());
+        new_manifest(dataset, encoder, opts, tokens.clone(), progress)
+    };
+    let waiting = crate::store::manifest::Manifest::read(&stage)
+        .ok()
+        .is_some_and(|m| m.in_progress());
+    if opts.resume && !waiting {
+        // Killed after sealing, before the swap: the finished index waits in the stage.
+        if let Some(manifest) = segments::finished(&stage, &fp) {
+            let cleaned = staged.cleaned.clone();
+            staged.commit(&|old| check_target(old, opts.overwrite).is_ok())?;
+            return Ok(IngestReport::already_done(out, manifest, t0, cleaned));
+        }
+        // Killed after its last step: the finished index of this very run is there.
+        if let Some(manifest) = segments::finished(staged.target(), &fp) {
+            if stage.exists() && crate::store::replaceable(&stage).is_ok() {
+                // What the swap moved aside (the index this run replaced).
+                std::fs::remove_dir_all(&stage).at(&stage)?;
+            }
+            tracing::info!("{} is already complete: nothing to resume", out.display());
+            let cleaned = staged.cleaned.clone();
+            return Ok(IngestReport::already_done(out, manifest, t0, cleaned));
+        }
+    }
+    if !(waiting && opts.resume) {
+        // A new run may not replace what it must not (checked again at the swap).
+        check_target(staged.target(), opts.overwrite)?;
+    }
+    let (mut manifest, resumed_after) = match segments::start(
+        &stage,
+        staged.target(),
+        (opts.resume, opts.overwrite),
+        &fp,
+        fresh,
+    )? {
+        segments::Start::Fresh(m) => (m, None),
+        segments::Start::Resumed(m) => {
+            let n = m.segments.len();
+            tracing::info!(
+                "resuming after {n} committed segments ({} regions, {} of {} images)",
+                m.counts.regions,
+                m.ingest.as_ref().map_or(0, |p| p.next_item),
+                items.len()
+            );
+            (m, Some(n))
+        }
+    };
+    let next_item = manifest.ingest.as_ref().map_or(0, |p| p.next_item) as usize;
+    let next_item = next_item.min(items.len());
+
+    // Embed, committing a segment at the first image boundary past --segment-size.
+    let mut seg = Segmenter {
+        dataset,
+        encoder,
+        opts,
+        stage: &stage,
+        items: &items,
+        tokens: tokens.clone(),
+        manifest: &mut manifest,
+        sink: None,
+        start_item: next_item,
+        timing: Timing::default(),
+    };
+    // The last segment: whatever remains (images after the last commit).
+    let embedded = embed_all(&mut seg, next_item).and_then(|()| seg.close(items.len()));
+    if let Err(e) = embedded {
+        let m = &seg.manifest;
+        if !m.segments.is_empty() {
+            tracing::warn!(
+                "the run stopped; its {} committed segments ({} regions) are kept in {}: \
+                 fix the cause (e.g. free disk space) and rerun the same command with --resume",
+                m.segments.len(),
+                m.counts.regions,
+                stage.display()
+            );
+        }
+        return Err(e);
+    }
+    let timing = seg.timing;
+    if manifest.counts.regions == 0 {
+        let counts = manifest.counts.clone();
+        let skipped = manifest.skipped.clone();
+        // Nothing to keep: the stage goes, --out stays as it was.
+        let _ = std::fs::remove_dir_all(&stage);
+        return Err(nothing_indexed(
+            dataset,
+            items.len(),
+            &counts,
+            &skipped,
+            &opts.settings,
+        ));
     }
 
-    // Dense grids: a second pass over the images.
-    let td = Instant::now();
-    let dense = match &opts.dense {
-        Some(_) => {
-            let out = crate::dense::write_dense(dataset, encoder, opts, &stage)?;
-            skipped.extend(out.skipped.iter().cloned());
-            Some(out)
-        }
-        None => None,
-    };
-    let dense_seconds = td.elapsed().as_secs_f64();
-
-    // Graphs.
-    let th = Instant::now();
-    let hnsw = build_graphs(
-        &stage,
-        &dims,
-        opts.hnsw,
-        crate::index::DEFAULT_SEED,
-        opts.graph_builder,
-    )?;
-    let hnsw_seconds = th.elapsed().as_secs_f64();
-
-    // Seal.
-    let manifest = Manifest {
-        schema_version: crate::store::manifest::SCHEMA_VERSION,
-        partlens_version: env!("CARGO_PKG_VERSION").to_string(),
-        created_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        encoder: EncoderInfo {
-            file: std::fs::canonicalize(encoder.path())
-                .unwrap_or(encoder.path().into())
-                .display()
-                .to_string(),
-            sha256: encoder.sha256().to_string(),
-            spec: encoder.spec().clone(),
-            provider: encoder.provider().to_string(),
-            dims: dims
-                .iter()
-                .map(|(f, d)| (f.as_str().to_string(), *d))
-                .collect(),
-        },
-        dataset: DatasetInfo {
-            path: dataset.listing().root.canonical().display().to_string(),
-            format: dataset.format().to_string(),
-            splits: dataset.splits(),
-            options: dataset.options(),
-        },
-        settings: opts.settings,
-        counts,
-        features: dims.keys().map(|f| f.as_str().to_string()).collect(),
-        shards: vec![shard],
-        hnsw,
-        skipped,
-        files: record_files(&stage)?,
-        dense: dense.as_ref().map(|d| d.info.clone()),
-        tokens,
-    };
-    let marker = stage.join(MARKER_FILE);
-    std::fs::write(&marker, MARKER_TEXT).at(&marker)?;
+    // Seal: the run is complete.
+    if let Some(p) = manifest.ingest.as_mut() {
+        p.complete = true;
+    }
+    manifest.created_unix = now_unix();
     manifest.write_atomic(&stage)?;
+    crate::files::crash_point("sealed");
 
     // Commit.
     let cleaned = staged.cleaned.clone();
@@ -490,13 +645,146 @@ pub fn ingest_with_encoder(
         manifest,
         seconds: t0.elapsed().as_secs_f64(),
         encode_seconds: timing.encode_seconds,
-        hnsw_seconds,
+        hnsw_seconds: timing.hnsw_seconds,
         wait_seconds: timing.wait_seconds,
-        dense_seconds,
-        dense_encode_seconds: dense.as_ref().map_or(0.0, |d| d.encode_seconds),
-        dense_windows: dense.as_ref().map_or(0, |d| d.windows),
+        dense_seconds: timing.dense_seconds,
+        dense_encode_seconds: timing.dense_encode_seconds,
+        dense_windows: timing.dense_windows,
         cleaned,
+        resumed_after,
     })
+}
+
+/// Writes segments: the open one's [`Sink`], and what closing one takes (dense pass, graphs,
+/// commit).
+struct Segmenter<'a> {
+    dataset: &'a dyn Dataset,
+    encoder: &'a Encoder,
+    opts: &'a IngestOptions,
+    stage: &'a Path,
+    items: &'a [ImageItem],
+    tokens: Option<TokensInfo>,
+    manifest: &'a mut Manifest,
+    sink: Option<Sink>,
+    /// First item of the open segment.
+    start_item: usize,
+    timing: Timing,
+}
+
+impl Segmenter<'_> {
+    /// The open segment's sink (created on first use).
+    fn sink(&mut self) -> Result<&mut Sink> {
+        if self.sink.is_none() {
+            let (_, dir) = segments::segment_dir(self.stage, self.manifest.segments.len());
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).at(&dir)?;
+            }
+            std::fs::create_dir_all(&dir).at(&dir)?;
+            self.sink = Some(Sink::create(
+                &dir,
+                crate::store::SEGMENT_REGIONS,
+                self.encoder.dims(),
+                self.tokens.as_ref(),
+                self.manifest.counts.regions,
+            )?);
+        }
+        Ok(self.sink.as_mut().expect("created"))
+    }
+
+    /// Regions written to the open segment.
+    fn regions(&self) -> u64 {
+        self.sink.as_ref().map_or(0, |s| s.counts.regions)
+    }
+
+    /// Closes the open segment at item `end` (exclusive): finishes its files, runs the dense
+    /// pass over its images, builds its graphs and commits it. A segment without regions is
+    /// not written; its images' counts and skipped inputs go to the previous segment (or, with
+    /// none, stay with the manifest).
+    fn close(&mut self, end: usize) -> Result<()> {
+        let start = self.start_item;
+        self.start_item = end;
+        let Some(sink) = self.sink.take() else {
+            return Ok(());
+        };
+        let (counts, skipped) = sink.finish()?;
+        crate::files::crash_point("segment-written");
+        if counts.regions == 0 {
+            // Images without regions: their counts and reasons are kept with the last
+            // segment's (or the manifest's, before any), and the progress moves on.
+            if let Some(last) = self.manifest.segments.last_mut() {
+                add_counts(&mut last.counts, &counts);
+                if let Some(it) = last.items.as_mut() {
+                    it[1] = end as u64;
+                }
+            }
+            self.manifest.counts.images += counts.images;
+            self.manifest.counts.images_skipped += counts.images_skipped;
+            self.manifest.skipped.extend(skipped);
+            let (_, dir) = segments::segment_dir(self.stage, self.manifest.segments.len());
+            let _ = std::fs::remove_dir_all(&dir);
+            if let Some(p) = self.manifest.ingest.as_mut() {
+                p.next_item = end as u64;
+            }
+            return self.manifest.write_atomic(self.stage);
+        }
+        let (name, dir) = segments::segment_dir(self.stage, self.manifest.segments.len());
+        let mut skipped = skipped;
+        // Dense grids of the segment's images.
+        let td = Instant::now();
+        let mut dense_counts = None;
+        if self.opts.dense.is_some() {
+            let out = crate::dense::write_dense(
+                self.dataset,
+                &self.items[start..end],
+                self.encoder,
+                self.opts,
+                &dir,
+            )?;
+            skipped.extend(out.skipped.iter().cloned());
+            dense_counts = Some([out.info.images, out.info.cells]);
+            self.timing.dense_encode_seconds += out.encode_seconds;
+            self.timing.dense_windows += out.windows;
+            self.manifest.dense = Some(match self.manifest.dense.take() {
+                None => out.info,
+                Some(prev) => crate::store::dense::merge_info(&prev, &out.info),
+            });
+        }
+        self.timing.dense_seconds += td.elapsed().as_secs_f64();
+        let th = Instant::now();
+        build_graphs(
+            &dir,
+            self.encoder.dims(),
+            self.opts.hnsw,
+            crate::index::DEFAULT_SEED,
+            self.opts.graph_builder,
+        )?;
+        self.timing.hnsw_seconds += th.elapsed().as_secs_f64();
+        crate::files::crash_point("graphs-built");
+        let info = SegmentInfo {
+            name,
+            first_id: self.manifest.counts.regions,
+            counts,
+            origin: self
+                .opts
+                .shard
+                .map(|s| crate::store::manifest::SegmentOrigin {
+                    shard: Some(s.to_string()),
+                    index: None,
+                    segment: None,
+                }),
+            items: Some([start as u64, end as u64]),
+            dense: dense_counts,
+            files: record_files(&dir)?,
+        };
+        self.manifest.skipped.extend(skipped);
+        segments::commit(self.stage, self.manifest, info, end as u64)?;
+        tracing::info!(
+            "committed segment {} ({} regions in all)",
+            self.manifest.segments.len(),
+            self.manifest.counts.regions
+        );
+        Ok(())
+    }
 }
 
 /// The error `--strict` stops with at the first skipped input.
@@ -509,7 +797,7 @@ fn strict_stop(dataset: &dyn Dataset, s: &Skipped) -> Error {
 
 /// Refuses to write over anything but an empty folder or a partlens index, and over an index
 /// only with `overwrite`: `--out webapp --overwrite` must never delete a web app.
-fn check_target(out: &Path, overwrite: bool) -> Result<()> {
+pub(crate) fn check_target(out: &Path, overwrite: bool) -> Result<()> {
     match std::fs::symlink_metadata(out) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(Error::io(out, e)),
@@ -533,6 +821,7 @@ fn check_target(out: &Path, overwrite: bool) -> Result<()> {
 /// what to change.
 fn nothing_indexed(
     dataset: &dyn Dataset,
+    images: usize,
     counts: &Counts,
     skipped: &[Skipped],
     settings: &RegionSettings,
@@ -540,7 +829,7 @@ fn nothing_indexed(
     let mut message = format!(
         "no region was indexed: {} of {} images were read, {} inputs skipped",
         counts.images,
-        dataset.items().len(),
+        images,
         skipped.len()
     );
     if skipped.is_empty() {
@@ -561,32 +850,38 @@ fn nothing_indexed(
     }
 }
 
-/// Time spent in the encoder and waiting for input.
+/// Seconds spent in each stage.
+#[derive(Debug, Clone, Default)]
 struct Timing {
     encode_seconds: f64,
     wait_seconds: f64,
+    hnsw_seconds: f64,
+    dense_seconds: f64,
+    dense_encode_seconds: f64,
+    dense_windows: u64,
 }
 
-/// Streams every image of `dataset` through preprocessing and the encoder into `sink`;
-/// unreadable inputs go to `skipped` (or, with `strict`, end the run).
-fn embed_all(
-    dataset: &dyn Dataset,
-    encoder: &Encoder,
-    opts: &IngestOptions,
-    sink: &mut Sink,
-    skipped: &mut Vec<Skipped>,
-) -> Result<Timing> {
+/// An image whose outcome arrived and whose regions may still be coming.
+struct Pending {
+    item: usize,
+    remaining: usize,
+    outcome: std::result::Result<Vec<Skipped>, String>,
+}
+
+/// Streams the images from `first` on through preprocessing and the encoder into `seg`'s
+/// segments, closing one at the first image boundary at or past `--segment-size` regions;
+/// unreadable inputs are skipped and reported (or, with `strict`, end the run).
+fn embed_all(seg: &mut Segmenter<'_>, first: usize) -> Result<()> {
     let t0 = Instant::now();
-    let items = dataset.items();
+    let (dataset, encoder, opts) = (seg.dataset, seg.encoder, seg.opts);
+    let items = &seg.items[first..];
     let pre = encoder.preprocessor();
     let tlen = pre.tensor_len();
     let settings = opts.settings;
     let pb = progress_bar(opts.progress, items.len(), "images");
     let (tx, rx) = sync_channel::<Msg>(4);
-    let mut timing = Timing {
-        encode_seconds: 0.0,
-        wait_seconds: 0.0,
-    };
+    let want_tokens = seg.tokens.is_some();
+    let base_regions = seg.manifest.counts.regions;
     std::thread::scope(|scope| -> Result<()> {
         scope.spawn(move || produce(dataset, items, &settings, &pre, &tx));
         // Owning the receiver here means an early return drops it, which unblocks the
@@ -596,15 +891,15 @@ fn embed_all(
             regions: Vec::with_capacity(opts.batch_size),
             tensors: Vec::with_capacity(opts.batch_size * tlen),
         };
-        let mut run = |batch: &mut Batch, sink: &mut Sink| -> Result<()> {
+        let run = |batch: &mut Batch, seg: &mut Segmenter<'_>| -> Result<()> {
+            if batch.regions.is_empty() {
+                return Ok(());
+            }
             let te = Instant::now();
-            let (feats, tokens) = encoder.embed_with_tokens(
-                &batch.tensors,
-                batch.regions.len(),
-                sink.tokens.is_some(),
-            )?;
-            timing.encode_seconds += te.elapsed().as_secs_f64();
-            sink.write(
+            let (feats, tokens) =
+                encoder.embed_with_tokens(&batch.tensors, batch.regions.len(), want_tokens)?;
+            seg.timing.encode_seconds += te.elapsed().as_secs_f64();
+            seg.sink()?.write(
                 std::mem::take(&mut batch.regions),
                 &feats,
                 tokens.as_deref(),
@@ -612,53 +907,94 @@ fn embed_all(
             batch.tensors.clear();
             Ok(())
         };
+        // Images in order whose regions are still arriving; a finished one is counted in the
+        // open segment, which closes after it once it holds --segment-size regions.
+        let mut pending: std::collections::VecDeque<Pending> = Default::default();
+        let finish_images = |pending: &mut std::collections::VecDeque<Pending>,
+                             batch: &mut Batch,
+                             seg: &mut Segmenter<'_>|
+         -> Result<()> {
+            while pending.front().is_some_and(|p| p.remaining == 0) {
+                let p = pending.pop_front().expect("front");
+                let all_items = seg.items;
+                let sink = seg.sink()?;
+                match p.outcome {
+                    Ok(skipped) => {
+                        sink.counts.images += 1;
+                        sink.skipped.extend(skipped);
+                    }
+                    Err(reason) => {
+                        sink.counts.images_skipped += 1;
+                        sink.skipped
+                            .push(Skipped::new(&all_items[first + p.item].image, reason));
+                    }
+                }
+                pb.inc(1);
+                if seg.regions() + batch.regions.len() as u64 >= opts.segment_size as u64 {
+                    run(batch, seg)?;
+                    seg.close(first + p.item + 1)?;
+                }
+            }
+            Ok(())
+        };
         loop {
             let tw = Instant::now();
             let Ok(msg) = rx.recv() else { break };
-            timing.wait_seconds += tw.elapsed().as_secs_f64();
+            seg.timing.wait_seconds += tw.elapsed().as_secs_f64();
             match msg {
-                Msg::Image(_, Ok(regions_skipped)) => {
-                    sink.counts.images += 1;
+                Msg::Image(idx, Ok((regions_skipped, n))) => {
                     if let (true, Some(s)) = (opts.strict, regions_skipped.first()) {
                         return Err(strict_stop(dataset, s));
                     }
-                    skipped.extend(regions_skipped);
-                    pb.inc(1);
+                    pending.push_back(Pending {
+                        item: idx,
+                        remaining: n,
+                        outcome: Ok(regions_skipped),
+                    });
                 }
                 Msg::Image(idx, Err(e)) => {
                     if opts.strict {
                         return Err(e);
                     }
-                    let item = &items[idx];
-                    tracing::warn!("skipping {}: {e}", item.image);
-                    sink.counts.images_skipped += 1;
-                    skipped.push(Skipped::new(&item.image, e.to_string()));
-                    pb.inc(1);
+                    tracing::warn!("skipping {}: {e}", items[idx].image);
+                    pending.push_back(Pending {
+                        item: idx,
+                        remaining: 0,
+                        outcome: Err(e.to_string()),
+                    });
                 }
                 Msg::Regions(regions, tensors) => {
                     for (r, t) in regions.into_iter().zip(tensors.chunks_exact(tlen)) {
+                        finish_images(&mut pending, &mut batch, seg)?;
+                        let Some(p) = pending.front_mut() else {
+                            return Err(Error::InvalidArgument(
+                                "internal: a region arrived before its image".into(),
+                            ));
+                        };
+                        p.remaining -= 1;
                         batch.regions.push(r);
                         batch.tensors.extend_from_slice(t);
                         if batch.regions.len() == opts.batch_size {
-                            run(&mut batch, sink)?;
+                            run(&mut batch, seg)?;
                         }
                     }
+                    let done = seg.manifest.counts.regions - base_regions + seg.regions();
                     let secs = t0.elapsed().as_secs_f64().max(1e-9);
                     pb.set_message(format!(
                         "{} regions, {:.1} regions/s",
-                        sink.counts.regions,
-                        sink.counts.regions as f64 / secs
+                        done,
+                        done as f64 / secs
                     ));
                 }
             }
+            finish_images(&mut pending, &mut batch, seg)?;
         }
-        if !batch.regions.is_empty() {
-            run(&mut batch, sink)?;
-        }
+        finish_images(&mut pending, &mut batch, seg)?;
+        run(&mut batch, seg)?;
         Ok(())
     })?;
     pb.finish_and_clear();
-    Ok(timing)
+    Ok(())
 }
 
 /// Per feature, its unit-norm rows (`features/<f>.unit.npy`, written from the finished
@@ -702,7 +1038,7 @@ pub(crate) fn build_graphs(
 /// Length and SHA-256 of every file under `regions/`, `features/`, `hnsw/`, `tokens/` and
 /// `dense/` (its grid matrix and image table; the per-image label maps below `dense/labels/`
 /// are checked when read instead, so opening an index stays one `stat` per listed file).
-fn record_files(dir: &Path) -> Result<BTreeMap<String, FileRecord>> {
+pub(crate) fn record_files(dir: &Path) -> Result<BTreeMap<String, FileRecord>> {
     let mut files = BTreeMap::new();
     for sub in ["regions", "features", "hnsw", "tokens", "dense"] {
         let d = dir.join(sub);
@@ -759,7 +1095,7 @@ mod tests {
             while let Ok(m) = rx.recv_timeout(std::time::Duration::from_secs(60)) {
                 match m {
                     Msg::Image(_, r) => {
-                        assert!(r.unwrap().is_empty());
+                        assert!(r.unwrap().0.is_empty());
                         images += 1;
                     }
                     Msg::Regions(r, t) => {
