@@ -461,8 +461,9 @@ impl QueryEngine {
         Ok(Some(f))
     }
 
-    /// Rows of `f` that hold NaN or infinity (a damaged index file; ingest never stores one).
-    /// They are never returned by a search. Computed on the first exact search of `f`.
+    /// Rows of `f` that hold NaN or infinity (a damaged index file; ingest never stores one),
+    /// as far as known: they are looked for (one pass over the stored rows, with a warning)
+    /// the first time a search's hits include one, and never returned.
     pub fn damaged_rows(&self, f: Feature) -> &[usize] {
         self.damaged
             .get(&f)
@@ -470,12 +471,8 @@ impl QueryEngine {
             .map_or(&[], |n| n.as_slice())
     }
 
-    /// The unit rows of `f`, warning once about rows holding NaN or infinity.
-    fn unit_rows(&self, f: Feature) -> Result<Rows<'_>> {
-        let unit = self
-            .index
-            .unit(f)
-            .ok_or_else(|| Error::InvalidArgument(format!("index has no unit rows for {f}")))?;
+    /// Finds (once) and returns the rows of `f` holding NaN or infinity, warning about them.
+    fn find_damaged(&self, f: Feature) -> &[usize] {
         self.damaged[&f].get_or_init(|| {
             // The same rows `partlens info` reports: stored rows holding NaN or infinity.
             let damaged = self.index.damaged_rows(f);
@@ -489,8 +486,7 @@ impl QueryEngine {
                 );
             }
             damaged
-        });
-        Ok(unit)
+        })
     }
 
     /// Searches stored regions for the `opts.k` nearest to `vector` (a raw, unnormalised
@@ -527,21 +523,53 @@ impl QueryEngine {
         // region, not for a billion-entry heap.
         let k = opts.k.min(candidates.max(1));
         let ef = opts.ef.clamp(k, n.max(k));
-        let unit = self.unit_rows(f)?;
-        // A stored row holding NaN or infinity has no rank, whatever its unit copy says.
-        let damaged = self.damaged_rows(f);
+        let unit = self
+            .index
+            .unit(f)
+            .ok_or_else(|| Error::InvalidArgument(format!("index has no unit rows for {f}")))?;
+        let raw_ok = |id: usize| m.row(id).iter().all(|v| v.is_finite());
+        let mut hits = self.fan_out(
+            &unit,
+            &q,
+            k,
+            ef,
+            opts,
+            filtered.as_deref(),
+            self.damaged_rows(f),
+        );
+        // A stored row holding NaN or infinity has no rank, whatever its unit copy says: the
+        // first time one shows up, find them all and search again without them.
+        if self.damaged[&f].get().is_none() && hits.iter().any(|h| !raw_ok(h.id)) {
+            let damaged = self.find_damaged(f);
+            hits = self.fan_out(&unit, &q, k, ef, opts, filtered.as_deref(), damaged);
+        }
+        self.hits(&hits)
+    }
+
+    /// Searches every segment (in parallel) and merges their top `k`: per segment exact over
+    /// its mapped unit rows when few of its regions are candidates (or `--exact`), else its
+    /// graph. `filtered` and `damaged` (sorted ids) leave rows out.
+    #[allow(clippy::too_many_arguments)]
+    fn fan_out(
+        &self,
+        unit: &Rows<'_>,
+        q: &[f32],
+        k: usize,
+        ef: usize,
+        opts: &SearchOptions,
+        filtered: Option<&Filtered>,
+        damaged: &[usize],
+    ) -> Vec<Hit> {
+        let dim = unit.dim();
         let keep = |i: usize| {
-            filtered.as_ref().is_none_or(|a| a.set.contains(i as u32))
-                && damaged.binary_search(&i).is_err()
+            filtered.is_none_or(|a| a.set.contains(i as u32)) && damaged.binary_search(&i).is_err()
         };
         let filtering = filtered.is_some() || !damaged.is_empty();
-        // Per segment: exact over its mapped rows when few of its regions are candidates (or
-        // --exact), else its graph; the segments' top k merged.
         let exact_in = |seg: usize| -> Vec<Hit> {
             let (first, rows) = unit.parts().nth(seg).expect("segment");
             let local_keep = |i: usize| keep(first + i);
             let keep_ref = filtering.then_some(&local_keep as &dyn Fn(usize) -> bool);
-            exact_search(rows, m.dim(), &q, k, keep_ref)
+            exact_search(rows, dim, q, k, keep_ref)
                 .into_iter()
                 .map(|h| Hit {
                     id: first + h.id,
@@ -550,7 +578,7 @@ impl QueryEngine {
                 .collect()
         };
         let segs = self.index.segments();
-        let in_segment = |s: &crate::store::Segment| match &filtered {
+        let in_segment = |s: &crate::store::Segment| match filtered {
             Some(a) => {
                 let lo = a.ids.partition_point(|&i| i < s.first_id());
                 let hi = a.ids.partition_point(|&i| i < s.first_id() + s.len());
@@ -558,7 +586,7 @@ impl QueryEngine {
             }
             None => s.len(),
         };
-        let graphs = self.hnsw.get(&f).filter(|_| !opts.exact);
+        let graphs = self.hnsw.get(&opts.feature).filter(|_| !opts.exact);
         let one = |si: usize| -> Vec<Hit> {
             let s = &segs[si];
             let cand = in_segment(s);
@@ -572,7 +600,7 @@ impl QueryEngine {
             let local_keep = |i: u32| keep(first + i as usize);
             let keep_ref = filtering.then_some(&local_keep as &dyn Fn(u32) -> bool);
             let hits: Vec<Hit> = graph
-                .search(&q, k.min(cand), ef, keep_ref)
+                .search(q, k.min(cand), ef, keep_ref)
                 .into_iter()
                 .filter(|h| h.score.is_finite())
                 .map(|h| Hit {
@@ -595,7 +623,7 @@ impl QueryEngine {
             (0..segs.len()).flat_map(one).collect()
         };
         merge_top(&mut hits, k);
-        self.hits(&hits)
+        hits
     }
 }
 
