@@ -476,3 +476,37 @@ fn a_lying_image_table_is_refused_and_predictions_stay_in_their_folder() {
     assert!(e.contains("ann/val/same.png") && e.contains("both"), "{e}");
     assert!(!pred.exists());
 }
+
+#[test]
+fn dense_grids_and_tokens_in_many_segments_probe_as_in_one() {
+    // The shared synthetic index (one segment) against the same data in segments of 40
+    // regions: the segmentation probe's metrics and the attentive probe's accuracy are equal.
+    let (data, one) = synth();
+    let dir = tempfile::tempdir().unwrap();
+    let many = dir.path().join("many");
+    let vit = vit_tiny();
+    let r = ingest_json(
+        data,
+        &[
+            "--model",
+            s(&vit),
+            "--dense",
+            "--tokens",
+            "--segment-size",
+            "40",
+        ],
+        &many,
+    );
+    let segs = r["manifest"]["segments"].as_array().unwrap().len();
+    assert!(segs >= 3, "{segs} segments");
+    let probe = |idx: &Path, what: &str| {
+        let mut v = json(&["probe", what, "--index", s(idx), "--epochs", "2", "--json"]);
+        v.as_object_mut().unwrap().remove("seconds");
+        v
+    };
+    let (a, b) = (probe(one, "segment"), probe(&many, "segment"));
+    assert_eq!(a["metrics"], b["metrics"]);
+    assert_eq!(a["fit_cells"], b["fit_cells"]);
+    let (a, b) = (probe(one, "attentive"), probe(&many, "attentive"));
+    assert_eq!(a["accuracy"], b["accuracy"]);
+}

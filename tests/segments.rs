@@ -197,9 +197,31 @@ fn imported_segments_search_as_one_index() {
     assert_eq!(s[0].image, "img_725.jpg");
     let r = b.index().regions_at(&[2999, 5, 2999]).unwrap();
     assert_eq!(r.iter().map(|r| r.id).collect::<Vec<_>>(), [2999, 5, 2999]);
-    // An imported index has no encoder: image queries are refused with what works instead.
+    // An imported index has no encoder: image queries are refused with what works instead;
+    // "more like this" works from the command line.
     let e = b.encoder().unwrap_err().to_string();
     assert!(e.contains("imported") && e.contains("--model"), "{e}");
+    let v = common::json(&[
+        "query",
+        "--index",
+        common::s(&many),
+        "--like",
+        "2901",
+        "-k",
+        "3",
+        "--json",
+    ]);
+    assert_eq!(v[0]["id"], 2901);
+    assert_eq!(v.as_array().unwrap().len(), 3);
+    let img = common::sample("pascal_part").join("img/val/2008_000726.jpg");
+    let e = common::err(&[
+        "query",
+        "--index",
+        common::s(&many),
+        "--image",
+        common::s(&img),
+    ]);
+    assert!(e.contains("imported from vectors"), "{e}");
 }
 
 #[test]

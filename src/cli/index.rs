@@ -375,8 +375,12 @@ pub struct QueryArgs {
     #[arg(long)]
     pub index: PathBuf,
     /// Image to search with.
-    #[arg(long)]
-    pub image: PathBuf,
+    #[arg(long, required_unless_present = "like", conflicts_with = "like")]
+    pub image: Option<PathBuf>,
+    /// "More like this": search with stored region ID's own vector instead of an image (no
+    /// encoder run; works on indexes imported without a model).
+    #[arg(long, value_name = "ID")]
+    pub like: Option<usize>,
     /// Region of the image, x0,y0,x1,y1 in pixels (default: the whole image); may start
     /// left of or above the image (negative values), the part inside is used.
     #[arg(long = "box", value_name = "X0,Y0,X1,Y1", value_parser = parse_box,
@@ -434,7 +438,11 @@ pub(super) fn query(a: &QueryArgs, enc: &EncoderOptions) -> Result<()> {
         split: a.split.clone(),
         object: a.object.clone(),
     };
-    let hits = engine.search_image_file(&a.image, a.bbox, &opts)?;
+    let hits = match (&a.image, a.like) {
+        (_, Some(id)) => engine.similar(id, &opts)?,
+        (Some(image), None) => engine.search_image_file(image, a.bbox, &opts)?,
+        (None, None) => unreachable!("clap requires --image or --like"),
+    };
     let filtered = a.label.is_some() || a.object.is_some() || a.split.is_some() || a.kind.is_some();
     if hits.is_empty() && filtered {
         eprintln!(
