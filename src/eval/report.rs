@@ -149,30 +149,38 @@ struct Cached {
     result: serde_json::Value,
 }
 
+/// The SHA-256 recorded for file `rel` of every segment, in order (one for an index of
+/// schema 2).
+fn segment_shas(index: &IndexDir, rel: &str) -> Vec<Option<String>> {
+    index
+        .segments()
+        .iter()
+        .map(|s| s.files().get(rel).map(|r| r.sha256.clone()))
+        .collect()
+}
+
 /// What identifies the data a result was computed from: the manifest's creation time and
-/// counts, and the feature file's recorded SHA-256.
+/// counts, and the feature file's recorded SHA-256 in every segment.
 fn identity(index: &IndexDir, f: Feature) -> serde_json::Value {
     let m = index.manifest();
-    let file = format!("features/{}.npy", f.as_str());
     serde_json::json!({
         "created_unix": m.created_unix,
         "regions": m.counts.regions,
-        "sha256": m.files.get(&file).map(|r| r.sha256.clone()),
+        "sha256": segment_shas(index, &format!("features/{}.npy", f.as_str())),
     })
 }
 
 /// What identifies the dense data a segmentation result was computed from: the manifest's
-/// creation time, the grid's size, and the recorded SHA-256 of the grid file and of the image
-/// table (which names every image's label maps).
+/// creation time, the grid's size, and the recorded SHA-256 of every segment's grid file and
+/// image table (which names every image's label maps).
 fn dense_identity(index: &IndexDir) -> serde_json::Value {
     let m = index.manifest();
-    let sha = |f: &str| m.files.get(f).map(|r| r.sha256.clone());
     serde_json::json!({
         "created_unix": m.created_unix,
         "images": m.dense.as_ref().map(|d| d.images),
         "cells": m.dense.as_ref().map(|d| d.cells),
-        "grids_sha256": sha(GRIDS_FILE),
-        "images_sha256": sha(IMAGES_FILE),
+        "grids_sha256": segment_shas(index, GRIDS_FILE),
+        "images_sha256": segment_shas(index, IMAGES_FILE),
     })
 }
 
