@@ -228,7 +228,7 @@ fn imported_segments_search_as_one_index() {
 fn merge_and_compact_keep_every_row_and_vector() {
     let dir = tempfile::tempdir().unwrap();
     let (p0, x0) = import(dir.path(), "s0", 900, 2, 400);
-    let (p1, x1) = import(dir.path(), "s1", 500, 3, 400);
+    let (p1, x1) = import(dir.path(), "s1", 500, 3, 300);
     let merged = dir.path().join("merged");
     common::json(&[
         "merge",
@@ -240,6 +240,7 @@ fn merge_and_compact_keep_every_row_and_vector() {
     ]);
     let idx = IndexDir::open(&merged).unwrap();
     assert_eq!(idx.len(), 1400);
+    // 400, 400, 100 from s0; 300, 200 from s1.
     assert_eq!(idx.segments().len(), 5);
     let all: Vec<f32> = [x0.clone(), x1.clone()].concat();
     assert_eq!(idx.feature(Feature::Mean).unwrap().to_vec(), all);
@@ -252,32 +253,34 @@ fn merge_and_compact_keep_every_row_and_vector() {
     );
     // Inputs are untouched and still open.
     assert_eq!(IndexDir::open(&p0).unwrap().len(), 900);
-    let before = ids(&engine(&merged)
-        .search_vector(
-            &all[..DIM],
-            &SearchOptions {
-                exact: true,
-                k: 20,
-                ..Default::default()
-            },
-        )
-        .unwrap());
-    // Compact: the 100-row tails (s0's seg 2, s1's seg 1) are not consecutive... all runs.
+    let exact20 = |p: &Path| {
+        let opts = SearchOptions {
+            exact: true,
+            k: 20,
+            ..Default::default()
+        };
+        ids(&engine(p).search_vector(&all[..DIM], &opts).unwrap())
+    };
+    let before = exact20(&merged);
+    // Compact the run of consecutive segments under 350 rows (100, 300, 200) into one.
+    let r = common::json(&["compact", common::s(&merged), "--below", "350", "--json"]);
+    assert_eq!(r["segments"], 3);
+    assert_eq!(
+        r["removed"],
+        serde_json::json!(["seg-000002", "seg-000003", "seg-000004"])
+    );
+    let idx = IndexDir::open(&merged).unwrap();
+    assert_eq!(idx.manifest().segments[2].first_id, 800);
+    assert_eq!(idx.manifest().segments[2].counts.regions, 600);
+    assert_eq!(idx.feature(Feature::Mean).unwrap().to_vec(), all);
+    assert_eq!(exact20(&merged), before);
+    // Then everything into one.
     let r = common::json(&["compact", common::s(&merged), "--all", "--json"]);
     assert_eq!(r["segments"], 1);
     let idx = IndexDir::open(&merged).unwrap();
     assert_eq!(idx.feature(Feature::Mean).unwrap().to_vec(), all);
     assert_eq!(idx.read_all_regions().unwrap(), regions);
-    let after = ids(&engine(&merged)
-        .search_vector(
-            &all[..DIM],
-            &SearchOptions {
-                exact: true,
-                k: 20,
-                ..Default::default()
-            },
-        )
-        .unwrap());
+    let after = exact20(&merged);
     assert_eq!(before, after);
     assert!(partlens::store::verify::verify(&merged).unwrap().ok());
     // Only the listed segment folder is left.

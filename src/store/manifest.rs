@@ -437,6 +437,26 @@ impl Manifest {
         Ok(())
     }
 
+    /// The graph parameters the index's graphs were built with (the defaults if it has none).
+    pub fn hnsw_params(&self) -> crate::index::HnswParams {
+        self.hnsw
+            .values()
+            .next()
+            .map(|h| crate::index::HnswParams {
+                max_nb_connection: h.max_nb_connection,
+                ef_construction: h.ef_construction,
+            })
+            .unwrap_or_default()
+    }
+
+    /// Each stored feature and its dimension.
+    pub fn feature_dims(&self) -> BTreeMap<Feature, usize> {
+        self.features
+            .iter()
+            .filter_map(|n| Some((Feature::parse(n)?, *self.encoder.dims.get(n)?)))
+            .collect()
+    }
+
     /// True while an ingest is writing this index (an unfinished one, if read elsewhere than
     /// by the ingest itself).
     pub fn in_progress(&self) -> bool {

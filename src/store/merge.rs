@@ -194,7 +194,11 @@ pub fn merge(out: &Path, inputs: &[PathBuf], overwrite: bool) -> Result<MergeRep
             let name = format!("seg-{:06}", m.segments.len());
             let dir = stage.join("segments").join(&name);
             std::fs::create_dir_all(&dir).at(&dir)?;
-            let parquet: Vec<PathBuf> = seg.parquet().iter().map(|(p, _)| p.clone()).collect();
+            let parquet: Vec<PathBuf> = seg
+                .parquet()
+                .iter()
+                .map(|p| p.path().to_path_buf())
+                .collect();
             for rel in segment_files(seg.dir(), legacy)? {
                 let src = seg.dir().join(&rel);
                 if parquet.contains(&src) {
@@ -305,20 +309,8 @@ pub fn compact(path: &Path, below: usize, all: bool) -> Result<MergeReport> {
         })
         .max()
         .map_or(0, |n| n + 1);
-    let params = m
-        .hnsw
-        .values()
-        .next()
-        .map(|h| HnswParams {
-            max_nb_connection: h.max_nb_connection,
-            ef_construction: h.ef_construction,
-        })
-        .unwrap_or_default();
-    let dims: BTreeMap<crate::encoder::Feature, usize> = idx
-        .feature_names()
-        .into_iter()
-        .filter_map(|f| m.encoder.dims.get(f.as_str()).map(|d| (f, *d)))
-        .collect();
+    let params = m.hnsw_params();
+    let dims = m.feature_dims();
     let mut written = Vec::new();
     let mut removed = Vec::new();
     let mut hnsw_seconds = 0.0;
@@ -424,7 +416,7 @@ fn write_concatenated(
     }
     let parquet: Vec<PathBuf> = segs
         .iter()
-        .flat_map(|s| s.parquet().iter().map(|(p, _)| p.clone()))
+        .flat_map(|s| s.parquet().iter().map(|p| p.path().to_path_buf()))
         .collect();
     super::parquet::concat_renumbered(
         &parquet,

@@ -57,7 +57,7 @@ pub struct Segment {
     dir: PathBuf,
     first_id: usize,
     len: usize,
-    parquet: Vec<(PathBuf, usize)>,
+    parquet: Vec<parquet::RegionFile>,
     features: BTreeMap<Feature, NpyMatrix>,
     units: BTreeMap<Feature, Arc<NpyMatrix>>,
     tokens: Option<HalfArray>,
@@ -110,8 +110,8 @@ impl Segment {
         &self.files
     }
 
-    /// Its Parquet files with their row counts, in row order.
-    pub fn parquet(&self) -> &[(PathBuf, usize)] {
+    /// Its Parquet files (footers read), in row order.
+    pub fn parquet(&self) -> &[parquet::RegionFile] {
         &self.parquet
     }
 
@@ -120,12 +120,13 @@ impl Segment {
         let mut out = Vec::with_capacity(local.len());
         let mut base = 0;
         let mut rest = local;
-        for (p, rows) in &self.parquet {
+        for pf in &self.parquet {
+            let (p, rows) = (pf.path(), pf.rows());
             let cut = rest.partition_point(|&i| i < base + rows);
             let (mine, later) = rest.split_at(cut);
             if !mine.is_empty() {
                 let in_file: Vec<usize> = mine.iter().map(|&i| i - base).collect();
-                let got = parquet::read_regions_at(p, &in_file)?;
+                let got = pf.read_at(&in_file)?;
                 for (r, &i) in got.iter().zip(mine) {
                     let want = (self.first_id + i) as u64;
                     if r.id != want {
@@ -443,11 +444,9 @@ impl IndexDir {
         let n = info.counts.regions as usize;
         let mut parquet = Vec::new();
         for shard in shards {
-            let p = dir.join(shard);
-            let rows = parquet::count_rows(&p)? as usize;
-            parquet.push((p, rows));
+            parquet.push(parquet::RegionFile::open(&dir.join(shard))?);
         }
-        let held: usize = parquet.iter().map(|(_, r)| r).sum();
+        let held: usize = parquet.iter().map(|p| p.rows()).sum();
         if held != n {
             return Err(Error::corrupt(
                 &dir,
@@ -546,7 +545,8 @@ impl IndexDir {
     pub fn scan(&self, f: &mut dyn FnMut(&parquet::LightBatch) -> Result<()>) -> Result<()> {
         let mut next = 0u64;
         for s in &self.segments {
-            for (p, _) in &s.parquet {
+            for pf in &s.parquet {
+                let p = pf.path();
                 parquet::scan_light(p, &mut |b| {
                     let ids = b.id.values();
                     if let Some((i, &id)) = ids
@@ -739,8 +739,8 @@ impl IndexDir {
     pub fn read_all_regions(&self) -> Result<Vec<Region>> {
         let mut out = Vec::with_capacity(self.len());
         for s in &self.segments {
-            for (p, _) in &s.parquet {
-                out.extend(read_regions(p)?);
+            for p in &s.parquet {
+                out.extend(read_regions(p.path())?);
             }
         }
         if let Some((i, r)) = out.iter().enumerate().find(|(i, r)| r.id != *i as u64) {

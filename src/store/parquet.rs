@@ -15,7 +15,7 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::arrow_reader::{
-    ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
 };
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::Compression;
@@ -271,7 +271,8 @@ fn read_boxes(a: &ArrayRef, path: &Path) -> Result<Vec<PixelBox>> {
 
 /// Reads every region's metadata (no feature columns) from a region file.
 pub fn read_regions(path: impl AsRef<Path>) -> Result<Vec<Region>> {
-    read_region_rows(path.as_ref(), None)
+    let path = path.as_ref();
+    read_region_rows(path, reader_builder(path, false)?, None)
 }
 
 /// Opens a region file for reading; with `pages`, its offset index too (so a row selection
@@ -307,24 +308,59 @@ pub fn count_rows(path: &Path) -> Result<u64> {
     Ok(b.metadata().file_metadata().num_rows().max(0) as u64)
 }
 
-/// The metadata of the rows at `local` (ascending, distinct row numbers of the file), decoding
-/// only the pages that hold them.
-pub fn read_regions_at(path: &Path, local: &[usize]) -> Result<Vec<Region>> {
-    if local.windows(2).any(|w| w[0] >= w[1]) {
-        return Err(Error::InvalidArgument(
-            "rows must be ascending and distinct".into(),
-        ));
+/// A region file opened for reading single rows: its footer and offset index read once, so
+/// each read decodes only the pages holding the rows asked for.
+#[derive(Debug, Clone)]
+pub struct RegionFile {
+    path: PathBuf,
+    meta: ArrowReaderMetadata,
+    rows: usize,
+}
+
+impl RegionFile {
+    /// Reads `path`'s footer and offset index.
+    pub fn open(path: &Path) -> Result<RegionFile> {
+        let file = crate::files::open_regular(path)?;
+        let opts = ArrowReaderOptions::new().with_offset_index_policy(PageIndexPolicy::Optional);
+        let meta = ArrowReaderMetadata::load(&file, opts)
+            .map_err(|e| Error::corrupt(path, format!("not a readable Parquet file: {e}")))?;
+        let rows = meta.metadata().file_metadata().num_rows().max(0) as usize;
+        Ok(RegionFile {
+            path: path.to_path_buf(),
+            meta,
+            rows,
+        })
     }
-    let total = count_rows(path)? as usize;
-    if let Some(&last) = local.last().filter(|&&l| l >= total) {
-        return Err(Error::corrupt(
-            path,
-            format!("row {last} asked for; the file holds {total}"),
-        ));
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
-    let ranges = local.iter().map(|&i| i..i + 1);
-    let sel = RowSelection::from_consecutive_ranges(ranges, total);
-    read_region_rows(path, Some(sel))
+
+    /// Its number of rows (from the footer).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The metadata of the rows at `local` (ascending, distinct row numbers of the file).
+    pub fn read_at(&self, local: &[usize]) -> Result<Vec<Region>> {
+        if local.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(Error::InvalidArgument(
+                "rows must be ascending and distinct".into(),
+            ));
+        }
+        if let Some(&last) = local.last().filter(|&&l| l >= self.rows) {
+            return Err(Error::corrupt(
+                &self.path,
+                format!("row {last} asked for; the file holds {}", self.rows),
+            ));
+        }
+        let file = crate::files::open_regular(&self.path)?;
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.meta.clone());
+        let ranges = local.iter().map(|&i| i..i + 1);
+        let sel = RowSelection::from_consecutive_ranges(ranges, self.rows);
+        read_region_rows(&self.path, builder, Some(sel))
+    }
 }
 
 /// The filterable columns of a batch of region rows (no boxes, masks or features).
@@ -475,8 +511,11 @@ fn writer_props() -> WriterProperties {
         .build()
 }
 
-fn read_region_rows(path: &Path, selection: Option<RowSelection>) -> Result<Vec<Region>> {
-    let mut builder = reader_builder(path, selection.is_some())?;
+fn read_region_rows(
+    path: &Path,
+    mut builder: ParquetRecordBatchReaderBuilder<File>,
+    selection: Option<RowSelection>,
+) -> Result<Vec<Region>> {
     let mask = project(&builder, &METADATA_COLUMNS);
     if let Some(sel) = selection {
         builder = builder.with_row_selection(sel);

@@ -10,7 +10,6 @@
 //! the index open keeps reading what it mapped. The index's lock (the one ingest takes) is
 //! held throughout.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -18,10 +17,9 @@ use serde::Serialize;
 
 use super::manifest::{FileRecord, SEARCHABLE_SCHEMA_VERSION as SCHEMA_VERSION};
 use super::{unit_file, IndexDir};
-use crate::encoder::Feature;
 use crate::error::{Error, Result};
 use crate::files::PathLock;
-use crate::index::{GraphBuilder, HnswParams, DEFAULT_SEED};
+use crate::index::{GraphBuilder, DEFAULT_SEED};
 
 /// What `upgrade` did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -62,21 +60,9 @@ pub fn upgrade(path: &Path) -> Result<UpgradeReport> {
             seconds: start.elapsed().as_secs_f64(),
         });
     }
-    let dims: BTreeMap<Feature, usize> = idx
-        .feature_names()
-        .into_iter()
-        .filter_map(|f| idx.feature(f).map(|x| (f, x.dim())))
-        .collect();
+    let dims = m.feature_dims();
     // Keep the parameters the graphs were built with.
-    let params = m
-        .hnsw
-        .values()
-        .next()
-        .map(|h| HnswParams {
-            max_nb_connection: h.max_nb_connection,
-            ef_construction: h.ef_construction,
-        })
-        .unwrap_or_default();
+    let params = m.hnsw_params();
     drop(idx);
     let old_dumps: Vec<String> = m
         .hnsw
