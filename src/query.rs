@@ -527,7 +527,6 @@ impl QueryEngine {
             .index
             .unit(f)
             .ok_or_else(|| Error::InvalidArgument(format!("index has no unit rows for {f}")))?;
-        let raw_ok = |id: usize| m.row(id).iter().all(|v| v.is_finite());
         let mut hits = self.fan_out(
             &unit,
             &q,
@@ -538,8 +537,16 @@ impl QueryEngine {
             self.damaged_rows(f),
         );
         // A stored row holding NaN or infinity has no rank, whatever its unit copy says: the
-        // first time one shows up, find them all and search again without them.
-        if self.damaged[&f].get().is_none() && hits.iter().any(|h| !raw_ok(h.id)) {
+        // first time one shows up, find them all and search again without them. (The hits'
+        // raw rows are read from the file, so the check maps no pages.)
+        let mut raw_bad = false;
+        if self.damaged[&f].get().is_none() {
+            for h in &hits {
+                let row = self.index.read_feature_row(f, h.id)?;
+                raw_bad |= row.iter().any(|v| !v.is_finite());
+            }
+        }
+        if raw_bad {
             let damaged = self.find_damaged(f);
             hits = self.fan_out(&unit, &q, k, ef, opts, filtered.as_deref(), damaged);
         }

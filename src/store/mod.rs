@@ -18,12 +18,12 @@ pub mod manifest;
 pub mod merge;
 pub mod npy;
 pub mod parquet;
+mod segment;
 pub mod upgrade;
 pub mod verify;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -33,6 +33,7 @@ use crate::region::{Region, RegionKind};
 pub use manifest::Manifest;
 pub use npy::{HalfArray, HalfWriter, NpyMatrix, NpyWriter};
 pub use parquet::{read_regions, RegionWriter};
+pub use segment::{Rows, Segment, TokenRows};
 
 /// An opened index directory: its manifest, its segments' memory-mapped features, and region
 /// metadata read lazily from the segments' Parquet files (only the rows asked for, or the
@@ -49,189 +50,6 @@ pub struct IndexDir {
 
 /// The region file of a segment, relative to its folder.
 pub const SEGMENT_REGIONS: &str = "regions/part-00000.parquet";
-
-/// One opened segment: its files mapped, its regions `first_id .. first_id + len`.
-#[derive(Debug)]
-pub struct Segment {
-    name: String,
-    dir: PathBuf,
-    first_id: usize,
-    len: usize,
-    parquet: Vec<parquet::RegionFile>,
-    features: BTreeMap<Feature, NpyMatrix>,
-    units: BTreeMap<Feature, Arc<NpyMatrix>>,
-    tokens: Option<HalfArray>,
-    files: BTreeMap<String, manifest::FileRecord>,
-}
-
-impl Segment {
-    /// Its name (`""` for an index of schema 1 or 2, which is one segment).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Its folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Global id of its first region.
-    pub fn first_id(&self) -> usize {
-        self.first_id
-    }
-
-    /// Its number of regions.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when it holds no region (never, once committed).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Its rows of feature `f` (local row i = region `first_id + i`), mapped.
-    pub fn feature(&self, f: Feature) -> Option<&NpyMatrix> {
-        self.features.get(&f)
-    }
-
-    /// Its unit-norm rows of `f` (schema ≥ 2), mapped.
-    pub fn unit(&self, f: Feature) -> Option<&Arc<NpyMatrix>> {
-        self.units.get(&f)
-    }
-
-    /// Its region tokens (`--tokens`), mapped.
-    pub fn tokens(&self) -> Option<&HalfArray> {
-        self.tokens.as_ref()
-    }
-
-    /// Its files and the lengths and SHA-256 recorded at commit.
-    pub fn files(&self) -> &BTreeMap<String, manifest::FileRecord> {
-        &self.files
-    }
-
-    /// Its Parquet files (footers read), in row order.
-    pub fn parquet(&self) -> &[parquet::RegionFile] {
-        &self.parquet
-    }
-
-    /// The metadata of its local rows `local` (ascending), ids checked.
-    fn regions_at(&self, local: &[usize]) -> Result<Vec<Region>> {
-        let mut out = Vec::with_capacity(local.len());
-        let mut base = 0;
-        let mut rest = local;
-        for pf in &self.parquet {
-            let (p, rows) = (pf.path(), pf.rows());
-            let cut = rest.partition_point(|&i| i < base + rows);
-            let (mine, later) = rest.split_at(cut);
-            if !mine.is_empty() {
-                let in_file: Vec<usize> = mine.iter().map(|&i| i - base).collect();
-                let got = pf.read_at(&in_file)?;
-                for (r, &i) in got.iter().zip(mine) {
-                    let want = (self.first_id + i) as u64;
-                    if r.id != want {
-                        return Err(Error::corrupt(
-                            p,
-                            format!("row {} has id {}, expected {want}", i - base, r.id),
-                        ));
-                    }
-                }
-                if got.len() != mine.len() {
-                    return Err(Error::corrupt(p, "fewer rows than its footer says"));
-                }
-                out.extend(got);
-            }
-            rest = later;
-            base += rows;
-        }
-        Ok(out)
-    }
-
-    /// Maps and validates its HNSW graph of `f`.
-    pub fn graph(&self, f: Feature, info: &manifest::HnswInfo) -> Result<crate::index::HnswIndex> {
-        let unit = self.units.get(&f).ok_or_else(|| {
-            Error::InvalidArgument(format!("segment {} has no {f} unit rows", self.name))
-        })?;
-        crate::index::HnswIndex::open(self.dir.join(info.graph_file()), unit.clone())
-    }
-}
-
-/// A feature's rows across segments, read through the maps: row `id` = region `id`.
-#[derive(Debug, Clone)]
-pub struct Rows<'a> {
-    dim: usize,
-    starts: Vec<usize>,
-    parts: Vec<&'a [f32]>,
-    len: usize,
-}
-
-impl<'a> Rows<'a> {
-    /// One contiguous matrix (`data.len() / dim` rows).
-    pub fn contiguous(data: &'a [f32], dim: usize) -> Rows<'a> {
-        Rows {
-            dim,
-            starts: vec![0],
-            len: data.len() / dim.max(1),
-            parts: vec![data],
-        }
-    }
-
-    /// Width of a row.
-    pub fn dim(&self) -> usize {
-        self.dim
-    }
-
-    /// Number of rows.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when there is no row.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Row `id`.
-    #[inline]
-    pub fn row(&self, id: usize) -> &'a [f32] {
-        let (p, base) = if self.parts.len() == 1 {
-            (0, 0)
-        } else {
-            let p = self.starts.partition_point(|&s| s <= id) - 1;
-            (p, self.starts[p])
-        };
-        let i = id - base;
-        &self.parts[p][i * self.dim..(i + 1) * self.dim]
-    }
-
-    /// Number of rows (as [`NpyMatrix::rows`]).
-    pub fn rows(&self) -> usize {
-        self.len
-    }
-
-    /// Width of a row (as [`NpyMatrix::cols`]).
-    pub fn cols(&self) -> usize {
-        self.dim
-    }
-
-    /// All rows as one slice, when they are one piece (an index of one segment).
-    pub fn as_contiguous(&self) -> Option<&'a [f32]> {
-        match self.parts[..] {
-            [one] => Some(one),
-            _ => None,
-        }
-    }
-
-    /// All rows, contiguous (a copy).
-    pub fn to_vec(&self) -> Vec<f32> {
-        self.parts.concat()
-    }
-
-    /// The pieces, each with the id of its first row.
-    pub fn parts(&self) -> impl Iterator<Item = (usize, &'a [f32])> + '_ {
-        self.starts.iter().copied().zip(self.parts.iter().copied())
-    }
-}
 
 /// Distinct values and label counts of an index's regions (one pass over the filterable
 /// columns; cached).
@@ -392,7 +210,7 @@ impl IndexDir {
             };
         let mut segments = Vec::with_capacity(infos.len());
         for (info, dir, shards) in infos {
-            segments.push(Self::open_segment(&manifest, info, dir, &shards)?);
+            segments.push(Segment::open(&manifest, info, dir, &shards)?);
         }
         let dense = match &manifest.dense {
             Some(info) if manifest.schema_version >= 3 => {
@@ -415,107 +233,6 @@ impl IndexDir {
         })
     }
 
-    fn open_segment(
-        manifest: &Manifest,
-        info: manifest::SegmentInfo,
-        dir: PathBuf,
-        shards: &[String],
-    ) -> Result<Segment> {
-        for (name, rec) in &info.files {
-            let p = dir.join(name);
-            let len = std::fs::metadata(&p)
-                .map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => {
-                        Error::corrupt(&p, "file missing (the manifest lists it)")
-                    }
-                    _ => Error::io(&p, e),
-                })?
-                .len();
-            if len != rec.bytes {
-                return Err(Error::corrupt(
-                    &p,
-                    format!(
-                        "{len} bytes, the manifest recorded {}: truncated or replaced",
-                        rec.bytes
-                    ),
-                ));
-            }
-        }
-        let n = info.counts.regions as usize;
-        let mut parquet = Vec::new();
-        for shard in shards {
-            parquet.push(parquet::RegionFile::open(&dir.join(shard))?);
-        }
-        let held: usize = parquet.iter().map(|p| p.rows()).sum();
-        if held != n {
-            return Err(Error::corrupt(
-                &dir,
-                format!("manifest lists {n} regions, the Parquet files hold {held}"),
-            ));
-        }
-        let mut features = BTreeMap::new();
-        let mut units = BTreeMap::new();
-        for name in &manifest.features {
-            let f = Feature::parse(name).ok_or_else(|| {
-                Error::corrupt(&dir, format!("manifest names unknown feature {name:?}"))
-            })?;
-            let dim = manifest.encoder.dims.get(name).copied().unwrap_or(0);
-            let check = |m: &NpyMatrix, p: &Path| {
-                if dim == 0 || m.rows() != n || m.cols() != dim {
-                    return Err(Error::corrupt(
-                        p,
-                        format!(
-                            "{} × {} matrix, manifest says {n} × {dim}",
-                            m.rows(),
-                            m.cols()
-                        ),
-                    ));
-                }
-                Ok(())
-            };
-            let fp = feature_path(&dir, f);
-            let m = NpyMatrix::open(&fp)?;
-            check(&m, &fp)?;
-            if manifest.schema_version >= 2 {
-                let up = unit_path(&dir, f);
-                let u = NpyMatrix::open(&up)?;
-                check(&u, &up)?;
-                units.insert(f, Arc::new(u));
-            }
-            features.insert(f, m);
-        }
-        let tokens = match &manifest.tokens {
-            Some(t) => {
-                let tp = dir.join(dense::TOKENS_FILE);
-                let a = HalfArray::open(&tp)?;
-                if a.shape() != [n, t.tokens, t.dim] {
-                    return Err(Error::corrupt(
-                        &tp,
-                        format!(
-                            "shape {:?}, the manifest says ({n}, {}, {})",
-                            a.shape(),
-                            t.tokens,
-                            t.dim
-                        ),
-                    ));
-                }
-                Some(a)
-            }
-            None => None,
-        };
-        Ok(Segment {
-            name: info.name,
-            dir,
-            first_id: info.first_id as usize,
-            len: n,
-            parquet,
-            features,
-            units,
-            tokens,
-            files: info.files,
-        })
-    }
-
     /// Re-reads every file each segment lists and compares its SHA-256 with the one recorded
     /// at commit. Returns the files that differ, each named inside the index with what is
     /// wrong (empty: all match). Catches what lengths cannot: flipped bits, a file swapped for
@@ -523,9 +240,9 @@ impl IndexDir {
     pub fn verify(&self) -> Result<Vec<String>> {
         let mut bad = Vec::new();
         for s in &self.segments {
-            let rel = s.dir.strip_prefix(&self.path).unwrap_or(Path::new(""));
-            for (name, rec) in &s.files {
-                let p = s.dir.join(name);
+            let rel = s.dir().strip_prefix(&self.path).unwrap_or(Path::new(""));
+            for (name, rec) in s.files() {
+                let p = s.dir().join(name);
                 let shown = rel.join(name).display().to_string();
                 match crate::encoder::sha256_file(&p) {
                     Ok(got) if got == rec.sha256 => {}
@@ -788,10 +505,21 @@ impl IndexDir {
         Some(rows)
     }
 
+    /// Region `id`'s stored row of `f`, read from its file (not through the map; see
+    /// [`NpyMatrix::read_row`]).
+    pub fn read_feature_row(&self, f: Feature, id: usize) -> Result<Vec<f32>> {
+        let (s, i) = self
+            .locate(id)
+            .ok_or_else(|| Error::InvalidArgument(format!("no region {id} of {}", self.len())))?;
+        s.feature(f)
+            .ok_or_else(|| Error::InvalidArgument(format!("index has no {f} feature")))?
+            .read_row(i)
+    }
+
     /// The path of feature `f`'s file holding region `id` (for messages).
     pub fn feature_file(&self, f: Feature, id: usize) -> PathBuf {
         match self.locate(id) {
-            Some((s, _)) => feature_path(&s.dir, f),
+            Some((s, _)) => feature_path(s.dir(), f),
             None => feature_path(&self.path, f),
         }
     }
@@ -883,26 +611,5 @@ impl IndexDir {
             .iter()
             .filter_map(|n| Feature::parse(n))
             .collect()
-    }
-}
-
-/// Region tokens across segments: region `id`'s `tokens × dim` float16 values.
-#[derive(Debug, Clone)]
-pub struct TokenRows<'a> {
-    parts: Vec<(usize, &'a HalfArray)>,
-    shape: [usize; 3],
-}
-
-impl TokenRows<'_> {
-    /// `[regions, tokens, dim]`.
-    pub fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-
-    /// Region `id`'s tokens as float32 into `out` (`tokens × dim` values).
-    pub fn read_region(&self, id: usize, out: &mut [f32]) {
-        let p = self.parts.partition_point(|(s, _)| *s <= id) - 1;
-        let (first, a) = self.parts[p];
-        a.read_rows(id - first, 1, out);
     }
 }

@@ -250,6 +250,28 @@ impl NpyMatrix {
     pub fn row(&self, i: usize) -> &[f32] {
         &self.as_slice()[i * self.cols..(i + 1) * self.cols]
     }
+
+    /// Row `i` read from the file with `pread`, not through the map: a process that checks a
+    /// few rows this way does not map (and count in its RSS) the pages around them.
+    pub fn read_row(&self, i: usize) -> Result<Vec<f32>> {
+        use std::os::unix::fs::FileExt;
+        if i >= self.rows {
+            return Err(Error::InvalidArgument(format!(
+                "{}: no row {i} of {}",
+                self.path.display(),
+                self.rows
+            )));
+        }
+        let mut bytes = vec![0u8; self.cols * 4];
+        let at = (self.offset + i * self.cols * 4) as u64;
+        std::fs::File::open(&self.path)
+            .and_then(|f| f.read_exact_at(&mut bytes, at))
+            .at(&self.path)?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
 }
 
 /// Appends float16 rows of a fixed inner shape (e.g. `[D]` for grid cells, `[T, D]` for a
