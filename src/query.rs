@@ -322,7 +322,7 @@ impl QueryEngine {
     /// Stored regions as hits, reading only their rows' metadata.
     pub fn hits(&self, hits: &[Hit]) -> Result<Vec<QueryHit>> {
         let ids: Vec<usize> = hits.iter().map(|h| h.id).collect();
-        let regions = self.index.regions_at(&ids)?;
+        let regions = self.index.regions_at(&ids, false)?;
         Ok(regions
             .into_iter()
             .zip(hits)

@@ -195,7 +195,7 @@ fn imported_segments_search_as_one_index() {
     let s = b.similar(2901, &SearchOptions::default()).unwrap();
     assert_eq!(s[0].id, 2901);
     assert_eq!(s[0].image, "img_725.jpg");
-    let r = b.index().regions_at(&[2999, 5, 2999]).unwrap();
+    let r = b.index().regions_at(&[2999, 5, 2999], true).unwrap();
     assert_eq!(r.iter().map(|r| r.id).collect::<Vec<_>>(), [2999, 5, 2999]);
     // An imported index has no encoder: image queries are refused with what works instead;
     // "more like this" works from the command line.

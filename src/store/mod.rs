@@ -409,14 +409,15 @@ impl IndexDir {
 
     /// The metadata of region `id`, read from its segment's Parquet file.
     pub fn region(&self, id: usize) -> Result<Region> {
-        self.regions_at(&[id])?
+        self.regions_at(&[id], true)?
             .pop()
             .ok_or_else(|| Error::InvalidArgument(format!("no region {id} of {}", self.len())))
     }
 
     /// The metadata of the regions `ids` (any order, repeats allowed), in that order, reading
-    /// only the pages of the Parquet files that hold them.
-    pub fn regions_at(&self, ids: &[usize]) -> Result<Vec<Region>> {
+    /// only the pages of the Parquet files that hold them; without `masks` the masks are not
+    /// read (`mask_rle` empty: what a query's hits need).
+    pub fn regions_at(&self, ids: &[usize], masks: bool) -> Result<Vec<Region>> {
         if let Some(&bad) = ids.iter().find(|&&i| i >= self.len()) {
             return Err(Error::InvalidArgument(format!(
                 "no region {bad}: this index has regions 0 to {}",
@@ -433,7 +434,7 @@ impl IndexDir {
             let (mine, later) = rest.split_at(cut);
             if !mine.is_empty() {
                 let local: Vec<usize> = mine.iter().map(|&i| i - s.first_id).collect();
-                for r in s.regions_at(&local)? {
+                for r in s.regions_at(&local, masks)? {
                     found.insert(r.id as usize, r);
                 }
             }

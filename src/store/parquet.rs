@@ -272,7 +272,7 @@ fn read_boxes(a: &ArrayRef, path: &Path) -> Result<Vec<PixelBox>> {
 /// Reads every region's metadata (no feature columns) from a region file.
 pub fn read_regions(path: impl AsRef<Path>) -> Result<Vec<Region>> {
     let path = path.as_ref();
-    read_region_rows(path, reader_builder(path, false)?, None)
+    read_region_rows(path, reader_builder(path, false)?, None, true)
 }
 
 /// Opens a region file for reading; with `pages`, its offset index too (so a row selection
@@ -342,8 +342,9 @@ impl RegionFile {
         self.rows
     }
 
-    /// The metadata of the rows at `local` (ascending, distinct row numbers of the file).
-    pub fn read_at(&self, local: &[usize]) -> Result<Vec<Region>> {
+    /// The metadata of the rows at `local` (ascending, distinct row numbers of the file);
+    /// without `masks`, the mask column is not decoded (`mask_rle` left empty).
+    pub fn read_at(&self, local: &[usize], masks: bool) -> Result<Vec<Region>> {
         if local.windows(2).any(|w| w[0] >= w[1]) {
             return Err(Error::InvalidArgument(
                 "rows must be ascending and distinct".into(),
@@ -359,7 +360,7 @@ impl RegionFile {
         let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.meta.clone());
         let ranges = local.iter().map(|&i| i..i + 1);
         let sel = RowSelection::from_consecutive_ranges(ranges, self.rows);
-        read_region_rows(&self.path, builder, Some(sel))
+        read_region_rows(&self.path, builder, Some(sel), masks)
     }
 }
 
@@ -515,8 +516,14 @@ fn read_region_rows(
     path: &Path,
     mut builder: ParquetRecordBatchReaderBuilder<File>,
     selection: Option<RowSelection>,
+    masks: bool,
 ) -> Result<Vec<Region>> {
-    let mask = project(&builder, &METADATA_COLUMNS);
+    let columns: Vec<&str> = METADATA_COLUMNS
+        .iter()
+        .copied()
+        .filter(|c| masks || *c != "mask_rle")
+        .collect();
+    let mask = project(&builder, &columns);
     if let Some(sel) = selection {
         builder = builder.with_row_selection(sel);
     }
@@ -542,14 +549,24 @@ fn read_region_rows(
             (u32s("label")?, u32s("object_label")?, u32s("instance")?);
         let bbox = read_boxes(col(&b, "box", path)?, path)?;
         let crop = read_boxes(col(&b, "crop_box", path)?, path)?;
-        let masks = col(&b, "mask_rle", path)?
-            .as_list_opt::<i32>()
-            .ok_or_else(|| wrong_type(path, "mask_rle"))?;
+        let mask_col = match masks {
+            true => Some(
+                col(&b, "mask_rle", path)?
+                    .as_list_opt::<i32>()
+                    .ok_or_else(|| wrong_type(path, "mask_rle"))?,
+            ),
+            false => None,
+        };
         for i in 0..b.num_rows() {
-            let m = masks.value(i);
-            let m = m
-                .as_primitive_opt::<UInt32Type>()
-                .ok_or_else(|| wrong_type(path, "mask_rle"))?;
+            let mask_rle = match mask_col {
+                Some(masks) => masks
+                    .value(i)
+                    .as_primitive_opt::<UInt32Type>()
+                    .ok_or_else(|| wrong_type(path, "mask_rle"))?
+                    .values()
+                    .to_vec(),
+                None => Vec::new(),
+            };
             out.push(Region {
                 id: ids[i],
                 image: image.value(i).to_string(),
@@ -566,7 +583,7 @@ fn read_region_rows(
                 bbox: bbox[i],
                 crop_box: crop[i],
                 area: areas[i],
-                mask_rle: m.values().to_vec(),
+                mask_rle,
             });
         }
     }

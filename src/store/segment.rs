@@ -179,7 +179,7 @@ impl Segment {
     }
 
     /// The metadata of its local rows `local` (ascending), ids checked.
-    pub(super) fn regions_at(&self, local: &[usize]) -> Result<Vec<Region>> {
+    pub(super) fn regions_at(&self, local: &[usize], masks: bool) -> Result<Vec<Region>> {
         let mut out = Vec::with_capacity(local.len());
         let mut base = 0;
         let mut rest = local;
@@ -189,7 +189,7 @@ impl Segment {
             let (mine, later) = rest.split_at(cut);
             if !mine.is_empty() {
                 let in_file: Vec<usize> = mine.iter().map(|&i| i - base).collect();
-                let got = pf.read_at(&in_file)?;
+                let got = pf.read_at(&in_file, masks)?;
                 for (r, &i) in got.iter().zip(mine) {
                     let want = (self.first_id + i) as u64;
                     if r.id != want {
