@@ -364,6 +364,17 @@ impl RegionFile {
     }
 }
 
+/// The columns [`scan_light`] reads: what filters and summaries need.
+pub const LIGHT_COLUMNS: [&str; 7] = [
+    "id",
+    "split",
+    "kind",
+    "label",
+    "label_name",
+    "object_label",
+    "object_name",
+];
+
 /// The filterable columns of a batch of region rows (no boxes, masks or features).
 pub struct LightBatch {
     /// Region ids.
@@ -416,18 +427,7 @@ impl LightBatch {
 /// Streams the filterable columns of every row of a region file to `f`, a batch at a time.
 pub fn scan_light(path: &Path, f: &mut dyn FnMut(&LightBatch) -> Result<()>) -> Result<()> {
     let builder = reader_builder(path, false)?;
-    let mask = project(
-        &builder,
-        &[
-            "id",
-            "split",
-            "kind",
-            "label",
-            "label_name",
-            "object_label",
-            "object_name",
-        ],
-    );
+    let mask = project(&builder, &LIGHT_COLUMNS);
     let reader = builder
         .with_projection(mask)
         .with_batch_size(8192)
