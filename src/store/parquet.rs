@@ -21,6 +21,7 @@ use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::Compression;
 use parquet::file::metadata::PageIndexPolicy;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 use crate::encoder::{Feature, Features};
 use crate::error::{Error, Result};
@@ -504,13 +505,31 @@ pub fn concat_renumbered(srcs: &[PathBuf], dst: &Path, first_id: u64) -> Result<
 /// How region files are written: Snappy, row groups of 8192, pages of ≤ 1024 rows with an
 /// offset index, so a query reads its hits' rows by decoding only the pages that hold them.
 fn writer_props() -> WriterProperties {
-    WriterProperties::builder()
+    let mut b = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(8192))
-        .set_data_page_row_count_limit(1024)
-        .set_write_batch_size(1024)
-        .build()
+        .set_data_page_row_count_limit(256)
+        .set_write_batch_size(256)
+        // A dictionary page is read whole for any row of its row group: kept for the columns
+        // of few distinct values, not for ids, boxes, areas, masks and features (where it
+        // holds nearly every value and made one row's read decode the row group's).
+        .set_dictionary_enabled(false);
+    for c in DICTIONARY_COLUMNS {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(c), true);
+    }
+    b.build()
 }
+
+/// Columns written with a dictionary: few distinct values.
+const DICTIONARY_COLUMNS: [&str; 7] = [
+    "image",
+    "split",
+    "kind",
+    "label",
+    "label_name",
+    "object_label",
+    "object_name",
+];
 
 fn read_region_rows(
     path: &Path,
