@@ -502,7 +502,7 @@ pub fn concat_renumbered(srcs: &[PathBuf], dst: &Path, first_id: u64) -> Result<
     Ok(next - first_id)
 }
 
-/// How region files are written: Snappy, row groups of 8192, pages of ≤ 1024 rows with an
+/// How region files are written: Snappy, row groups of 8192, pages of ≤ 256 rows with an
 /// offset index, so a query reads its hits' rows by decoding only the pages that hold them.
 fn writer_props() -> WriterProperties {
     let mut b = WriterProperties::builder()
