@@ -427,19 +427,29 @@ impl IndexDir {
         let mut sorted = ids.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
-        let mut found: BTreeMap<usize, Region> = BTreeMap::new();
+        // Per segment holding some of them, its local rows; the segments read in parallel.
+        let mut work: Vec<(&Segment, Vec<usize>)> = Vec::new();
         let mut rest = &sorted[..];
         for s in &self.segments {
             let cut = rest.partition_point(|&i| i < s.first_id + s.len);
             let (mine, later) = rest.split_at(cut);
             if !mine.is_empty() {
-                let local: Vec<usize> = mine.iter().map(|&i| i - s.first_id).collect();
-                for r in s.regions_at(&local, masks)? {
-                    found.insert(r.id as usize, r);
-                }
+                work.push((s, mine.iter().map(|&i| i - s.first_id).collect()));
             }
             rest = later;
         }
+        let read = |(s, local): &(&Segment, Vec<usize>)| s.regions_at(local, masks);
+        let parts: Vec<Vec<Region>> = if work.len() > 1 {
+            use rayon::prelude::*;
+            work.par_iter().map(read).collect::<Result<_>>()?
+        } else {
+            work.iter().map(read).collect::<Result<_>>()?
+        };
+        let found: BTreeMap<usize, Region> = parts
+            .into_iter()
+            .flatten()
+            .map(|r| (r.id as usize, r))
+            .collect();
         ids.iter()
             .map(|i| {
                 found.get(i).cloned().ok_or_else(|| {
