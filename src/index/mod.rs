@@ -129,16 +129,6 @@ impl SegmentGraphs {
         &self.graphs
     }
 
-    /// Nodes in all graphs.
-    pub fn len(&self) -> usize {
-        self.graphs.iter().map(|(_, g)| g.vectors().rows()).sum()
-    }
-
-    /// True when no graph has a node.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The `k` best of every graph's `k` best (`ef` wide walks), ids global; `keep` filters by
     /// global id during each walk. Ties rank the smaller id first, as [`exact_search`].
     pub fn search(

@@ -210,7 +210,7 @@ pub fn merge(out: &Path, inputs: &[PathBuf], overwrite: bool) -> Result<MergeRep
             let first_id = m.counts.regions;
             let dst = dir.join(SEGMENT_REGIONS);
             std::fs::create_dir_all(dir.join("regions")).at(&dir)?;
-            concat_parquet(&parquet, &dst, first_id)?;
+            super::parquet::concat_renumbered(&parquet, &dst, first_id)?;
             let mut files: BTreeMap<String, FileRecord> = info
                 .files
                 .iter()
@@ -252,15 +252,6 @@ pub fn merge(out: &Path, inputs: &[PathBuf], overwrite: bool) -> Result<MergeRep
         hnsw_seconds: 0.0,
         seconds: start.elapsed().as_secs_f64(),
     })
-}
-
-/// Writes the rows of `parts` (region files, in order) into one file `dst`, ids from
-/// `first_id`.
-fn concat_parquet(parts: &[PathBuf], dst: &Path, first_id: u64) -> Result<u64> {
-    match parts {
-        [one] => super::parquet::copy_renumbered(one, dst, first_id),
-        _ => super::parquet::concat_renumbered(parts, dst, first_id),
-    }
 }
 
 /// Merges each run of consecutive segments with fewer than `below` regions (all segments

@@ -241,18 +241,8 @@ impl IndexDir {
         let mut bad = Vec::new();
         for s in &self.segments {
             let rel = s.dir().strip_prefix(&self.path).unwrap_or(Path::new(""));
-            for (name, rec) in s.files() {
-                let p = s.dir().join(name);
-                let shown = rel.join(name).display().to_string();
-                match crate::encoder::sha256_file(&p) {
-                    Ok(got) if got == rec.sha256 => {}
-                    Ok(got) => bad.push(format!(
-                        "{shown}: SHA-256 {got} ≠ {} recorded at commit: the file changed",
-                        rec.sha256
-                    )),
-                    Err(e) => bad.push(format!("{shown}: {e}")),
-                }
-            }
+            let shown = |name: &str| rel.join(name).display().to_string();
+            bad.extend(verify::check_files(s.dir(), s.files(), &shown));
         }
         Ok(bad)
     }

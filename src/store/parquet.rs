@@ -450,14 +450,9 @@ pub fn scan_light(path: &Path, f: &mut dyn FnMut(&LightBatch) -> Result<()>) -> 
     Ok(())
 }
 
-/// Copies region file `src` to `dst` with ids renumbered from `first_id` (every other column,
-/// features included, as it is): how `merge` adopts a segment without re-embedding.
-pub fn copy_renumbered(src: &Path, dst: &Path, first_id: u64) -> Result<u64> {
-    concat_renumbered(&[src.to_path_buf()], dst, first_id)
-}
-
 /// The rows of the region files `srcs`, in order, as one file `dst`, ids renumbered from
-/// `first_id`. The files must share one schema.
+/// `first_id` (every other column, features included, as it is): how `merge` adopts a
+/// segment and `compact` joins segments, without re-embedding. The files must share one schema.
 pub fn concat_renumbered(srcs: &[PathBuf], dst: &Path, first_id: u64) -> Result<u64> {
     let mut writer: Option<(ArrowWriter<File>, SchemaRef)> = None;
     let mut next = first_id;

@@ -277,14 +277,6 @@ impl<'a> Rows<'a> {
         self.dim
     }
 
-    /// All rows as one slice, when they are one piece (an index of one segment).
-    pub fn as_contiguous(&self) -> Option<&'a [f32]> {
-        match self.parts[..] {
-            [one] => Some(one),
-            _ => None,
-        }
-    }
-
     /// All rows, contiguous (a copy).
     pub fn to_vec(&self) -> Vec<f32> {
         self.parts.concat()

@@ -5,11 +5,12 @@
 //! matrices against the manifest, its graphs (every byte validated), and the rows of its raw
 //! features holding NaN or infinity.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::manifest::{Manifest, SegmentInfo};
+use super::manifest::{FileRecord, Manifest, SegmentInfo};
 use super::{feature_path, unit_path, NpyMatrix, SEGMENT_REGIONS};
 use crate::encoder::Feature;
 use crate::error::Result;
@@ -70,16 +71,15 @@ pub fn verify(path: &Path) -> Result<VerifyReport> {
     })
 }
 
-fn check_segment(m: &Manifest, s: &SegmentInfo, dir: &Path, parquet: &[&str]) -> SegmentCheck {
+/// Each file of `files` (relative to `dir`) that is missing, has another length or another
+/// SHA-256 than recorded at commit, as `shown(name): what`.
+pub(crate) fn check_files(
+    dir: &Path,
+    files: &BTreeMap<String, FileRecord>,
+    shown: &dyn Fn(&str) -> String,
+) -> Vec<String> {
     let mut problems = Vec::new();
-    let shown = |rel: &str| {
-        if s.name.is_empty() {
-            rel.to_string()
-        } else {
-            format!("{}/{rel}", s.dir())
-        }
-    };
-    for (rel, rec) in &s.files {
+    for (rel, rec) in files {
         let p = dir.join(rel);
         match std::fs::metadata(&p) {
             Err(_) => problems.push(format!("{}: missing", shown(rel))),
@@ -100,6 +100,19 @@ fn check_segment(m: &Manifest, s: &SegmentInfo, dir: &Path, parquet: &[&str]) ->
             },
         }
     }
+    problems
+}
+
+fn check_segment(m: &Manifest, s: &SegmentInfo, dir: &Path, parquet: &[&str]) -> SegmentCheck {
+    let mut problems = Vec::new();
+    let shown = |rel: &str| {
+        if s.name.is_empty() {
+            rel.to_string()
+        } else {
+            format!("{}/{rel}", s.dir())
+        }
+    };
+    problems.extend(check_files(dir, &s.files, &shown));
     let n = s.counts.regions as usize;
     let mut rows = 0usize;
     for rel in parquet {
