@@ -113,6 +113,9 @@ fn imported_spec() -> ModelSpec {
             ..Default::default()
         },
         patch_size: None,
+        method: None,
+        precision: Default::default(),
+        fp32: None,
     }
 }
 

@@ -7,7 +7,8 @@ use std::sync::OnceLock;
 
 use serde::Serialize;
 
-use crate::encoder::{Encoder, EncoderOptions, Feature, Features};
+use crate::encoder::precision::fp32_sha256;
+use crate::encoder::{Device, Encoder, EncoderOptions, Feature, Features, Precision};
 use crate::error::{Error, Result};
 use crate::index::{exact_search, merge_top, normalize_rows, Hit, IdSet, SegmentGraphs};
 use crate::preprocess::decode_rgb;
@@ -179,8 +180,18 @@ impl QueryEngine {
         } else {
             let model: PathBuf =
                 model.map_or_else(|| PathBuf::from(&m.encoder.file), Path::to_path_buf);
-            let encoder = Encoder::load(&model, opts)?;
-            if encoder.sha256() != m.encoder.sha256 {
+            // An index built in fp16 (CUDA) is queried with its fp32 twin unless CUDA is asked
+            // for: the features of the two agree to the cosine scripts/models/fp16.py states.
+            let mut opts = opts.clone();
+            if opts.precision.is_none()
+                && m.encoder.spec.precision == Precision::Fp16
+                && opts.device != Device::Cuda
+            {
+                opts.precision = Some(Precision::Fp32);
+            }
+            let encoder = Encoder::load(&model, &opts)?;
+            let built_with = fp32_sha256(&m.encoder.spec, &m.encoder.sha256);
+            if encoder.fp32_sha256() != built_with {
                 return Err(Error::model(
                     &model,
                     format!(

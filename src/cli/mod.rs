@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
 
-use partlens::encoder::{Device, EncoderOptions};
+use partlens::encoder::{Device, EncoderOptions, Precision};
 
 /// A clap parser for one of a fixed set of library values, named by `name` (the help lists
 /// the names; the library types stay free of clap).
@@ -44,6 +44,11 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "auto",
           value_parser = one_of(&Device::ALL, Device::as_str))]
     pub device: Device,
+    /// Precision: fp32, or fp16 (CUDA only; runs the model's fp16 variant `X.fp16.onnx`,
+    /// written by scripts/models/fp16.py). Default: the model file's own.
+    #[arg(long, global = true,
+          value_parser = one_of(&Precision::ALL, Precision::as_str))]
+    pub precision: Option<Precision>,
     /// ONNX Runtime intra-op threads (default: all cores; at most 4 per core).
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
@@ -110,6 +115,7 @@ impl Cli {
             device: self.device,
             intra_threads: self.threads,
             spec_file: None,
+            precision: self.precision,
         }
     }
 }

@@ -49,6 +49,20 @@ pub(crate) fn report(r: &IngestReport) {
         r.wait_seconds,
         r.hnsw_seconds
     );
+    if r.encoder_sessions > 0 {
+        let busy = r.encode_seconds / (r.encode_seconds + r.wait_seconds).max(1e-9);
+        println!(
+            "encoder: {} on {}, {}, batches of {}, {} session{}; busy {:.0}% of its time, idle waiting for input {:.0}%",
+            r.manifest.encoder.spec.name,
+            r.manifest.encoder.provider,
+            r.manifest.encoder.spec.precision.as_str(),
+            r.batch_size,
+            r.encoder_sessions,
+            if r.encoder_sessions == 1 { "" } else { "s" },
+            100.0 * busy,
+            100.0 * (1.0 - busy)
+        );
+    }
     if let Some(d) = &r.manifest.dense {
         println!(
             "dense: {} images, {} cells of {} values ({} windows of {}×{} px, stride {}, short side {}) in {:.1} s ({:.2} images/s; encoder {:.1} s)",

@@ -1,13 +1,14 @@
 //! Running an ONNX encoder over batches of region tensors and reading the paper's features
 //! (`mean`, `cls`, `projection`) out of it.
 
+pub mod precision;
 pub mod runtime;
+mod session;
 pub mod spec;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use ort::session::Session;
 use serde::{Deserialize, Serialize};
@@ -15,7 +16,9 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, IoContext, Result};
 use crate::preprocess::Preprocessor;
-pub use spec::{ModelSpec, SpecOutputs};
+use session::{build_session, session_count, Sessions};
+pub use session::{DEFAULT_CUDA_SESSIONS, MAX_SESSIONS};
+pub use spec::{ModelSpec, Precision, SpecOutputs};
 
 /// Where inference runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -96,6 +99,10 @@ pub struct EncoderOptions {
     pub intra_threads: Option<usize>,
     /// A spec JSON file that replaces the one embedded in the model.
     pub spec_file: Option<PathBuf>,
+    /// The precision to run in; `None` is the model file's own (`*.fp16.onnx` is fp16). fp16
+    /// runs only on CUDA: an fp32 model `X.onnx` is run as its twin `X.fp16.onnx` (written by
+    /// `scripts/models/fp16.py`), and an fp16 model as the fp32 model it was made from.
+    pub precision: Option<Precision>,
 }
 
 /// Features of a batch: for each feature the model has, `n × dim` floats, row-major.
@@ -151,7 +158,7 @@ pub struct Encoder {
     fixed_batch: Option<usize>,
     /// The token grid, or why the model has none usable.
     grid: std::result::Result<TokenGrid, String>,
-    session: Mutex<Session>,
+    sessions: Sessions,
 }
 
 impl fmt::Debug for Encoder {
@@ -171,63 +178,6 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h).at(path)?;
     Ok(format!("{:x}", h.finalize()))
-}
-
-fn cuda_provider() -> ort::ep::ExecutionProviderDispatch {
-    use ort::ep::ArbitrarilyConfigurableExecutionProvider;
-    let mut ep = ort::ep::CUDA::default()
-        .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic);
-    if let Ok(extra) = std::env::var("PARTLENS_CUDA_OPTIONS") {
-        for kv in extra.split(',').filter(|s| !s.is_empty()) {
-            if let Some((k, v)) = kv.split_once('=') {
-                ep = ep.with_arbitrary_config(k.trim(), v.trim());
-            }
-        }
-    }
-    ep.build()
-}
-
-fn build_session(
-    env: &ort::environment::Environment,
-    path: &Path,
-    opts: &EncoderOptions,
-    cuda: bool,
-) -> Result<Session> {
-    let mut b = Session::builder(env)?;
-    // ONNX Runtime's per-node profile (JSON), for diagnosing where inference time goes.
-    if let Some(p) = std::env::var_os("PARTLENS_ORT_PROFILE") {
-        b = b.with_profiling(p)?;
-    }
-    if let Some(n) = opts.intra_threads {
-        b = b.with_intra_threads(n)?;
-    }
-    if cuda {
-        b = b
-            // Heuristic cuDNN algorithm choice: the exhaustive default benchmarks every conv for
-            // every new batch shape, which cost more than the whole inference on the sample
-            // (scripts/gpu_check.sh on an H200). PARTLENS_CUDA_OPTIONS="key=value,…" passes
-            // further CUDA provider options through.
-            .with_execution_providers([cuda_provider().error_on_failure()])
-            .map_err(|e| Error::Device {
-                provider: "cuda".into(),
-                message: format!(
-                    "{}. The CUDA provider needs the onnxruntime-gpu build of ONNX Runtime \
-                     (pass its libonnxruntime.so with --ort-lib), an NVIDIA driver and the \
-                     CUDA 13 / cuDNN 9 libraries",
-                    e.to_string().trim_end_matches('.')
-                ),
-            })?;
-    }
-    b.commit_from_file(path).map_err(|e| {
-        if cuda {
-            Error::Device {
-                provider: "cuda".into(),
-                message: e.to_string(),
-            }
-        } else {
-            Error::model(path, format!("ONNX Runtime cannot load it: {e}"))
-        }
-    })
 }
 
 fn read_spec(session: &Session, path: &Path, opts: &EncoderOptions) -> Result<ModelSpec> {
@@ -304,12 +254,26 @@ impl Encoder {
         if !path.is_file() {
             return Err(Error::model(&path, "no such model file"));
         }
+        let choice = precision::choose(&path, opts.precision, opts.device)?;
+        let path = choice.path.clone();
         let lib = runtime::resolve_library(opts.ort_lib.as_deref())?;
         let env = runtime::environment(&lib)?;
-        let (session, provider) = match opts.device {
-            Device::Cpu => (build_session(env, &path, opts, false)?, "cpu"),
-            Device::Cuda => (build_session(env, &path, opts, true)?, "cuda"),
-            Device::Auto => match build_session(env, &path, opts, true) {
+        let (session, provider) = match (opts.device, choice.precision) {
+            (Device::Cpu, _) => (build_session(env, &path, opts, false)?, "cpu"),
+            (Device::Cuda, _) => (build_session(env, &path, opts, true)?, "cuda"),
+            (Device::Auto, Precision::Fp16) => match build_session(env, &path, opts, true) {
+                Ok(s) => (s, "cuda"),
+                Err(Error::Device { provider, message }) => {
+                    return Err(Error::Device {
+                        provider,
+                        message: format!(
+                            "{message}. fp16 runs only on CUDA; on CPU use --precision fp32"
+                        ),
+                    })
+                }
+                Err(e) => return Err(e),
+            },
+            (Device::Auto, Precision::Fp32) => match build_session(env, &path, opts, true) {
                 Ok(s) => (s, "cuda"),
                 Err(Error::Device { message, .. }) => {
                     tracing::info!("CUDA not usable ({message}); running on CPU");
@@ -318,8 +282,17 @@ impl Encoder {
                 Err(e) => return Err(e),
             },
         };
-        tracing::info!("execution provider: {provider}");
         let spec = read_spec(&session, &path, opts)?;
+        precision::check(&choice, &spec)?;
+        let cuda = provider == "cuda";
+        let sessions = Sessions::new(session, session_count(provider)?, env, &path, opts, cuda)?;
+        tracing::info!(
+            "execution provider: {provider}, {} ({} session{}, I/O binding {})",
+            choice.precision.as_str(),
+            sessions.len(),
+            if sessions.len() == 1 { "" } else { "s" },
+            if sessions.io_binding() { "on" } else { "off" }
+        );
         let mut enc = Encoder {
             sha256: sha256_file(&path)?,
             path,
@@ -328,7 +301,7 @@ impl Encoder {
             dims: BTreeMap::new(),
             fixed_batch: None,
             grid: Err("not validated".into()),
-            session: Mutex::new(session),
+            sessions,
         };
         enc.validate()?;
         Ok(enc)
@@ -337,7 +310,8 @@ impl Encoder {
     fn validate(&mut self) -> Result<()> {
         let [h, w] = self.spec.input_size;
         {
-            let session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+            let runner = self.sessions.first();
+            let session = runner.session();
             let input = session
                 .inputs()
                 .iter()
@@ -403,7 +377,7 @@ impl Encoder {
         let b = self.fixed_batch.unwrap_or(1);
         let zeros = vec![0f32; b * 3 * h * w];
         let all: Vec<String> = self.spec.outputs.named().cloned().collect();
-        let shapes = self.run_raw(&zeros, b, &all, |name, shape, _| {
+        let shapes = self.run_raw(&[&zeros], b, &all, |name, shape, _| {
             let mut s = shape;
             if let Some(first) = s.first_mut() {
                 *first /= b as i64; // report per-image shapes, batch 1
@@ -463,43 +437,35 @@ impl Encoder {
         Ok(())
     }
 
-    /// Runs the model on `n` CHW tensors, computing only the outputs in `names`, and hands each
-    /// to `f`.
+    /// Runs the model on `n` CHW tensors (the concatenation of `parts`), computing only the
+    /// outputs in `names`, and hands each to `f`. Takes a free session.
     fn run_raw<T>(
         &self,
-        pixels: &[f32],
+        parts: &[&[f32]],
         n: usize,
         names: &[String],
         mut f: impl FnMut(&str, Vec<i64>, &[f32]) -> T,
     ) -> Result<Vec<T>> {
         let [h, w] = self.spec.input_size;
-        if pixels.len() != n * 3 * h * w {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len != n * 3 * h * w {
             return Err(Error::InvalidArgument(format!(
-                "batch holds {} floats, expected {n} × 3 × {h} × {w}",
-                pixels.len()
+                "batch holds {len} floats, expected {n} × 3 × {h} × {w}"
             )));
         }
-        let input = ort::value::TensorRef::from_array_view(([n, 3, h, w], pixels))?;
-        let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
-        let selector = names
-            .iter()
-            .fold(ort::session::OutputSelector::no_default(), |sel, n| {
-                sel.with(n.as_str())
-            });
-        let options = ort::session::RunOptions::new()?.with_outputs(selector);
-        let outputs =
-            session.run_with_options(ort::inputs![self.spec.input.as_str() => input], &options)?;
-        let mut res = Vec::new();
-        for name in names {
-            let value = outputs
-                .get(name)
-                .ok_or_else(|| Error::Ort(format!("output {name:?} missing from the run")))?;
-            let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| {
-                Error::model(&self.path, format!("output {name:?} is not float32: {e}"))
-            })?;
-            res.push(f(name, shape.iter().copied().collect(), data));
-        }
-        Ok(res)
+        let mut runner = self.sessions.take();
+        runner
+            .run(
+                &self.spec.input,
+                [n, 3, h, w],
+                parts,
+                names,
+                |name, shape, data| Ok(f(name, shape, data)),
+            )
+            .map_err(|e| match e {
+                Error::Ort(m) if m.contains("is not float32") => Error::model(&self.path, m),
+                e => e,
+            })
     }
 
     /// Embeds `n` preprocessed regions (`pixels` = `n × 3 × H × W`, CHW each) and returns
@@ -517,38 +483,51 @@ impl Encoder {
         n: usize,
         tokens: bool,
     ) -> Result<(Features, Option<Vec<f32>>)> {
+        self.embed_parts(&[pixels], n, tokens)
+    }
+
+    /// [`Encoder::embed_with_tokens`] of a batch given in pieces (their concatenation is the
+    /// `n × 3 × H × W` input): the pieces are copied straight into the session's input tensor
+    /// (pinned memory on CUDA), so the caller never joins them. Callable from several threads
+    /// at once: each call takes a free session ([`Encoder::sessions`]).
+    pub fn embed_parts(
+        &self,
+        parts: &[&[f32]],
+        n: usize,
+        tokens: bool,
+    ) -> Result<(Features, Option<Vec<f32>>)> {
         let grid = if tokens {
             Some(self.token_grid()?)
         } else {
             None
         };
+        let len: usize = parts.iter().map(|p| p.len()).sum();
         if n == 0 {
-            if !pixels.is_empty() {
+            if len != 0 {
                 return Err(Error::InvalidArgument(format!(
-                    "{} floats given for an empty batch",
-                    pixels.len()
+                    "{len} floats given for an empty batch"
                 )));
             }
             let values = self.dims.keys().map(|f| (*f, Vec::new())).collect();
             return Ok((Features { n: 0, values }, grid.map(|_| Vec::new())));
         }
         let tlen = self.preprocessor().tensor_len();
-        if pixels.len() != n.saturating_mul(tlen) {
+        if len != n.saturating_mul(tlen) {
             return Err(Error::InvalidArgument(format!(
-                "batch holds {} floats, expected {n} × {tlen}",
-                pixels.len()
+                "batch holds {len} floats, expected {n} × {tlen}"
             )));
         }
         let Some(b) = self.fixed_batch.filter(|&b| b != n) else {
-            return self.embed_exact(pixels, n, grid.as_ref());
+            return self.embed_exact(parts, n, grid.as_ref());
         };
+        let pixels = parts.concat();
         let mut all = Features {
             n,
             values: BTreeMap::new(),
         };
         let mut all_tokens = grid.map(|g| Vec::with_capacity(n * g.tokens() * g.dim));
-        in_fixed_batches(pixels, tlen, b, |input, m| {
-            let (f, t) = self.embed_exact(input, b, grid.as_ref())?;
+        in_fixed_batches(&pixels, tlen, b, |input, m| {
+            let (f, t) = self.embed_exact(&[input], b, grid.as_ref())?;
             for (feat, v) in f.values {
                 let d = v.len() / b;
                 all.values
@@ -566,7 +545,7 @@ impl Encoder {
 
     fn embed_exact(
         &self,
-        pixels: &[f32],
+        pixels: &[&[f32]],
         n: usize,
         grid: Option<&TokenGrid>,
     ) -> Result<(Features, Option<Vec<f32>>)> {
@@ -709,7 +688,7 @@ impl Encoder {
         }
         .unwrap_or_default();
         let per = g.tokens() * g.dim;
-        let mut raw = self.run_raw(pixels, b, &[name], |_, shape, data| {
+        let mut raw = self.run_raw(&[pixels], b, &[name], |_, shape, data| {
             (shape.iter().product::<i64>() as usize, data.to_vec())
         })?;
         let (len, data) = raw.pop().unwrap_or_default();
@@ -738,6 +717,28 @@ impl Encoder {
     /// The model's spec.
     pub fn spec(&self) -> &ModelSpec {
         &self.spec
+    }
+
+    /// How many sessions the encoder holds: the batches that can run at once (2 on CUDA, 1 on
+    /// CPU, whose one session uses every core).
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether runs bind their input and outputs (ONNX Runtime's I/O binding).
+    pub fn io_binding(&self) -> bool {
+        self.sessions.io_binding()
+    }
+
+    /// The precision the model computes in.
+    pub fn precision(&self) -> Precision {
+        self.spec.precision
+    }
+
+    /// The SHA-256 of the fp32 model behind this one (its own for fp32 models): indexes built
+    /// with either of an fp32/fp16 pair are queried with either.
+    pub fn fp32_sha256(&self) -> &str {
+        precision::fp32_sha256(&self.spec, &self.sha256)
     }
 
     /// The execution provider in use: `cpu` or `cuda`.

@@ -93,6 +93,53 @@ pub struct ModelSpec {
     /// Patch size in pixels, for ViTs.
     #[serde(default)]
     pub patch_size: Option<usize>,
+    /// The pretraining method the weights come from (`deit`, `mocov3`, `dino`, `beit`, `mae`,
+    /// `cae`, `ibot`), as `scripts/models/vit.py --method` records it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// The precision the model computes in (`scripts/models/fp16.py` writes `fp16`).
+    #[serde(default, skip_serializing_if = "Precision::is_fp32")]
+    pub precision: Precision,
+    /// For an fp16 model: the fp32 model it was made from (its twin for CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fp32: Option<Twin>,
+}
+
+/// The numeric precision a model computes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// float32 weights and compute.
+    #[default]
+    Fp32,
+    /// float16 weights and compute, float32 input and outputs (CUDA only).
+    Fp16,
+}
+
+impl Precision {
+    /// Every choice.
+    pub const ALL: [Precision; 2] = [Precision::Fp32, Precision::Fp16];
+
+    /// `fp32` or `fp16`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+        }
+    }
+
+    fn is_fp32(&self) -> bool {
+        *self == Precision::Fp32
+    }
+}
+
+/// The fp32 model an fp16 one was converted from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Twin {
+    /// Its file name (in the fp16 model's folder).
+    pub file: String,
+    /// Its SHA-256.
+    pub sha256: String,
 }
 
 fn bicubic() -> String {
@@ -145,6 +192,13 @@ impl ModelSpec {
         }
         if self.mean.iter().any(|m| !m.is_finite()) {
             return bad("mean must be finite".into());
+        }
+        if self.precision == Precision::Fp16 && self.fp32.is_none() {
+            return bad(
+                "an fp16 spec must name its fp32 model (\"fp32\": {file, sha256}); \
+                 write fp16 models with scripts/models/fp16.py"
+                    .into(),
+            );
         }
         let o = &self.outputs;
         if o.pooled.is_none() && o.patch_tokens.is_none() && o.feature_map.is_none() {

@@ -4,8 +4,10 @@
 //! `--segment-size` regions ([`Segmenter`]: dense pass, graphs, commit).
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::Path;
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -122,10 +124,130 @@ fn produce(
     }
 }
 
-/// Regions waiting for inference and their tensors, `regions.len() × tlen` floats.
+/// Regions waiting for inference and where their tensors lie: runs of the producer's pieces,
+/// shared, never copied into one buffer here (the encoder copies them once, into its input).
+#[derive(Default)]
 struct Batch {
     regions: Vec<Region>,
-    tensors: Vec<f32>,
+    parts: Vec<(Arc<Vec<f32>>, Range<usize>)>,
+}
+
+impl Batch {
+    /// Adds region `r`, whose tensor is the `i`-th of `piece` (`tlen` floats each).
+    fn push(&mut self, r: Region, piece: &Arc<Vec<f32>>, i: usize, tlen: usize) {
+        let range = i * tlen..(i + 1) * tlen;
+        match self.parts.last_mut() {
+            Some((a, run)) if Arc::ptr_eq(a, piece) && run.end == range.start => {
+                run.end = range.end
+            }
+            _ => self.parts.push((Arc::clone(piece), range)),
+        }
+        self.regions.push(r);
+    }
+}
+
+/// A batch handed to an encoder session.
+struct Job {
+    regions: Vec<Region>,
+    parts: Vec<(Arc<Vec<f32>>, Range<usize>)>,
+}
+
+/// A batch's features, and how long its session worked on it and had waited for it.
+struct Done {
+    regions: Vec<Region>,
+    features: Features,
+    tokens: Option<Vec<f32>>,
+    busy: f64,
+    idle: f64,
+}
+
+/// Runs jobs on one of the encoder's sessions until the job channel closes.
+fn encode_jobs(
+    encoder: &Encoder,
+    tokens: bool,
+    jobs: Receiver<Job>,
+    done: SyncSender<Result<Done>>,
+) {
+    let mut free = Instant::now();
+    while let Ok(Job { regions, parts }) = jobs.recv() {
+        let idle = free.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let slices: Vec<&[f32]> = parts.iter().map(|(a, r)| &a[r.clone()]).collect();
+        let res = encoder
+            .embed_parts(&slices, regions.len(), tokens)
+            .map(|(features, tokens)| Done {
+                regions,
+                features,
+                tokens,
+                busy: t.elapsed().as_secs_f64(),
+                idle,
+            });
+        drop(slices);
+        drop(parts);
+        if done.send(res).is_err() {
+            return;
+        }
+        free = Instant::now();
+    }
+}
+
+/// The batches in flight: each sent to a session of its own (round robin, one per session
+/// at most), their results written to the segment in the order the batches were made.
+struct Pipeline {
+    jobs: Vec<SyncSender<Job>>,
+    done: Vec<Receiver<Result<Done>>>,
+    order: std::collections::VecDeque<usize>,
+    next: usize,
+    /// Regions sent and not yet written.
+    regions: u64,
+}
+
+impl Pipeline {
+    /// Sends `batch` to the next session, first writing the oldest result if every session
+    /// is busy.
+    fn submit(&mut self, batch: &mut Batch, seg: &mut Segmenter<'_>) -> Result<()> {
+        if batch.regions.is_empty() {
+            return Ok(());
+        }
+        if self.order.len() == self.jobs.len() {
+            self.collect(seg)?;
+        }
+        let w = self.next;
+        self.next = (w + 1) % self.jobs.len();
+        let job = Job {
+            regions: std::mem::take(&mut batch.regions),
+            parts: std::mem::take(&mut batch.parts),
+        };
+        self.regions += job.regions.len() as u64;
+        self.jobs[w]
+            .send(job)
+            .map_err(|_| Error::Runtime("an encoder session stopped".into()))?;
+        self.order.push_back(w);
+        Ok(())
+    }
+
+    /// Waits for the oldest batch in flight and writes it.
+    fn collect(&mut self, seg: &mut Segmenter<'_>) -> Result<()> {
+        let Some(w) = self.order.pop_front() else {
+            return Ok(());
+        };
+        let done = self.done[w]
+            .recv()
+            .map_err(|_| Error::Runtime("an encoder session stopped".into()))??;
+        self.regions -= done.regions.len() as u64;
+        seg.timing.encode_seconds += done.busy;
+        seg.timing.wait_seconds += done.idle;
+        seg.sink()?
+            .write(done.regions, &done.features, done.tokens.as_deref())
+    }
+
+    /// Writes every batch in flight.
+    fn drain(&mut self, seg: &mut Segmenter<'_>) -> Result<()> {
+        while !self.order.is_empty() {
+            self.collect(seg)?;
+        }
+        Ok(())
+    }
 }
 
 /// Where embedded regions go, and the one place region ids are assigned.
@@ -391,33 +513,31 @@ pub(super) fn embed_all(seg: &mut Segmenter<'_>, first: usize) -> Result<()> {
     std::thread::scope(|scope| -> Result<()> {
         scope.spawn(move || produce(dataset, items, &settings, &pre, &tx));
         // Owning the receiver here means an early return drops it, which unblocks the
-        // producer's `send` and lets the scope end.
+        // producer's `send` and lets the scope end; dropping the job senders ends the
+        // sessions' threads the same way.
         let rx = rx;
-        let mut batch = Batch {
-            regions: Vec::with_capacity(opts.batch_size),
-            tensors: Vec::with_capacity(opts.batch_size * tlen),
+        let mut pipe = Pipeline {
+            jobs: Vec::new(),
+            done: Vec::new(),
+            order: Default::default(),
+            next: 0,
+            regions: 0,
         };
-        let run = |batch: &mut Batch, seg: &mut Segmenter<'_>| -> Result<()> {
-            if batch.regions.is_empty() {
-                return Ok(());
-            }
-            let te = Instant::now();
-            let (feats, tokens) =
-                encoder.embed_with_tokens(&batch.tensors, batch.regions.len(), want_tokens)?;
-            seg.timing.encode_seconds += te.elapsed().as_secs_f64();
-            seg.sink()?.write(
-                std::mem::take(&mut batch.regions),
-                &feats,
-                tokens.as_deref(),
-            )?;
-            batch.tensors.clear();
-            Ok(())
-        };
+        for _ in 0..encoder.sessions() {
+            let (job_tx, job_rx) = sync_channel::<Job>(1);
+            let (done_tx, done_rx) = sync_channel::<Result<Done>>(1);
+            scope.spawn(move || encode_jobs(encoder, want_tokens, job_rx, done_tx));
+            pipe.jobs.push(job_tx);
+            pipe.done.push(done_rx);
+        }
+        let mut batch = Batch::default();
         // Images in order whose regions are still arriving; a finished one is counted in the
-        // open segment, which closes after it once it holds --segment-size regions.
+        // open segment, which closes after it once it holds --segment-size regions (written,
+        // in flight or batched).
         let mut pending: std::collections::VecDeque<Pending> = Default::default();
         let finish_images = |pending: &mut std::collections::VecDeque<Pending>,
                              batch: &mut Batch,
+                             pipe: &mut Pipeline,
                              seg: &mut Segmenter<'_>|
          -> Result<()> {
             while pending.front().is_some_and(|p| p.remaining == 0) {
@@ -436,17 +556,16 @@ pub(super) fn embed_all(seg: &mut Segmenter<'_>, first: usize) -> Result<()> {
                     }
                 }
                 pb.inc(1);
-                if seg.regions() + batch.regions.len() as u64 >= opts.segment_size as u64 {
-                    run(batch, seg)?;
+                let held = seg.regions() + pipe.regions + batch.regions.len() as u64;
+                if held >= opts.segment_size as u64 {
+                    pipe.submit(batch, seg)?;
+                    pipe.drain(seg)?;
                     seg.close(first + p.item + 1)?;
                 }
             }
             Ok(())
         };
-        loop {
-            let tw = Instant::now();
-            let Ok(msg) = rx.recv() else { break };
-            seg.timing.wait_seconds += tw.elapsed().as_secs_f64();
+        while let Ok(msg) = rx.recv() {
             match msg {
                 Msg::Image(idx, Ok((regions_skipped, n))) => {
                     if let (true, Some(s)) = (opts.strict, regions_skipped.first()) {
@@ -470,18 +589,18 @@ pub(super) fn embed_all(seg: &mut Segmenter<'_>, first: usize) -> Result<()> {
                     });
                 }
                 Msg::Regions(regions, tensors) => {
-                    for (r, t) in regions.into_iter().zip(tensors.chunks_exact(tlen)) {
-                        finish_images(&mut pending, &mut batch, seg)?;
+                    let piece = Arc::new(tensors);
+                    for (i, r) in regions.into_iter().enumerate() {
+                        finish_images(&mut pending, &mut batch, &mut pipe, seg)?;
                         let Some(p) = pending.front_mut() else {
                             return Err(Error::InvalidArgument(
                                 "internal: a region arrived before its image".into(),
                             ));
                         };
                         p.remaining -= 1;
-                        batch.regions.push(r);
-                        batch.tensors.extend_from_slice(t);
+                        batch.push(r, &piece, i, tlen);
                         if batch.regions.len() == opts.batch_size {
-                            run(&mut batch, seg)?;
+                            pipe.submit(&mut batch, seg)?;
                         }
                     }
                     let done = seg.manifest.counts.regions - base_regions + seg.regions();
@@ -493,10 +612,11 @@ pub(super) fn embed_all(seg: &mut Segmenter<'_>, first: usize) -> Result<()> {
                     ));
                 }
             }
-            finish_images(&mut pending, &mut batch, seg)?;
+            finish_images(&mut pending, &mut batch, &mut pipe, seg)?;
         }
-        finish_images(&mut pending, &mut batch, seg)?;
-        run(&mut batch, seg)?;
+        finish_images(&mut pending, &mut batch, &mut pipe, seg)?;
+        pipe.submit(&mut batch, seg)?;
+        pipe.drain(seg)?;
         Ok(())
     })?;
     pb.finish_and_clear();

@@ -38,6 +38,21 @@ mod segments;
 pub(crate) use segments::add_counts;
 pub use segments::Shard;
 
+/// `--batch-size` on the CPU: enough to amortise a run, small enough to keep memory low.
+pub const DEFAULT_BATCH_CPU: usize = 32;
+
+/// `--batch-size` on CUDA: a GPU needs hundreds of inputs per run to be busy.
+pub const DEFAULT_BATCH_CUDA: usize = 256;
+
+/// The default batch size on `provider` (`cpu` or `cuda`).
+pub fn default_batch_size(provider: &str) -> usize {
+    if provider == "cuda" {
+        DEFAULT_BATCH_CUDA
+    } else {
+        DEFAULT_BATCH_CPU
+    }
+}
+
 /// Largest `--batch-size` accepted.
 pub const MAX_BATCH: usize = 4096;
 
@@ -86,7 +101,7 @@ impl IngestOptions {
         IngestOptions {
             out: out.into(),
             settings: RegionSettings::default(),
-            batch_size: 32,
+            batch_size: DEFAULT_BATCH_CPU,
             strict: false,
             overwrite: false,
             progress: false,
@@ -131,11 +146,16 @@ pub struct IngestReport {
     pub manifest: Manifest,
     /// Wall time of the whole ingest, in seconds.
     pub seconds: f64,
-    /// Seconds spent inside the encoder.
+    /// Seconds the encoder's sessions spent running batches (summed over sessions).
     pub encode_seconds: f64,
+    /// The encoder's sessions: batches run at once ([`Encoder::sessions`]).
+    pub encoder_sessions: usize,
+    /// The batch size the run used.
+    pub batch_size: usize,
     /// Seconds spent building HNSW graphs.
     pub hnsw_seconds: f64,
-    /// Seconds inference waited for preprocessed regions (high: input-bound).
+    /// Seconds the encoder's sessions sat idle waiting for a batch (summed over sessions;
+    /// high: preprocessing cannot keep up).
     pub wait_seconds: f64,
     /// Seconds of the dense pass (`--dense`), encoder included.
     pub dense_seconds: f64,
@@ -159,6 +179,8 @@ impl IngestReport {
             manifest,
             seconds: t0.elapsed().as_secs_f64(),
             encode_seconds: 0.0,
+            encoder_sessions: 0,
+            batch_size: 0,
             hnsw_seconds: 0.0,
             wait_seconds: 0.0,
             dense_seconds: 0.0,
@@ -441,6 +463,8 @@ pub fn ingest_with_encoder(
         manifest,
         seconds: t0.elapsed().as_secs_f64(),
         encode_seconds: timing.encode_seconds,
+        encoder_sessions: encoder.sessions(),
+        batch_size: opts.batch_size,
         hnsw_seconds: timing.hnsw_seconds,
         wait_seconds: timing.wait_seconds,
         dense_seconds: timing.dense_seconds,
