@@ -84,6 +84,7 @@ def convert(path: str, out: str, keep_fp32: list[str]) -> dict:
         half = float16.convert_float_to_float16(
             model, keep_io_types=True, op_block_list=keep_fp32, disable_shape_infer=False)
     tiny = sum("truncated" in str(w.message) for w in caught)
+    _float32_outputs(half)
     spec = dict(spec, precision="fp16",
                 fp32={"file": os.path.basename(path), "sha256": _sha256(path)})
     kept = [p for p in half.metadata_props if p.key != SPEC_KEY]
@@ -99,6 +100,37 @@ def convert(path: str, out: str, keep_fp32: list[str]) -> dict:
         print(f"note: {tiny} tiny weight values were rounded to float16's smallest (1e-7)",
               file=sys.stderr)
     return spec
+
+
+def _float32_outputs(model) -> None:
+    """Makes every graph output float32 again. ``keep_io_types`` misses outputs written by an
+    op kept in float32 (``--keep-fp32``): the converter casts them to float16 for consumers
+    that no longer exist. Such a cast is turned back into float32 when nothing else reads its
+    output; otherwise a Cast to float32 is added after it."""
+    from onnx import TensorProto as T, helper
+
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    readers = {i for n in g.node for i in n.input}
+    for out in g.output:
+        tt = out.type.tensor_type
+        if tt.elem_type != T.FLOAT16:
+            continue
+        node = producer.get(out.name)
+        to = next((a for a in node.attribute if a.name == "to"), None) if node else None
+        if node is not None and node.op_type == "Cast" and to is not None \
+                and out.name not in readers:
+            to.i = T.FLOAT
+        elif node is not None:
+            half_name = out.name + "_fp16"
+            node.output[list(node.output).index(out.name)] = half_name
+            for n in g.node:
+                for k, i in enumerate(n.input):
+                    if i == out.name:
+                        n.input[k] = half_name
+            g.node.append(helper.make_node("Cast", [half_name], [out.name], to=T.FLOAT,
+                                           name=out.name + "_to_fp32"))
+        tt.elem_type = T.FLOAT
 
 
 def _run(path: str, feeds: dict, outputs: list[str]) -> dict:

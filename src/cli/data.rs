@@ -236,6 +236,62 @@ pub(super) fn ingest(a: &IngestArgs, enc: &EncoderOptions, quiet: bool) -> Resul
     }
 }
 
+/// `partlens encode-bench`.
+#[derive(Debug, Args)]
+pub struct EncodeBenchArgs {
+    /// ONNX model (default: the one `partlens setup` installed).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Regions per batch (default: 32 on CPU, 256 on CUDA, as ingest).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Regions to embed (rounded up to whole batches).
+    #[arg(long, default_value_t = 10_000)]
+    pub regions: usize,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(super) fn encode_bench(a: &EncodeBenchArgs, enc: &EncoderOptions) -> Result<()> {
+    let model = default_model(&a.model)?;
+    let encoder = partlens::Encoder::load(&model, enc)?;
+    let batch = a
+        .batch_size
+        .unwrap_or_else(|| partlens::ingest::default_batch_size(encoder.provider()));
+    if batch == 0 || batch > partlens::ingest::MAX_BATCH {
+        return Err(Error::InvalidArgument(format!(
+            "--batch-size must be between 1 and {}",
+            partlens::ingest::MAX_BATCH
+        )));
+    }
+    let t = partlens::encoder::throughput::measure(&encoder, batch, a.regions)?;
+    if a.json {
+        return print::json(&serde_json::json!({
+            "model": encoder.spec().name,
+            "provider": encoder.provider(),
+            "precision": encoder.precision().as_str(),
+            "io_binding": encoder.io_binding(),
+            "throughput": t,
+        }));
+    }
+    println!(
+        "encoder alone: {} on {}, {}: {} regions in {:.2} s = {:.1} regions/s (batches of {}, {} session{}, {:.1} ms per batch p50, I/O binding {})",
+        encoder.spec().name,
+        encoder.provider(),
+        encoder.precision().as_str(),
+        t.regions,
+        t.seconds,
+        t.regions_per_second,
+        t.batch_size,
+        t.sessions,
+        if t.sessions == 1 { "" } else { "s" },
+        1e3 * t.batch_seconds_p50,
+        if encoder.io_binding() { "on" } else { "off" }
+    );
+    Ok(())
+}
+
 /// `partlens convert`.
 #[derive(Debug, Args)]
 pub struct ConvertArgs {

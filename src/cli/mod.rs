@@ -72,6 +72,9 @@ pub enum Command {
     Demo(data::DemoArgs),
     /// Embed every part and object region of a dataset into a new index directory.
     Ingest(data::IngestArgs),
+    /// Measure the encoder alone: regions per second on pre-made tensors, every session busy
+    /// (the ceiling an ingest's regions/s is compared with).
+    EncodeBench(data::EncodeBenchArgs),
     /// Describe an index directory (and check its files with --verify).
     Info(index::InfoArgs),
     /// Write a synthetic dataset (objects made of textured parts) for tests and scale runs.
@@ -127,6 +130,7 @@ pub fn run(cli: Cli) -> partlens::Result<()> {
         Command::Setup(a) => data::setup(a),
         Command::Demo(a) => data::demo(a, &enc),
         Command::Ingest(a) => data::ingest(a, &enc, cli.quiet),
+        Command::EncodeBench(a) => data::encode_bench(a, &enc),
         Command::Info(a) => index::info(a),
         Command::Synth(a) => data::synth(a),
         Command::Convert(a) => data::convert(a),

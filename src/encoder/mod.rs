@@ -5,6 +5,7 @@ pub mod precision;
 pub mod runtime;
 mod session;
 pub mod spec;
+pub mod throughput;
 
 use std::collections::BTreeMap;
 use std::fmt;
