@@ -102,6 +102,11 @@ ingest mnv2_cpu "$D" "$M" --device cpu
 say "== ViT-B/16 =="
 alone vit_alone_fp16 "$V" --device cuda --precision fp16
 alone vit_alone_fp32 "$V" --device cuda
+# CUDA graphs (ONNX Runtime's enable_cuda_graph): replaying one captured graph per batch needs
+# fixed shapes and addresses, which encode-bench's repeated full batches have; an experiment,
+# not a default (ingest's last batch of each segment is shorter).
+PARTLENS_CUDA_OPTIONS=enable_cuda_graph=1 alone vit_alone_fp16_cudagraph "$V" --device cuda --precision fp16
+PARTLENS_CUDA_OPTIONS=enable_cuda_graph=1 alone mnv2_alone_fp16_cudagraph "$M" --device cuda --precision fp16
 ingest vit_fp16 "$D" "$V" --device cuda --precision fp16
 ingest vit_fp32 "$D" "$V" --device cuda
 ingest vit_cpu data/samples/pascal_part "$V" --device cpu

@@ -73,8 +73,10 @@ fn load(
 }
 
 /// Reads `items` in parallel blocks and sends, per block, each image's outcome and then its
-/// regions' tensors in pieces of at most [`PIECE`], made in parallel. Stops when the receiver
-/// is gone.
+/// regions' tensors in pieces of at most [`PIECE`], made in parallel. The next block is
+/// decoded while the current one's tensors are made, so no core waits at a block's end (a
+/// block is one image per thread: two blocks in memory at most). Stops when the receiver is
+/// gone.
 fn produce(
     dataset: &dyn Dataset,
     items: &[ImageItem],
@@ -82,14 +84,19 @@ fn produce(
     pre: &crate::preprocess::Preprocessor,
     tx: &std::sync::mpsc::SyncSender<Msg>,
 ) {
-    let chunk = (rayon::current_num_threads() * 2).max(4);
+    let chunk = rayon::current_num_threads().max(2);
     let len = pre.tensor_len();
     let piece_len = (PIECE_BYTES / (len * 4).max(1)).clamp(1, PIECE);
-    for (ci, block) in items.chunks(chunk).enumerate() {
-        let loaded: Vec<Result<crate::dataset::ImageRegions>> = block
+    let load_block = |block: &[ImageItem]| -> Vec<Result<crate::dataset::ImageRegions>> {
+        block
             .par_iter()
             .map(|item| load(dataset, item, settings))
-            .collect();
+            .collect()
+    };
+    let blocks: Vec<&[ImageItem]> = items.chunks(chunk).collect();
+    let mut next = blocks.first().map(|b| load_block(b));
+    for ci in 0..blocks.len() {
+        let Some(loaded) = next.take() else { return };
         // The block's decoded images, and every region with the slot of its image.
         let mut images = Vec::new();
         let mut work: Vec<(usize, Region)> = Vec::new();
@@ -108,19 +115,39 @@ fn produce(
                 return; // the consumer stopped on an error
             }
         }
-        let mut work = work.into_iter().peekable();
-        while work.peek().is_some() {
-            let piece: Vec<(usize, Region)> = work.by_ref().take(piece_len).collect();
-            let mut tensors = vec![0f32; piece.len() * len];
-            tensors
-                .par_chunks_mut(len)
-                .zip(&piece)
-                .for_each(|(out, (slot, r))| pre.region_tensor(&images[*slot], r.crop_box, out));
-            let regions = piece.into_iter().map(|(_, r)| r).collect();
-            if tx.send(Msg::Regions(regions, tensors)).is_err() {
-                return;
+        let send_pieces = || -> bool {
+            let mut work = work.into_iter().peekable();
+            while work.peek().is_some() {
+                let piece: Vec<(usize, Region)> = work.by_ref().take(piece_len).collect();
+                let mut tensors = vec![0f32; piece.len() * len];
+                tensors
+                    .par_chunks_mut(len)
+                    .zip(&piece)
+                    .for_each(|(out, (slot, r))| {
+                        pre.region_tensor(&images[*slot], r.crop_box, out)
+                    });
+                let regions = piece.into_iter().map(|(_, r)| r).collect();
+                if tx.send(Msg::Regions(regions, tensors)).is_err() {
+                    return false;
+                }
             }
+            true
+        };
+        // The next block decodes on a thread of its own (its work goes to rayon's pool) while
+        // this one sends: a send that blocks must never block a rayon worker, or the graph
+        // build's broadcast (which needs every worker) would wait on it forever.
+        let (sent, loaded) = std::thread::scope(|s| {
+            let decode = s.spawn(|| blocks.get(ci + 1).map(|b| load_block(b)));
+            let sent = send_pieces();
+            (sent, decode.join())
+        });
+        let Ok(loaded) = loaded else {
+            return; // a decode panicked: the consumer sees the channel close
+        };
+        if !sent {
+            return;
         }
+        next = loaded;
     }
 }
 
