@@ -215,7 +215,7 @@ impl Runner {
         shape: [usize; 4],
         parts: &[&[f32]],
         names: &[String],
-        mut f: impl FnMut(&str, Vec<i64>, &[f32]) -> Result<T>,
+        f: impl FnMut(&str, Vec<i64>, &[f32]) -> Result<T>,
     ) -> Result<Vec<T>> {
         let Some(bound) = self.bound.as_mut() else {
             return run_plain(&mut self.session, input, shape, parts, names, f);
@@ -231,17 +231,7 @@ impl Runner {
             bound.outputs = (names.to_vec(), shape[0]);
         }
         let outputs = self.session.run_binding(&bound.binding)?;
-        let mut res = Vec::with_capacity(names.len());
-        for name in names {
-            let value = outputs
-                .get(name)
-                .ok_or_else(|| Error::Ort(format!("output {name:?} missing from the run")))?;
-            let (s, data) = value
-                .try_extract_tensor::<f32>()
-                .map_err(|e| Error::Ort(format!("output {name:?} is not float32: {e}")))?;
-            res.push(f(name, s.iter().copied().collect(), data)?);
-        }
-        Ok(res)
+        read_outputs(&outputs, names, f)
     }
 }
 
@@ -252,7 +242,7 @@ fn run_plain<T>(
     shape: [usize; 4],
     parts: &[&[f32]],
     names: &[String],
-    mut f: impl FnMut(&str, Vec<i64>, &[f32]) -> Result<T>,
+    f: impl FnMut(&str, Vec<i64>, &[f32]) -> Result<T>,
 ) -> Result<Vec<T>> {
     let joined;
     let pixels: &[f32] = match parts {
@@ -270,6 +260,15 @@ fn run_plain<T>(
         });
     let options = ort::session::RunOptions::new()?.with_outputs(selector);
     let outputs = session.run_with_options(ort::inputs![input => value], &options)?;
+    read_outputs(&outputs, names, f)
+}
+
+/// Hands each output in `names` (float32) to `f`, in order.
+fn read_outputs<T>(
+    outputs: &ort::session::SessionOutputs<'_>,
+    names: &[String],
+    mut f: impl FnMut(&str, Vec<i64>, &[f32]) -> Result<T>,
+) -> Result<Vec<T>> {
     let mut res = Vec::with_capacity(names.len());
     for name in names {
         let value = outputs
