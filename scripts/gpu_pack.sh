@@ -7,11 +7,14 @@
 #   gpu-check/mobilenet_v2_imagenet.onnx   the default model (`partlens setup`)
 #   .whl/onnxconverter_common-*.whl        for scripts/models/fp16.py (pure Python)
 # Both folders are git-ignored. A device call carries at most 64 MB, so the parts travel one
-# per call and are staged in /tmp/ort-parts there; the check runs in the last call:
-#   call k (one per part):  carry ["gpu-check/ort.tar.xz.partNN"]
-#                           command: mkdir -p /tmp/ort-parts && cp gpu-check/ort.tar.xz.part* /tmp/ort-parts/
-#   last call:              carry ["gpu-check/partlens", "gpu-check/mobilenet_v2_imagenet.onnx", ".whl"]
-#                           command: bash scripts/gpu_check.sh
+# per call and are staged in /tmp/ort-parts there (seen here: parts 00-02 of 60 MB and a last
+# one of 6 MB, so 3 staging calls; the last part travels with the check):
+#   calls 1-3:  carry ["gpu-check/ort.tar.xz.partNN"]
+#               command: mkdir -p /tmp/ort-parts && cp gpu-check/ort.tar.xz.part* /tmp/ort-parts/
+#   call 4:     carry ["gpu-check/ort.tar.xz.part03", "gpu-check/partlens",
+#                      "gpu-check/mobilenet_v2_imagenet.onnx", ".whl"]
+#               command: cp gpu-check/ort.tar.xz.part* /tmp/ort-parts/ && bash scripts/gpu_check.sh
+# (the machine stays warm 30 s after a call: make the calls back to back, then give it back).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 G=gpu-check

@@ -174,7 +174,13 @@ fn fp16_script_writes_float16_weights_with_float32_edges_that_agree() {
     // Worst cosine per output, printed by --check: every one at least 0.999.
     let mut seen = 0;
     for line in out.lines().filter(|l| l.contains("worst cosine")) {
-        let cos: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        let cos: f64 = line
+            .split("inputs ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(cos >= 0.999, "{line}");
         seen += 1;
     }

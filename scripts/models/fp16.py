@@ -184,7 +184,8 @@ def main(argv=None) -> int:
     print(f"wrote {out} ({os.path.getsize(out):,} bytes; fp32 {os.path.getsize(args.model):,})")
     if args.check:
         for o, c in check(args.model, out, args.check).items():
-            print(f"fp16 vs fp32 {o}: worst cosine over {args.check} inputs {c:.6f}")
+            print(f"fp16 vs fp32 {o}: worst cosine over {args.check} inputs {c:.7f} "
+                  f"(1 - cosine {1 - c:.1e})")
     return 0
 
 
