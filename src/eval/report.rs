@@ -189,10 +189,22 @@ fn json_err(e: serde_json::Error) -> Error {
 }
 
 /// The model file's name.
+/// The model file's name, with its pretraining method and precision when the spec records them
+/// (`dino.onnx (dino, fp16)`): rows of seven methods' indexes say which is which.
 fn encoder_name(index: &IndexDir) -> String {
-    Path::new(&index.manifest().encoder.file)
+    let e = &index.manifest().encoder;
+    let file = Path::new(&e.file)
         .file_name()
-        .map_or_else(|| "?".into(), |s| s.to_string_lossy().into_owned())
+        .map_or_else(|| "?".into(), |s| s.to_string_lossy().into_owned());
+    let mut tags: Vec<&str> = e.spec.method.iter().map(String::as_str).collect();
+    if e.spec.precision == crate::encoder::Precision::Fp16 {
+        tags.push("fp16");
+    }
+    if tags.is_empty() {
+        file
+    } else {
+        format!("{file} ({})", tags.join(", "))
+    }
 }
 
 /// The cached result in `file`, if its key is `key`.
