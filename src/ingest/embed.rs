@@ -1,7 +1,8 @@
 //! The embedding stage: a producer thread reads and preprocesses images a few ahead of
-//! inference; the calling thread runs the encoder in batches and writes rows to the open
-//! segment ([`Sink`]), closing a segment at the first image boundary at or past
-//! `--segment-size` regions ([`Segmenter`]: dense pass, graphs, commit).
+//! inference; the calling thread makes batches of the producer's pieces and sends each to one
+//! of the encoder's sessions (a thread per session, [`Pipeline`]), writes the results in batch
+//! order to the open segment ([`Sink`]), and closes a segment at the first image boundary at
+//! or past `--segment-size` regions ([`Segmenter`]: dense pass, graphs, commit).
 
 use std::collections::BTreeMap;
 use std::ops::Range;
