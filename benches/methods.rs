@@ -6,7 +6,7 @@
 //! later (so a slow spell of a shared machine falls on all of them), it measures on CPU:
 //! regions/s of a full ingest of the bundled Pascal-Part sample (fixed `min_area`, so every
 //! method embeds the same regions; HNSW build excluded), and regions/s of the same encoder on
-//! pre-made tensors of the same count and batch size. DeiT (the plain timm ViT) is the baseline
+//! pre-made tensors of the same count (in whole batches) and batch size. DeiT (the plain timm ViT) is the baseline
 //! each ratio is taken against: the methods differ only in what rides on the same encoder
 //! (BEiT/CAE's relative position bias, q/v biases and layer scale; MoCo v3/DINO/iBOT's
 //! projection head), so the ratios should stay near 1. Each figure is the fastest of the rounds.
@@ -72,19 +72,11 @@ fn measure(method: &str, model: &Path, dataset: &MmsegDataset, dir: &Path) -> (u
     let ingest = r.regions_per_second();
     std::fs::remove_dir_all(&o.out).expect("remove index");
 
-    // The same number of regions through the encoder alone, from tensors made beforehand.
-    let len = enc.preprocessor().tensor_len();
-    let tensors: Vec<f32> = (0..BATCH * len)
-        .map(|i| ((i % 251) as f32 / 125.0) - 1.0)
-        .collect();
-    let t = Instant::now();
-    let mut done = 0;
-    while done < regions {
-        let n = BATCH.min(regions - done);
-        enc.embed(&tensors[..n * len], n).expect("embed");
-        done += n;
-    }
-    (regions, ingest, regions as f64 / t.elapsed().as_secs_f64())
+    // As many regions (whole batches) through the encoder alone, from tensors made beforehand.
+    let alone = partlens::encoder::throughput::measure(&enc, BATCH, regions)
+        .expect("encoder alone")
+        .regions_per_second;
+    (regions, ingest, alone)
 }
 
 fn main() {

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -35,21 +35,6 @@ fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Runs setup's Python with `args`; panics with its output on failure, else returns it.
-fn python<A: AsRef<OsStr> + std::fmt::Debug>(args: &[A]) -> String {
-    let out = std::process::Command::new(common::python())
-        .args(args)
-        .output()
-        .expect("cannot start python");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{args:?} failed:\n{text}");
-    text
-}
-
 /// Writes a random model in `method`'s published layout to `dir/<method>-vit-random.onnx`
 /// (spec name the same, without `.onnx`); `shape` is `--preset base` or custom sizes.
 fn convert(method: &str, dir: &Path, shape: &[&str]) -> PathBuf {
@@ -65,7 +50,7 @@ fn convert(method: &str, dir: &Path, shape: &[&str]) -> PathBuf {
         out.clone().into(),
     ];
     args.extend(shape.iter().map(OsString::from));
-    let text = python(&args);
+    let text = common::python_ok(&args);
     assert!(text.contains("wrote "), "{method}: {text}");
     assert_eq!(
         text.contains("projection["),
@@ -137,7 +122,7 @@ fn check_index(
 #[test]
 fn test_methods_script_passes() {
     let t = Instant::now();
-    let out = python(&[script("test_methods.py").as_os_str()]);
+    let out = common::python_ok(&[script("test_methods.py").as_os_str()]);
     println!("{out}");
     assert!(out.contains(" 0 failed"), "{out}");
     println!("test_methods.py: {:.1} s", t.elapsed().as_secs_f64());

@@ -13,26 +13,12 @@ fn script(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
-fn run(args: &[&std::ffi::OsStr]) -> String {
-    let out = std::process::Command::new(common::python())
-        .args(args)
-        .output()
-        .expect("cannot start python");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{args:?} failed:\n{text}");
-    text
-}
-
 #[test]
 fn mobilenet_predicts_imagenet_classes_on_real_photos() {
     // Fetched once per machine by `partlens setup --test-tools` (common::ensure_setup).
     common::ensure_setup();
     let photos = partlens::setup::test_photos_dir();
-    let out = run(&[
+    let out = common::python_ok(&[
         script("check_imagenet.py").as_os_str(),
         "--model".as_ref(),
         common::mobilenet().as_os_str(),
@@ -41,7 +27,7 @@ fn mobilenet_predicts_imagenet_classes_on_real_photos() {
     ]);
     println!("{out}");
     assert!(out.contains("chelsea.png"), "{out}");
-    let out = run(&[
+    let out = common::python_ok(&[
         script("check_imagenet.py").as_os_str(),
         "--model".as_ref(),
         common::mobilenet().as_os_str(),
@@ -54,12 +40,12 @@ fn mobilenet_predicts_imagenet_classes_on_real_photos() {
 fn vit_writer_matches_numpy() {
     println!(
         "{}",
-        run(&[script("vit.py").as_os_str(), "--selftest".as_ref()])
+        common::python_ok(&[script("vit.py").as_os_str(), "--selftest".as_ref()])
     );
 }
 
 #[test]
 fn checkpoint_reader_tests_pass() {
-    let out = run(&[script("test_pth.py").as_os_str()]);
+    let out = common::python_ok(&[script("test_pth.py").as_os_str()]);
     assert!(out.contains("0 failed"), "{out}");
 }

@@ -21,23 +21,6 @@ fn sample() -> std::path::PathBuf {
     common::sample("pascal_part")
 }
 
-/// Runs the venv's Python with `args` (paths relative to the repository root); panics with its
-/// output on failure.
-fn py(args: &[&std::ffi::OsStr]) -> String {
-    let o = std::process::Command::new(common::python())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "{args:?}: {text}");
-    text
-}
-
 fn stderr_of(cmd: &mut std::process::Command) -> String {
     let o = cmd.output().unwrap();
     assert!(!o.status.success(), "{cmd:?} should fail");
@@ -156,14 +139,14 @@ fn fp16_script_writes_float16_weights_with_float32_edges_that_agree() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("vit.onnx");
     // Written by this tree's vit.py: its `pooled` output is made by an op kept in float32.
-    py(&[
+    common::python_ok(&[
         "scripts/models/vit.py".as_ref(),
         "--preset".as_ref(),
         "tiny".as_ref(),
         "--out".as_ref(),
         model.as_os_str(),
     ]);
-    let out = py(&[
+    let out = common::python_ok(&[
         "scripts/models/fp16.py".as_ref(),
         model.as_os_str(),
         "--check".as_ref(),
@@ -186,7 +169,7 @@ fn fp16_script_writes_float16_weights_with_float32_edges_that_agree() {
     }
     assert!(seen >= 3, "cls, patch_tokens and pooled: {out}");
     // Weights are float16; input and outputs float32; the spec says fp16 and names its twin.
-    let check = py(&[
+    let check = common::python_ok(&[
         "-c".as_ref(),
             "import json, sys, onnx; m = onnx.load(sys.argv[1]); T = onnx.TensorProto; \
              f = [t.data_type for t in m.graph.initializer if t.data_type in (T.FLOAT, T.FLOAT16)]; \

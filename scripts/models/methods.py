@@ -195,6 +195,21 @@ def default_heads(method: str, dim: int) -> int | None:
 # --------------------------------------------------------------------------
 
 
+def _sincos(grid: int, dim: int, row_first: bool) -> np.ndarray:
+    """``[1, 1+g*g, D]``: per token (r, c) ``[sin(u w), cos(u w), sin(v w), cos(v w)]`` with
+    (u, v) = (r, c) when ``row_first`` else (c, r), ``w_k = 1 / 10000**(k / (D/4))``; the cls
+    slot is zero."""
+    if dim % 4:
+        raise ConversionError(f"sin-cos position embedding needs dim % 4 == 0, got {dim}")
+    q = dim // 4
+    omega = 1.0 / 10000.0 ** (np.arange(q) / q)
+    r, c = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
+    u, v = (r, c) if row_first else (c, r)
+    a, b = np.outer(u.ravel(), omega), np.outer(v.ravel(), omega)
+    pe = np.concatenate([np.sin(a), np.cos(a), np.sin(b), np.cos(b)], 1)
+    return np.concatenate([np.zeros((1, dim)), pe])[None].astype(np.float32)
+
+
 def sincos_moco(grid: int, dim: int) -> np.ndarray:
     """MoCo v3 / CAE ``build_2d_sincos_position_embedding``: ``[1, 1+g*g, D]``.
 
@@ -202,14 +217,7 @@ def sincos_moco(grid: int, dim: int) -> np.ndarray:
     with ``w_k = 1 / 10000**(k / (D/4))`` (their ``meshgrid(grid_w, grid_h)``
     puts the row index in the first quarter pair); the cls slot is zero.
     """
-    if dim % 4:
-        raise ConversionError(f"sin-cos position embedding needs dim % 4 == 0, got {dim}")
-    q = dim // 4
-    omega = 1.0 / 10000.0 ** (np.arange(q) / q)
-    r, c = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
-    a, b = np.outer(r.ravel(), omega), np.outer(c.ravel(), omega)
-    pe = np.concatenate([np.sin(a), np.cos(a), np.sin(b), np.cos(b)], 1)
-    return np.concatenate([np.zeros((1, dim)), pe])[None].astype(np.float32)
+    return _sincos(grid, dim, row_first=True)
 
 
 def sincos_mae(grid: int, dim: int) -> np.ndarray:
@@ -218,14 +226,7 @@ def sincos_mae(grid: int, dim: int) -> np.ndarray:
     Token (r, c) gets ``[sin(c w), cos(c w), sin(r w), cos(r w)]`` (column
     first: MAE's ``meshgrid(grid_w, grid_h)`` is xy-indexed); cls slot zero.
     """
-    if dim % 4:
-        raise ConversionError(f"sin-cos position embedding needs dim % 4 == 0, got {dim}")
-    q = dim // 4
-    omega = 1.0 / 10000.0 ** (np.arange(q) / q)
-    r, c = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
-    a, b = np.outer(c.ravel(), omega), np.outer(r.ravel(), omega)
-    pe = np.concatenate([np.sin(a), np.cos(a), np.sin(b), np.cos(b)], 1)
-    return np.concatenate([np.zeros((1, dim)), pe])[None].astype(np.float32)
+    return _sincos(grid, dim, row_first=False)
 
 
 # --------------------------------------------------------------------------

@@ -259,12 +259,7 @@ pub(super) fn encode_bench(a: &EncodeBenchArgs, enc: &EncoderOptions) -> Result<
     let batch = a
         .batch_size
         .unwrap_or_else(|| partlens::ingest::default_batch_size(encoder.provider()));
-    if batch == 0 || batch > partlens::ingest::MAX_BATCH {
-        return Err(Error::InvalidArgument(format!(
-            "--batch-size must be between 1 and {}",
-            partlens::ingest::MAX_BATCH
-        )));
-    }
+    partlens::ingest::check_batch_size(batch, encoder.preprocessor().tensor_len())?;
     let t = partlens::encoder::throughput::measure(&encoder, batch, a.regions)?;
     if a.json {
         return print::json(&serde_json::json!({

@@ -53,6 +53,21 @@ pub fn default_batch_size(provider: &str) -> usize {
     }
 }
 
+/// Checks a batch size against [`MAX_BATCH`] and, for inputs of `tensor_len` floats,
+/// [`MAX_BATCH_BYTES`].
+pub fn check_batch_size(batch_size: usize, tensor_len: usize) -> Result<()> {
+    let bytes = batch_size.saturating_mul(tensor_len).saturating_mul(4);
+    if batch_size == 0 || batch_size > MAX_BATCH || bytes > MAX_BATCH_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "batch size must be between 1 and {MAX_BATCH} and its input at most {} GB; \
+             {batch_size} regions of this model's input would need {:.1} GB",
+            MAX_BATCH_BYTES >> 30,
+            bytes as f64 / 1e9
+        )));
+    }
+    Ok(())
+}
+
 /// Largest `--batch-size` accepted.
 pub const MAX_BATCH: usize = 4096;
 
@@ -118,16 +133,7 @@ impl IngestOptions {
     /// Checks every setting that sizes memory or work, given the encoder's tensor length.
     fn validate(&self, tensor_len: usize) -> Result<()> {
         self.settings.validate()?;
-        let bytes = self.batch_size.saturating_mul(tensor_len).saturating_mul(4);
-        if self.batch_size == 0 || self.batch_size > MAX_BATCH || bytes > MAX_BATCH_BYTES {
-            return Err(Error::InvalidArgument(format!(
-                "batch size must be between 1 and {MAX_BATCH} and its input at most {} GB; \
-                 {} regions of this model's input would need {:.1} GB",
-                MAX_BATCH_BYTES >> 30,
-                self.batch_size,
-                bytes as f64 / 1e9
-            )));
-        }
+        check_batch_size(self.batch_size, tensor_len)?;
         if self.segment_size == 0 {
             return Err(Error::InvalidArgument(
                 "--segment-size must be at least 1".into(),

@@ -55,6 +55,23 @@ pub fn python() -> PathBuf {
     setup::venv_python()
 }
 
+/// Runs setup's Python with `args` in the repository root (so `scripts/…` paths work);
+/// panics with its output on failure, else returns stdout and stderr together.
+pub fn python_ok<A: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[A]) -> String {
+    let out = std::process::Command::new(python())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .output()
+        .expect("cannot start python");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{args:?} failed:\n{text}");
+    text
+}
+
 /// Runs a Python script from tests/python with arguments; panics with its output on failure.
 pub fn run_python(script: &str, args: &[&std::ffi::OsStr]) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
